@@ -1,0 +1,290 @@
+"""The plugin as vLLM loads it: entry point, register(), the CLI, serving, the patches."""
+
+from __future__ import annotations
+
+import importlib.metadata as md
+import re
+import shutil
+import subprocess
+import textwrap
+from pathlib import Path
+
+import pytest
+from conftest import (
+    ENGINE_ARGS,
+    MAX_MODEL_LEN,
+    ROOT,
+    random_prompts,
+    run_python,
+    run_vllm,
+    serve,
+)
+
+PATCHES = sorted((ROOT / "patches").glob("*.patch"))
+
+
+def test_entry_points_are_found():
+    eps = {ep.name: ep.value for ep in md.entry_points(group="vllm.general_plugins")}
+    assert eps.get("prepack") == "vllm_prepack:register"
+    named = {ep.name: ep.value for ep in md.entry_points(group="vllm.schedulers")}
+    assert named.get("prepack") == "vllm_prepack.adapters.scheduler:PrepackScheduler"
+    from vllm.plugins import load_plugins_by_group
+
+    plugins = load_plugins_by_group("vllm.general_plugins")
+    import vllm_prepack
+
+    assert plugins["prepack"] is vllm_prepack.register
+
+
+def test_register_twice_is_harmless():
+    out = run_python(textwrap.dedent("""
+        import vllm_prepack
+        from vllm.engine.arg_utils import AsyncEngineArgs, EngineArgs
+        from vllm.config.scheduler import SchedulerConfig
+        from vllm.utils.argparse_utils import FlexibleArgumentParser
+        vllm_prepack.register()
+        add, frm, get = EngineArgs.add_cli_args, EngineArgs.from_cli_args, SchedulerConfig.get_scheduler_cls
+        vllm_prepack.register()
+        assert EngineArgs.add_cli_args is add and SchedulerConfig.get_scheduler_cls is get
+        assert EngineArgs.from_cli_args.__func__ is frm.__func__
+        parser = AsyncEngineArgs.add_cli_args(FlexibleArgumentParser())
+        n = sum("--scheduler" in a.option_strings for a in parser._actions)
+        print("scheduler options:", n)
+    """))
+    assert out.returncode == 0, out.stderr
+    assert "scheduler options: 1" in out.stdout
+
+
+def test_untested_vllm_version_warns_and_patches_nothing():
+    out = run_python(textwrap.dedent("""
+        import vllm
+        vllm.__version__ = "0.99.0"
+        import vllm_prepack
+        from vllm.engine.arg_utils import EngineArgs
+        from vllm.config.scheduler import SchedulerConfig
+        add, get = EngineArgs.add_cli_args, SchedulerConfig.get_scheduler_cls
+        vllm_prepack.register(); vllm_prepack.register()
+        assert EngineArgs.add_cli_args is add and SchedulerConfig.get_scheduler_cls is get
+        from vllm_prepack import adapters
+        assert not adapters.installed_hooks()
+        try:
+            vllm_prepack.engine_kwargs()
+        except Exception as e:
+            print("engine_kwargs error:", e)
+    """), VLLM_PLUGINS="")
+    assert out.returncode == 0, out.stderr
+    log = out.stdout + out.stderr
+    assert len(re.findall(r"installed vLLM is 0\.99\.0", log)) == 2, log  # one warning + error
+    assert "engine_kwargs error:" in log and "0.32" in log
+
+
+def test_untested_version_cli_prepack_fails_naming_both_versions(tiny_model):
+    code = textwrap.dedent(f"""
+        import sys, vllm
+        vllm.__version__ = "0.99.0"
+        from vllm.entrypoints.cli.main import main
+        sys.argv = ["vllm", "serve", {tiny_model!r}, "--scheduler", "prepack"]
+        main()
+    """)
+    out = run_python(code)
+    log = out.stdout + out.stderr
+    assert out.returncode != 0
+    assert "0.99.0" in log and "0.32" in log and "--scheduler prepack" in log, log
+
+
+@pytest.mark.cli
+def test_help_lists_scheduler_and_bogus_value_fails(tiny_model):
+    out = run_vllm(["serve", "--help=all"])
+    assert out.returncode == 0, out.stderr
+    assert "--scheduler {default,prepack}" in out.stdout
+    assert "--prepack-policy" in out.stdout and "--prepack-split" in out.stdout
+    bad = run_vllm(["serve", tiny_model, "--scheduler", "bogus"])
+    assert bad.returncode != 0
+    assert "invalid choice: 'bogus'" in bad.stderr and "default" in bad.stderr
+    assert "prepack" in bad.stderr
+
+
+@pytest.mark.cli
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--scheduler", "prepack", "--prepack-max-wait-s", "-1"], "max_wait_s"),
+        (["--scheduler", "prepack", "--prepack-policy", "lifo"], "invalid choice: 'lifo'"),
+        (["--scheduler", "prepack", "--scheduling-policy", "priority"], "priority"),
+        (["--prepack-policy", "fcfs"], "only apply with --scheduler prepack"),
+    ],
+)
+def test_bad_prepack_options_fail_clearly(tiny_model, args, message):
+    out = run_vllm(["serve", tiny_model, *args], timeout=240)
+    assert out.returncode != 0
+    assert message in out.stdout + out.stderr
+
+
+def _completion_texts(server, prompts, model):
+    texts = []
+    for p in prompts:
+        r = server.post("/v1/completions", {
+            "model": model, "prompt": p, "max_tokens": 6, "temperature": 0,
+        })
+        texts.append(r["choices"][0]["text"])
+    return texts
+
+
+SERVE_ARGS = [
+    "--dtype", "float32", "--enforce-eager", "--max-model-len", str(MAX_MODEL_LEN),
+    "--kv-cache-memory-bytes", str(64 << 20), "--seed", "0",
+    "--distributed-executor-backend", "mp",
+]
+
+
+@pytest.mark.cli
+def test_serve_prepack_and_default_multiprocess(tiny_model, tmp_path, engine_lock):
+    prompts = random_prompts(12, seed=3, max_len=MAX_MODEL_LEN - 8)
+    env = dict(VLLM_ENABLE_V1_MULTIPROCESSING="1")
+    with serve([tiny_model, *SERVE_ARGS, "--scheduler", "prepack",
+                "--prepack-policy", "ttft"], tmp_path / "prepack.log", **env) as s:
+        prepack = _completion_texts(s, prompts, tiny_model)
+        chat = s.post("/v1/chat/completions", {
+            "model": tiny_model, "max_tokens": 5, "temperature": 0,
+            "messages": [{"role": "user", "content": "the model is fast"}],
+        })
+        log = s.log()
+    assert chat["choices"][0]["message"]["content"] is not None
+    assert chat["usage"]["completion_tokens"] > 0
+    registered = re.findall(r"\(([\w-]+) pid=(\d+)\).*vllm-prepack \S+ registered in process", log)
+    roles = {role for role, _ in registered}
+    pids = {pid for _, pid in registered}
+    assert {"APIServer", "EngineCore"} <= roles and any("Worker" in r for r in roles), registered
+    assert len(pids) >= 3, registered
+    assert re.search(r"EngineCore pid=\d+\).*Engine core scheduler class: "
+                     r"vllm_prepack\.adapters\.scheduler\.PrepackSyncScheduler", log), log
+
+    with serve([tiny_model, *SERVE_ARGS, "--scheduler", "default"],
+               tmp_path / "default.log", **env) as s:
+        default = _completion_texts(s, prompts, tiny_model)
+        log = s.log()
+    assert re.search(r"EngineCore pid=\d+\).*Engine core scheduler class: "
+                     r"vllm\.v1\.core\.sched\.scheduler\.Scheduler$", log, re.M), log
+    assert "vllm_prepack.adapters.scheduler" not in log
+    assert prepack == default
+    assert all(isinstance(t, str) for t in prepack)
+
+
+def _generate(model, prompts, **kwargs):
+    import gc
+
+    from vllm import LLM, SamplingParams
+    from vllm.inputs import TokensPrompt
+
+    llm = LLM(model, **ENGINE_ARGS, **kwargs)
+    scheduler = llm.llm_engine.engine_core.engine_core.scheduler
+    outs = llm.generate([TokensPrompt(prompt_token_ids=p) for p in prompts],
+                        SamplingParams(temperature=0, max_tokens=8), use_tqdm=False)
+    info = (type(scheduler), getattr(scheduler, "prepack_observer", None))
+    del llm, scheduler
+    gc.collect()
+    return [list(o.outputs[0].token_ids) for o in outs], info
+
+
+@pytest.mark.engine
+def test_engine_kwargs_and_cli_mapping_token_identical(tiny_model, engine_lock):
+    from vllm.engine.arg_utils import EngineArgs
+    from vllm.utils.argparse_utils import FlexibleArgumentParser
+    from vllm.v1.core.sched.scheduler import Scheduler
+
+    import vllm_prepack
+    from vllm_prepack.adapters.scheduler import PrepackSyncScheduler
+
+    prompts = random_prompts(64, seed=1, max_len=MAX_MODEL_LEN - 8)
+    stock, (stock_cls, _) = _generate(tiny_model, prompts, max_num_batched_tokens=2048)
+    assert stock_cls is Scheduler
+
+    ours, (cls, observer) = _generate(
+        tiny_model, prompts, max_num_batched_tokens=2048, **vllm_prepack.engine_kwargs()
+    )
+    assert cls is PrepackSyncScheduler
+    assert observer.planned_steps > 0 and observer.admitted == len(prompts)
+    assert ours == stock
+
+    vllm_prepack.register()
+    parser = EngineArgs.add_cli_args(FlexibleArgumentParser())
+    args = parser.parse_args([tiny_model, "--scheduler", "prepack", "--prepack-policy", "fcfs",
+                              "--max-num-batched-tokens", "2048"])
+    engine_args = EngineArgs.from_cli_args(args)
+    assert engine_args.additional_config["prepack"] == {"policy": "fcfs"}
+    kwargs = {k: getattr(engine_args, k) for k in
+              ("scheduler_cls", "additional_config", "max_num_batched_tokens")}
+    via_cli, (cls, observer) = _generate(tiny_model, prompts, **kwargs)
+    assert cls is PrepackSyncScheduler and observer.planned_steps > 0
+    assert via_cli == stock
+
+
+def _patched_vllm(tmp_path: Path) -> Path:
+    """A copy of the installed vLLM (hard links) with every patch applied."""
+    import vllm
+
+    src = Path(vllm.__file__).parent
+    root = tmp_path / "patched"
+    root.mkdir()
+    subprocess.run(["cp", "-al", str(src), str(root / "vllm")], check=True)
+    for patch in PATCHES:
+        touched = re.findall(r"^\+\+\+ b/(\S+)", patch.read_text(), re.M)
+        for rel in touched:  # break the hard link before editing
+            f = root / rel
+            data = f.read_bytes()
+            f.unlink()
+            f.write_bytes(data)
+        out = subprocess.run(["patch", "-p1", "--forward", "-i", str(patch)], cwd=root,
+                             capture_output=True, text=True)
+        assert out.returncode == 0, f"{patch.name} does not apply:\n{out.stdout}{out.stderr}"
+    return root
+
+
+def test_runtime_hooks_equal_patches():
+    from vllm_prepack.adapters import HOOKS
+
+    assert {p.stem for p in PATCHES} == set(HOOKS)
+
+
+@pytest.mark.cli
+def test_patches_apply_and_work_without_the_plugin(tiny_model, tmp_path, engine_lock):
+    if shutil.which("patch") is None:
+        pytest.fail("GNU patch is required to check patches/ (apt-get install patch)")
+    root = _patched_vllm(tmp_path)
+    env = dict(PYTHONPATH=str(root), VLLM_PLUGINS="")
+    cli = "import sys; from vllm.entrypoints.cli.main import main; sys.argv[0] = 'vllm'; main()"
+    import sys as _sys
+
+    def vllm_cli(*args):
+        return subprocess.run([_sys.executable, "-c", cli, *args], capture_output=True,
+                              text=True, timeout=240, env=__import__("conftest").subprocess_env(**env))
+
+    help_out = vllm_cli("serve", "--help=all")
+    assert help_out.returncode == 0, help_out.stderr
+    assert "--scheduler {default,prepack}" in help_out.stdout
+    assert "--prepack-policy" not in help_out.stdout  # the plugin is disabled
+    bad = vllm_cli("serve", tiny_model, "--scheduler", "bogus")
+    assert bad.returncode != 0 and "invalid choice: 'bogus'" in bad.stderr
+    # The patched engine resolves the name and logs the class its engine core built.
+    code = textwrap.dedent(f"""
+        import os
+        from vllm import LLM, SamplingParams
+        import vllm_prepack.adapters as adapters
+        if __name__ == "__main__":
+            for name in ("prepack", "default"):
+                llm = LLM({tiny_model!r}, scheduler=name, **{ENGINE_ARGS!r})
+                s = llm.llm_engine.engine_core.engine_core.scheduler
+                print("built", name, type(s).__module__ + "." + type(s).__qualname__)
+                llm.generate(["the model is"], SamplingParams(max_tokens=2), use_tqdm=False)
+                del llm, s
+            print("hooks", sorted(adapters.installed_hooks()))
+    """)
+    out = subprocess.run([_sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=300, env=__import__("conftest").subprocess_env(
+                             VLLM_ENABLE_V1_MULTIPROCESSING="0", **env))
+    log = out.stdout + out.stderr
+    assert out.returncode == 0, log
+    assert "built prepack vllm_prepack.adapters.scheduler.PrepackSyncScheduler" in log
+    assert "built default vllm.v1.core.sched.scheduler.Scheduler" in log
+    assert "Engine core scheduler class: vllm_prepack.adapters.scheduler." in log
+    assert "hooks []" in log  # nothing came from the plugin: the patches did it

@@ -1,0 +1,258 @@
+"""Scheduler surface: vLLM's own ``Scheduler``/``AsyncScheduler`` with the plan presented.
+
+Each step the pure planner chooses which waiting requests to admit and in what order; the
+waiting queue vLLM sees during ``super().schedule()`` holds exactly those, in plan order
+(plus requests in blocked states, which vLLM itself must keep examining). vLLM keeps
+enforcing budgets, KV allocation, preemption and chunking. Afterwards the queue is restored
+to arrival order, with requests preempted during the step at its head.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from vllm.v1.core.sched.async_scheduler import AsyncScheduler
+from vllm.v1.core.sched.output import SchedulerOutput
+from vllm.v1.core.sched.request_queue import SchedulingPolicy, create_request_queue
+from vllm.v1.core.sched.scheduler import Scheduler
+from vllm.v1.request import Request, RequestStatus
+
+from vllm_prepack import planner
+from vllm_prepack.config import PrepackConfig
+from vllm_prepack.log import get_logger
+from vllm_prepack.stats import PackingObserver, ScheduledPrefill
+
+logger = get_logger(__name__)
+
+_PLANNABLE = (RequestStatus.WAITING, RequestStatus.PREEMPTED)
+
+
+def prefills_of(scheduler: Scheduler, output: SchedulerOutput) -> list[ScheduledPrefill]:
+    """Requests that received prompt tokens in ``output`` (after vLLM's bookkeeping)."""
+    new_ids = {r.req_id for r in output.scheduled_new_reqs}
+    resumed = set(output.scheduled_cached_reqs.resumed_req_ids)
+    prefills = []
+    for req_id, tokens in output.num_scheduled_tokens.items():
+        request = scheduler.requests.get(req_id)
+        if request is None:
+            continue
+        # _update_after_schedule has already advanced num_computed_tokens.
+        before = request.num_computed_tokens - tokens
+        if before >= request.num_prompt_tokens:
+            continue
+        prefills.append(
+            ScheduledPrefill(
+                req_id=req_id,
+                tokens=min(tokens, request.num_prompt_tokens - before),
+                computed_before=before,
+                prompt_len=request.num_prompt_tokens,
+                new=req_id in new_ids or req_id in resumed,
+            )
+        )
+    return prefills
+
+
+def make_observer(scheduler: Scheduler, config: PrepackConfig) -> PackingObserver:
+    path = config.resolved_stats_path()
+    jsonl = open(path, "a", buffering=1) if path else None  # noqa: SIM115 (lives with engine)
+    return PackingObserver(
+        budget=scheduler.max_num_scheduled_tokens,
+        jsonl=jsonl,
+        log_interval_s=config.stats_log_interval_s,
+        log=logger,
+    )
+
+
+def observe_step(
+    scheduler: Scheduler,
+    observer: PackingObserver,
+    output: SchedulerOutput,
+    waiting_before: list[str],
+    planned: list[str] | None = None,
+    aged: int | None = None,
+    planner_fault: bool = False,
+) -> None:
+    waiting = list(scheduler.waiting) + list(scheduler.kv_holding_waiting)
+    observer.record(
+        prefills=prefills_of(scheduler, output),
+        scheduled_tokens=output.total_num_scheduled_tokens,
+        waiting_before=waiting_before,
+        waiting_arrivals_after=(r.arrival_time for r in waiting),
+        num_waiting=len(waiting),
+        num_running=len(scheduler.running),
+        now=time.time(),
+        planned=planned,
+        aged=aged,
+        planner_fault=planner_fault,
+    )
+
+
+def attach_observer(scheduler: Scheduler, config: PrepackConfig | None = None) -> PackingObserver:
+    """Observe any scheduler instance (a stock one included) without changing its class."""
+    observer = make_observer(scheduler, config or PrepackConfig())
+    schedule = scheduler.schedule
+
+    def observed_schedule(*args: Any, **kwargs: Any) -> SchedulerOutput:
+        before = [r.request_id for r in scheduler.waiting]
+        output = schedule(*args, **kwargs)
+        observe_step(scheduler, observer, output, before)
+        return output
+
+    scheduler.schedule = observed_schedule  # type: ignore[method-assign]
+    scheduler.prepack_observer = observer  # type: ignore[attr-defined]
+    return observer
+
+
+class PrepackSchedulerMixin:
+    """Plans each step's admissions, then delegates to vLLM's ``schedule()``."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        if self.policy != SchedulingPolicy.FCFS:
+            raise ValueError(
+                "--scheduler prepack orders admission itself and does not support "
+                f"--scheduling-policy {self.policy.value}; accepted: --scheduling-policy fcfs"
+            )
+        self.prepack_config = PrepackConfig.from_additional_config(
+            self.vllm_config.additional_config
+        )
+        self.prepack_observer = make_observer(self, self.prepack_config)
+        logger.info(
+            "Engine core built %s (%s)", type(self).__name__, self.prepack_config.to_dict()
+        )
+
+    # -- the plan --------------------------------------------------------------------------
+
+    def _running_token_demand(self) -> int:
+        demand = 0
+        for r in self.running:
+            demand += max(
+                0, r.num_tokens_with_spec + r.num_output_placeholders - r.num_computed_tokens
+            )
+        return demand
+
+    def _cached_tokens(self, request: Request) -> int:
+        if request.num_computed_tokens or not self.kv_cache_manager.enable_caching:
+            return request.num_computed_tokens
+        if request.skip_reading_prefix_cache or not request.block_hashes:
+            return 0
+        _, hit, *_ = self.kv_cache_manager.coordinator.find_longest_cache_hit(
+            request.block_hashes, request.num_tokens - 1
+        )
+        return hit
+
+    def _budget(self) -> planner.Budget:
+        kv = self.kv_cache_manager
+        free_blocks = kv.block_pool.get_num_free_blocks() - getattr(kv, "watermark_blocks", 0)
+        return planner.Budget(
+            tokens=max(0, self.max_num_scheduled_tokens - self._running_token_demand()),
+            slots=max(
+                0,
+                self.max_num_active_reqs - len(self.running)
+                - self.num_waiting_for_streaming_input,
+            ),
+            blocks=max(0, free_blocks - len(self.running)),
+            block_size=self.block_size,
+            max_tokens=self.max_num_scheduled_tokens,
+        )
+
+    def _plan(self, plannable: list[Request]) -> planner.Plan:
+        cfg = self.prepack_config
+        candidates = []
+        for key, r in enumerate(plannable[: cfg.lookahead]):
+            cached = self._cached_tokens(r)
+            candidates.append(
+                planner.Candidate(
+                    key=key,
+                    tokens=max(1, r.num_tokens - cached),
+                    cached=cached,
+                    arrival=r.arrival_time,
+                    preempted=r.status == RequestStatus.PREEMPTED,
+                    prefix=hash(r.block_hashes[0]) if r.block_hashes else None,
+                )
+            )
+        return planner.plan(
+            candidates,
+            self._budget(),
+            time.time(),
+            policy=cfg.policy,
+            split=cfg.split,
+            max_wait_s=cfg.max_wait_s,
+            lookahead=cfg.lookahead,
+        )
+
+    # -- one step ------------------------------------------------------------------------------
+
+    def schedule(self, *args: Any, **kwargs: Any) -> SchedulerOutput:
+        original = self.waiting
+        waiting_before = [r.request_id for r in original]
+        plannable = [r for r in original if r.status in _PLANNABLE]
+        plan = None
+        fault = False
+        if plannable:
+            try:
+                plan = self._plan(plannable)
+            except Exception:  # fall back to vLLM's own admission for this step
+                fault = True
+                logger.exception("prepack planner failed; vLLM's admission runs this step")
+        if plan is None:
+            output = super().schedule(*args, **kwargs)
+            observe_step(self, self.prepack_observer, output, waiting_before,
+                         planner_fault=fault)
+            return output
+
+        admitted = [plannable[k] for k in plan.admit]
+        chosen = set(admitted)
+        presented = create_request_queue(self.policy)
+        for r in admitted:
+            presented.add_request(r)
+        for r in original:  # blocked states: vLLM must keep examining them
+            if r.status not in _PLANNABLE:
+                presented.add_request(r)
+        hidden = [r for r in original if r.status in _PLANNABLE and r not in chosen]
+        self.waiting = presented
+        try:
+            output = super().schedule(*args, **kwargs)
+        finally:
+            self.waiting = original
+            _restore(original, presented, hidden)
+        observe_step(
+            self, self.prepack_observer, output, waiting_before,
+            planned=[r.request_id for r in admitted], aged=plan.aged,
+        )
+        return output
+
+
+def _restore(original: Any, presented: Any, hidden: list[Request]) -> None:
+    """Arrival order again; requests preempted during the step (new to the queue) first."""
+    before = list(original)
+    known = set(before)
+    left = set(presented)
+    left.update(hidden)
+    preempted_now = [r for r in presented if r not in known]
+    original.clear()
+    original.extend(preempted_now)
+    original.extend(r for r in before if r in left)
+
+
+class PrepackSyncScheduler(PrepackSchedulerMixin, Scheduler):
+    """``--scheduler prepack`` without async scheduling (CPU, or ``--no-async-scheduling``)."""
+
+
+class PrepackAsyncScheduler(PrepackSchedulerMixin, AsyncScheduler):
+    """``--scheduler prepack`` with async scheduling (vLLM's GPU default)."""
+
+
+class PrepackScheduler:
+    """What ``--scheduler prepack`` names in ``scheduler_cls``: builds the subclass that
+    matches ``scheduler_config.async_scheduling``."""
+
+    def __new__(cls, *args: Any, **kwargs: Any) -> Scheduler:  # type: ignore[misc]
+        vllm_config = kwargs.get("vllm_config") or args[0]
+        chosen = (
+            PrepackAsyncScheduler
+            if vllm_config.scheduler_config.async_scheduling
+            else PrepackSyncScheduler
+        )
+        return chosen(*args, **kwargs)

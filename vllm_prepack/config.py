@@ -1,0 +1,127 @@
+"""Plugin options: one flat, frozen dataclass, validated, carried in vLLM's ``additional_config``.
+
+Imports no vLLM. The engine core sees only the pickled ``VllmConfig``, so the options travel
+as ``additional_config["prepack"]`` (a plain dict) and are rebuilt there with
+:meth:`PrepackConfig.from_additional_config`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+ADDITIONAL_CONFIG_KEY = "prepack"
+STATS_PATH_ENV = "VLLM_PREPACK_STATS"
+
+SCHEDULERS = ("default", "prepack")
+POLICIES = ("ttft", "fcfs")
+SPLITS = ("whole", "fill")
+PACKED_ATTENTION = ("auto", "on", "off")
+
+
+class PrepackConfigError(ValueError):
+    """A plugin option has a value outside the accepted ones."""
+
+
+@dataclass(frozen=True)
+class PrepackConfig:
+    """Options of ``--scheduler prepack`` (CLI: ``--prepack-<name>`` with dashes)."""
+
+    policy: str = "ttft"
+    """Admission order. ``ttft``: shortest-remaining prompts (and cheap prefix groups) first,
+    bin-packed into the step's budget. ``fcfs``: arrival order, but a prompt that does not fit
+    is skipped instead of blocking the ones behind it."""
+
+    split: str = "fill"
+    """``whole``: admit whole prompts only; a prompt is split only when it alone exceeds the
+    step's token budget. ``fill``: after packing whole prompts, split the next one to fill
+    the budget (vLLM's chunked-prefill behaviour)."""
+
+    max_wait_s: float = 5.0
+    """Aging bound (seconds). A request that has waited this long is never overtaken by a
+    younger one; preempted requests always keep the head of the queue."""
+
+    lookahead: int = 1024
+    """How many waiting requests (in arrival order) the planner considers each step."""
+
+    packed_attention: str = "auto"
+    """Packed-prefill attention path: ``on``, ``off``, or ``auto`` (on where measured faster)."""
+
+    stats_path: str | None = None
+    """JSONL file for per-step packing statistics (default: ``$VLLM_PREPACK_STATS``)."""
+
+    stats_log_interval_s: float = 10.0
+    """Seconds between the engine core's packing-statistics log lines (0: never)."""
+
+    def __post_init__(self) -> None:
+        _choice("policy", self.policy, POLICIES)
+        _choice("split", self.split, SPLITS)
+        _choice("packed_attention", self.packed_attention, PACKED_ATTENTION)
+        if isinstance(self.max_wait_s, bool) or not isinstance(self.max_wait_s, (int, float)):
+            raise PrepackConfigError(
+                f"prepack max_wait_s must be a number of seconds > 0, got {self.max_wait_s!r}"
+            )
+        if not (self.max_wait_s > 0 and math.isfinite(self.max_wait_s)):
+            raise PrepackConfigError(
+                f"prepack max_wait_s must be a finite number of seconds > 0, got {self.max_wait_s!r}"
+            )
+        if isinstance(self.lookahead, bool) or not isinstance(self.lookahead, int) or self.lookahead < 1:
+            raise PrepackConfigError(
+                f"prepack lookahead must be an integer >= 1, got {self.lookahead!r}"
+            )
+        if isinstance(self.stats_log_interval_s, bool) or not isinstance(
+            self.stats_log_interval_s, (int, float)
+        ) or not (self.stats_log_interval_s >= 0 and math.isfinite(self.stats_log_interval_s)):
+            raise PrepackConfigError(
+                "prepack stats_log_interval_s must be a number of seconds >= 0, "
+                f"got {self.stats_log_interval_s!r}"
+            )
+        if self.stats_path is not None and not isinstance(self.stats_path, str):
+            raise PrepackConfigError(
+                f"prepack stats_path must be a file path, got {self.stats_path!r}"
+            )
+
+    # -- conversions -------------------------------------------------------------------------
+
+    @classmethod
+    def field_names(cls) -> tuple[str, ...]:
+        return tuple(f.name for f in dataclasses.fields(cls))
+
+    @classmethod
+    def from_dict(cls, options: Mapping[str, Any]) -> "PrepackConfig":
+        """Build from a plain dict, rejecting unknown keys by name."""
+        unknown = sorted(set(options) - set(cls.field_names()))
+        if unknown:
+            raise PrepackConfigError(
+                f"unknown prepack option(s) {unknown}; accepted: {list(cls.field_names())}"
+            )
+        return cls(**dict(options))
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_additional_config(cls, additional_config: Mapping[str, Any] | None) -> "PrepackConfig":
+        """The options carried to the engine core (defaults if none were given)."""
+        options = dict((additional_config or {}).get(ADDITIONAL_CONFIG_KEY) or {})
+        options.pop("scheduler", None)
+        return cls.from_dict(options)
+
+    def resolved_stats_path(self) -> str | None:
+        return self.stats_path or os.environ.get(STATS_PATH_ENV) or None
+
+
+def is_prepack_engine(additional_config: Mapping[str, Any] | None) -> bool:
+    """True when this engine was configured with ``--scheduler prepack``."""
+    entry = (additional_config or {}).get(ADDITIONAL_CONFIG_KEY) or {}
+    return entry.get("scheduler") == "prepack"
+
+
+def _choice(name: str, value: Any, accepted: tuple[str, ...]) -> None:
+    if value not in accepted:
+        raise PrepackConfigError(
+            f"invalid prepack {name} {value!r}; accepted: {', '.join(accepted)}"
+        )

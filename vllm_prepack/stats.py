@@ -1,0 +1,187 @@
+"""Per-step packing statistics, computed from what the scheduler actually returned.
+
+Pure: :class:`StepRecord` inputs are plain values extracted by the scheduler adapter from
+vLLM's ``SchedulerOutput``, so the same observer serves the prepack arm and a stock engine.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from dataclasses import dataclass, field
+from typing import IO, Iterable, Sequence
+
+
+@dataclass(frozen=True, slots=True)
+class ScheduledPrefill:
+    """One request that received prompt tokens this step."""
+
+    req_id: str
+    tokens: int          # prompt tokens scheduled this step
+    computed_before: int  # tokens computed (or cached) before this step
+    prompt_len: int
+    new: bool            # admitted from the waiting queue this step
+
+
+@dataclass(frozen=True, slots=True)
+class StepStats:
+    step: int
+    time: float
+    admitted: int
+    prefill_tokens: int
+    scheduled_tokens: int
+    budget: int
+    fill: float
+    partial_prefills: int
+    overtakes: int
+    oldest_wait_s: float
+    waiting: int
+    running: int
+    planned: int | None = None
+    plan_adhered: bool | None = None
+    aged_admitted: int | None = None
+    planner_fault: bool = False
+
+
+@dataclass
+class PackingObserver:
+    """Accumulates :class:`StepStats`, writes JSONL and periodic log lines."""
+
+    budget: int
+    jsonl: IO[str] | None = None
+    log_interval_s: float = 0.0
+    log: object | None = None
+    steps: int = 0
+    prefill_steps: int = 0
+    admitted: int = 0
+    prefill_tokens: int = 0
+    scheduled_tokens: int = 0
+    fill_sum: float = 0.0
+    overtakes: int = 0
+    planned_steps: int = 0
+    adhered_steps: int = 0
+    planner_faults: int = 0
+    max_oldest_wait_s: float = 0.0
+    split_req_ids: set[str] = field(default_factory=set)
+    first_token_step: dict[str, int] = field(default_factory=dict)
+    _last_log: float = field(default_factory=time.monotonic)
+
+    def record(
+        self,
+        *,
+        prefills: Sequence[ScheduledPrefill],
+        scheduled_tokens: int,
+        waiting_before: Sequence[str],
+        waiting_arrivals_after: Iterable[float],
+        num_waiting: int,
+        num_running: int,
+        now: float,
+        planned: Sequence[str] | None = None,
+        aged: int | None = None,
+        planner_fault: bool = False,
+    ) -> StepStats:
+        self.steps += 1
+        new_ids = [p.req_id for p in prefills if p.new]
+        admitted = set(new_ids)
+        partial = 0
+        prefill_tokens = 0
+        for p in prefills:
+            prefill_tokens += p.tokens
+            if p.computed_before + p.tokens < p.prompt_len:
+                partial += 1
+                self.split_req_ids.add(p.req_id)
+            elif p.req_id not in self.first_token_step:
+                self.first_token_step[p.req_id] = self.steps
+        overtakes = _overtakes(waiting_before, admitted)
+        arrivals = list(waiting_arrivals_after)
+        oldest = max(0.0, now - min(arrivals)) if arrivals else 0.0
+        stats = StepStats(
+            step=self.steps,
+            time=now,
+            admitted=len(admitted),
+            prefill_tokens=prefill_tokens,
+            scheduled_tokens=scheduled_tokens,
+            budget=self.budget,
+            fill=scheduled_tokens / self.budget if self.budget else 0.0,
+            partial_prefills=partial,
+            overtakes=overtakes,
+            oldest_wait_s=oldest,
+            waiting=num_waiting,
+            running=num_running,
+            planned=None if planned is None else len(planned),
+            plan_adhered=None if planned is None else set(planned) == admitted,
+            aged_admitted=aged,
+            planner_fault=planner_fault,
+        )
+        self._accumulate(stats)
+        return stats
+
+    def _accumulate(self, s: StepStats) -> None:
+        self.admitted += s.admitted
+        self.prefill_tokens += s.prefill_tokens
+        self.scheduled_tokens += s.scheduled_tokens
+        if s.prefill_tokens:
+            self.prefill_steps += 1
+            self.fill_sum += s.fill
+        self.overtakes += s.overtakes
+        self.max_oldest_wait_s = max(self.max_oldest_wait_s, s.oldest_wait_s)
+        self.planner_faults += int(s.planner_fault)
+        if s.planned is not None and (s.planned or s.admitted):
+            self.planned_steps += 1
+            self.adhered_steps += int(bool(s.plan_adhered))
+        if self.jsonl is not None:
+            self.jsonl.write(json.dumps(dataclasses.asdict(s)) + "\n")
+            self.jsonl.flush()
+        if self.log is not None and self.log_interval_s > 0:
+            now = time.monotonic()
+            if now - self._last_log >= self.log_interval_s:
+                self._last_log = now
+                self.log.info("%s", self.summary_line())
+
+    def summary(self) -> dict:
+        return {
+            "steps": self.steps,
+            "prefill_steps": self.prefill_steps,
+            "admitted": self.admitted,
+            "prefill_tokens": self.prefill_tokens,
+            "scheduled_tokens": self.scheduled_tokens,
+            "mean_prefill_fill": self.fill_sum / self.prefill_steps if self.prefill_steps else 0.0,
+            "split_prompts": len(self.split_req_ids),
+            "overtakes": self.overtakes,
+            "planned_steps": self.planned_steps,
+            "plan_adherence": (
+                self.adhered_steps / self.planned_steps if self.planned_steps else None
+            ),
+            "planner_faults": self.planner_faults,
+            "max_oldest_wait_s": self.max_oldest_wait_s,
+            "mean_first_token_step": (
+                sum(self.first_token_step.values()) / len(self.first_token_step)
+                if self.first_token_step else None
+            ),
+        }
+
+    def summary_line(self) -> str:
+        s = self.summary()
+        adherence = s["plan_adherence"]
+        return (
+            f"Packing stats: steps={s['steps']} admitted={s['admitted']} "
+            f"prefill_tokens={s['prefill_tokens']} "
+            f"prefill_fill={100 * s['mean_prefill_fill']:.1f}% "
+            f"split_prompts={s['split_prompts']} overtakes={s['overtakes']} "
+            f"plan_adherence={'n/a' if adherence is None else f'{100 * adherence:.1f}%'} "
+            f"planner_faults={s['planner_faults']} "
+            f"max_oldest_wait={s['max_oldest_wait_s']:.2f}s"
+        )
+
+
+def _overtakes(waiting_before: Sequence[str], admitted: set[str]) -> int:
+    """Admitted requests that were queued behind a request left waiting this step."""
+    count = 0
+    blocked = False
+    for req_id in waiting_before:
+        if req_id in admitted:
+            count += blocked
+        else:
+            blocked = True
+    return count
