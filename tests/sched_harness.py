@@ -41,6 +41,8 @@ def make_scheduler(cls, model: str, *, budget: int = 1024, max_num_seqs: int = 6
     vllm_config = VllmConfig(model_config=model_config, scheduler_config=scheduler_config,
                              cache_config=cache_config,
                              additional_config=additional_config or {})
+    # vLLM's CPU platform turns async scheduling off; the AsyncScheduler itself runs on CPU.
+    vllm_config.scheduler_config.async_scheduling = async_scheduling
     kv_cache_config = KVCacheConfig(
         num_blocks=num_blocks, kv_cache_tensors=[],
         kv_cache_groups=[KVCacheGroupSpec(

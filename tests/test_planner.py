@@ -49,19 +49,20 @@ class Scenario:
 @st.composite
 def scenarios(draw, aged: bool = True, prefixes: bool = True, monotonic: bool | None = None):
     """Queues of short and long prompts with prefix groups, aged and preempted requests."""
-    n = draw(st.integers(0, 25))
+    n = draw(st.integers(0, 40))
     keys = draw(st.lists(st.integers(-1000, 1000), unique=True, min_size=n, max_size=n))
-    max_wait_s = draw(st.sampled_from([1.0, 5.0])) if aged else 5.0
-    waits = st.sampled_from([0.0, 0.5, 1.0, 2.0, 4.0]) | st.floats(0.0, 4.9)
-    if aged:
-        waits = waits | st.sampled_from([5.0, 6.0, 9.0]) | st.floats(0.0, 12.0)
+    max_wait_s = draw(st.sampled_from([1.0, 5.0]))
+    young = st.sampled_from([0.0, 0.0, max_wait_s / 2]) | st.floats(0.0, max_wait_s * 0.99)
+    old = st.sampled_from([max_wait_s, max_wait_s + 1]) | st.floats(max_wait_s, 3 * max_wait_s)
+    aged_percent = draw(st.sampled_from([0, 5, 30])) if aged else 0
+    short = st.integers(1, 64)
     candidates = [
         Candidate(
             key=key,
-            tokens=draw(st.integers(1, 64) | st.integers(200, 3000)),
+            tokens=draw(short | short | st.integers(200, 3000)),
             cached=draw(st.sampled_from([0, 0, 16]) | st.integers(0, 100)),
-            arrival=NOW - draw(waits),
-            preempted=aged and draw(st.integers(0, 9)) == 0,
+            arrival=NOW - draw(old if draw(st.integers(0, 99)) < aged_percent else young),
+            preempted=draw(st.integers(0, 99)) < aged_percent // 5,
             prefix=draw(st.none() | st.integers(0, 3)) if prefixes else None,
         )
         for key in keys
@@ -70,10 +71,10 @@ def scenarios(draw, aged: bool = True, prefixes: bool = True, monotonic: bool | 
         monotonic = draw(st.booleans())
     if monotonic:  # the engine's queue: preempted at the front, then arrival order
         candidates.sort(key=lambda c: (not c.preempted, c.arrival))
-    tokens = draw(st.integers(0, 4000))
+    tokens = draw(st.integers(0, 4000) | st.integers(500, 4000))
     budget = Budget(
         tokens=tokens,
-        slots=draw(st.integers(0, 12)),
+        slots=draw(st.integers(0, 12) | st.just(64)),
         blocks=draw(st.integers(0, 300) | st.just(BIG)),
         block_size=draw(st.sampled_from([1, 3, 16, 32])),
         max_tokens=tokens + draw(st.sampled_from([0, 0, 500]) | st.integers(0, 3000)),
@@ -84,7 +85,7 @@ def scenarios(draw, aged: bool = True, prefixes: bool = True, monotonic: bool | 
         policy=draw(st.sampled_from(["ttft", "fcfs"])),
         split=draw(st.sampled_from(["whole", "fill"])),
         max_wait_s=max_wait_s,
-        lookahead=draw(st.integers(1, n + 3)),
+        lookahead=draw(st.integers(1, n + 3) | st.just(1024)),
     )
 
 

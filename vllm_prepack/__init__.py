@@ -69,7 +69,7 @@ def engine_kwargs(**options: Any) -> dict[str, Any]:
     (the ``--prepack-*`` options, with underscores). Pass ``additional_config=`` to merge
     other entries."""
     from vllm_prepack import compat
-    from vllm_prepack.adapters.cli import SCHEDULER_QUALNAME
+    from vllm_prepack.config import SCHEDULER_QUALNAME
 
     compat.require_tested_version()
     additional = dict(options.pop("additional_config", None) or {})

@@ -114,14 +114,22 @@ class PrepackConfig:
         return self.stats_path or os.environ.get(STATS_PATH_ENV) or None
 
 
-def is_prepack_engine(additional_config: Mapping[str, Any] | None) -> bool:
-    """True when this engine was configured with ``--scheduler prepack``."""
-    entry = (additional_config or {}).get(ADDITIONAL_CONFIG_KEY) or {}
-    return entry.get("scheduler") == "prepack"
-
 
 def _choice(name: str, value: Any, accepted: tuple[str, ...]) -> None:
     if value not in accepted:
         raise PrepackConfigError(
             f"invalid prepack {name} {value!r}; accepted: {', '.join(accepted)}"
         )
+
+
+SCHEDULER_QUALNAME = "vllm_prepack.adapters.scheduler.PrepackScheduler"
+"""What ``--scheduler prepack`` puts in vLLM's ``scheduler_cls``."""
+
+
+def is_prepack_scheduler(scheduler_cls: Any) -> bool:
+    """True when an engine's ``scheduler_cls`` is ours (as a path or as the class)."""
+    if isinstance(scheduler_cls, str):
+        return scheduler_cls.replace(":", ".") == SCHEDULER_QUALNAME
+    if scheduler_cls is None:
+        return False
+    return f"{scheduler_cls.__module__}.{scheduler_cls.__qualname__}" == SCHEDULER_QUALNAME

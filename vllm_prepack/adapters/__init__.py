@@ -25,7 +25,14 @@ def _install_engine_core_scheduler_log() -> None:
     engine_core.install()
 
 
+def _install_attention_backend_selection() -> None:
+    from vllm_prepack.adapters import attention
+
+    attention.install()
+
+
 HOOKS: dict[str, Callable[[], None]] = {
+    "attention-backend-selection": _install_attention_backend_selection,
     "engine-args-scheduler": _install_engine_args_scheduler,
     "engine-core-scheduler-log": _install_engine_core_scheduler_log,
 }

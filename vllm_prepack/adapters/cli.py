@@ -18,14 +18,13 @@ from vllm_prepack.config import (
     ADDITIONAL_CONFIG_KEY,
     PACKED_ATTENTION,
     POLICIES,
+    SCHEDULER_QUALNAME,
     SCHEDULERS,
     SPLITS,
     PrepackConfig,
     PrepackConfigError,
 )
 
-SCHEDULER_QUALNAME = "vllm_prepack.adapters.scheduler.PrepackScheduler"
-"""What ``--scheduler prepack`` puts in vLLM's ``scheduler_cls``."""
 
 # option name -> (argparse kwargs); the flag is --prepack-<name with dashes>.
 _OPTIONS: dict[str, dict[str, Any]] = {
