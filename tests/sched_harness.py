@@ -46,7 +46,8 @@ def make_scheduler(cls, model: str, *, budget: int = 1024, max_num_seqs: int = 6
     kv_cache_config = KVCacheConfig(
         num_blocks=num_blocks, kv_cache_tensors=[],
         kv_cache_groups=[KVCacheGroupSpec(
-            ["layer.0"], FullAttentionSpec(block_size=BLOCK_SIZE, num_kv_heads=1, head_size=32, dtype=torch.float32))],
+            ["layer.0"], FullAttentionSpec(block_size=BLOCK_SIZE, num_kv_heads=1,
+                                           head_size=32, dtype=torch.float32))],
     )
     return cls(vllm_config=vllm_config, kv_cache_config=kv_cache_config,
                structured_output_manager=StructuredOutputManager(vllm_config),

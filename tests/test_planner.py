@@ -32,8 +32,8 @@ class Scenario:
 
     @property
     def kwargs(self) -> dict:
-        return dict(policy=self.policy, split=self.split, max_wait_s=self.max_wait_s,
-                    lookahead=self.lookahead)
+        return {"policy": self.policy, "split": self.split, "max_wait_s": self.max_wait_s,
+                "lookahead": self.lookahead}
 
     @property
     def window(self) -> list[Candidate]:
@@ -241,7 +241,7 @@ def test_fill_splits_to_use_the_rest(s: Scenario) -> None:
     p = s.run()
     if s.split != "fill" or head_blocked(s, p):
         return
-    tokens, slots, blocks = whole_remainder(s, p)
+    tokens, _, blocks = whole_remainder(s, p)
     bs = s.budget.block_size
     if p.partial is not None:
         c = next(c for c in s.window if c.key == p.partial)
@@ -329,8 +329,8 @@ STEP = Budget(tokens=8192, slots=256, blocks=BIG, block_size=16, max_tokens=8192
     [
         ("ttft", "fill", tuple(range(1, 21)) + (0,), 6192, 8192),
         ("ttft", "whole", tuple(range(1, 21)), 0, 2000),
-        ("fcfs", "fill", tuple(range(0, 13)), 92, 8192),
-        ("fcfs", "whole", tuple(range(0, 12)), 0, 8100),
+        ("fcfs", "fill", tuple(range(13)), 92, 8192),
+        ("fcfs", "whole", tuple(range(12)), 0, 8100),
     ],
 )
 def test_bimodal_queue(policy, split, admit, partial_tokens, tokens) -> None:

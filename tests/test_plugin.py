@@ -6,6 +6,7 @@ import importlib.metadata as md
 import re
 import shutil
 import subprocess
+import sys
 import textwrap
 from pathlib import Path
 
@@ -18,6 +19,7 @@ from conftest import (
     run_python,
     run_vllm,
     serve,
+    subprocess_env,
 )
 
 PATCHES = sorted((ROOT / "patches").glob("*.patch"))
@@ -43,7 +45,8 @@ def test_register_twice_is_harmless():
         from vllm.config.scheduler import SchedulerConfig
         from vllm.utils.argparse_utils import FlexibleArgumentParser
         vllm_prepack.register()
-        add, frm, get = EngineArgs.add_cli_args, EngineArgs.from_cli_args, SchedulerConfig.get_scheduler_cls
+        add, frm = EngineArgs.add_cli_args, EngineArgs.from_cli_args
+        get = SchedulerConfig.get_scheduler_cls
         vllm_prepack.register()
         assert EngineArgs.add_cli_args is add and SchedulerConfig.get_scheduler_cls is get
         assert EngineArgs.from_cli_args.__func__ is frm.__func__
@@ -253,11 +256,9 @@ def test_patches_apply_and_work_without_the_plugin(tiny_model, tmp_path, engine_
     root = _patched_vllm(tmp_path)
     env = dict(PYTHONPATH=str(root), VLLM_PLUGINS="")
     cli = "import sys; from vllm.entrypoints.cli.main import main; sys.argv[0] = 'vllm'; main()"
-    import sys as _sys
-
     def vllm_cli(*args):
-        return subprocess.run([_sys.executable, "-c", cli, *args], capture_output=True,
-                              text=True, timeout=240, env=__import__("conftest").subprocess_env(**env))
+        return subprocess.run([sys.executable, "-c", cli, *args], capture_output=True,
+                              text=True, timeout=240, env=subprocess_env(**env))
 
     help_out = vllm_cli("serve", "--help=all")
     assert help_out.returncode == 0, help_out.stderr
@@ -279,9 +280,9 @@ def test_patches_apply_and_work_without_the_plugin(tiny_model, tmp_path, engine_
                 del llm, s
             print("hooks", sorted(adapters.installed_hooks()))
     """)
-    out = subprocess.run([_sys.executable, "-c", code], capture_output=True, text=True,
-                         timeout=300, env=__import__("conftest").subprocess_env(
-                             VLLM_ENABLE_V1_MULTIPROCESSING="0", **env))
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=300,
+                         env=subprocess_env(VLLM_ENABLE_V1_MULTIPROCESSING="0", **env))
     log = out.stdout + out.stderr
     assert out.returncode == 0, log
     assert "built prepack vllm_prepack.adapters.scheduler.PrepackSyncScheduler" in log

@@ -10,12 +10,15 @@ A plan is built in three passes:
    ``max_wait_s`` (oldest first). Each is admitted whole while it fits; the first one that does
    not is never overtaken: it is split (``split="fill"``, or when it alone exceeds the step's
    full token budget) or waited for (``split="whole"``), and nothing else is admitted.
-2. The young requests, by policy: ``ttft`` shortest first, ``fcfs`` queue order. Each one that
-   fits whole is admitted, each one that does not is skipped (no head-of-line blocking).
-   Requests sharing a cached prefix stay together, at the place of the group's first member.
+2. The young requests, by policy. ``ttft``: shortest first, each one that fits whole is
+   admitted and each one that does not is skipped (no head-of-line blocking); when that leaves
+   more than 5% of the free budget unused, the largest-first pack (first-fit decreasing for one
+   step) is taken instead if it fills more, so that long prompts still pack tightly. ``fcfs``:
+   queue order, first fit. Requests sharing a cached prefix stay together, at the place of
+   the group's first member.
 3. A split to use the rest: ``fill`` splits the first young request left out; ``whole`` splits
-   only a prompt larger than the step's full token budget, and only when nothing else was
-   admitted (so a huge prompt still makes progress).
+   only a prompt larger than the step's full token budget (it can never run whole), into the
+   gap left by the whole ones.
 """
 
 from __future__ import annotations
@@ -127,17 +130,43 @@ def plan(
         pack.take(c, c.tokens, need)
     aged = len(pack.keys)
 
-    order = _grouped(_shortest_first(young) if policy == "ttft" else young)
-    left_out = pack.take_whole(order)
+    if policy == "ttft":
+        order = _grouped(_shortest_first(young))
+        pack, left_out = _shortest_or_fullest(pack, order)
+    else:
+        order = _grouped(young)
+        left_out = pack.take_whole(order)
     if split == "fill":
         target = left_out
-    elif not pack.keys:
-        target = next((c for c in order if c.tokens > budget.max_tokens), None)
-    else:
-        target = None
+    else:  # whole: only a prompt that alone exceeds the pack is split, into the gap
+        taken = set(pack.keys)
+        target = next(
+            (c for c in order if c.tokens > budget.max_tokens and c.key not in taken), None
+        )
     if target is not None:
         pack.take_part(target)
     return pack.plan(aged=aged)
+
+
+SWITCH_FILL = 0.95
+"""``ttft`` packs shortest-first unless that fills less than this share of the free token
+budget; then it takes the largest-first pack if that one fills more."""
+
+
+def _shortest_or_fullest(pack: _Pack, order: list[Candidate]) -> tuple[_Pack, Candidate | None]:
+    """Shortest-first serves the most first tokens; once only prompts that pack badly that
+    way are left (a large gap remains), largest-first (first-fit decreasing for one bin)
+    fills the step instead, so that the queue drains in fewer steps."""
+    free = pack.tokens
+    start = pack.used
+    fullest = pack.copy()
+    left_out = pack.take_whole(order)
+    if pack.used - start >= SWITCH_FILL * free:
+        return pack, left_out
+    other_left_out = fullest.take_whole(order[::-1])
+    if fullest.used > pack.used:
+        return fullest, other_left_out
+    return pack, left_out
 
 
 _TOKENS = attrgetter("tokens")
@@ -239,6 +268,13 @@ class _Pack:
             return -1
         need = blocks_needed(c.cached, c.tokens, self.block_size)
         return need if need <= self.blocks else -1
+
+    def copy(self) -> _Pack:
+        other = _Pack.__new__(_Pack)
+        for name in self.__slots__:
+            value = getattr(self, name)
+            setattr(other, name, list(value) if isinstance(value, list) else value)
+        return other
 
     def take(self, c: Candidate, tokens: int, blocks: int) -> None:
         self.keys.append(c.key)

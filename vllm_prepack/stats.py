@@ -9,8 +9,9 @@ from __future__ import annotations
 import dataclasses
 import json
 import time
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import IO, Iterable, Sequence
+from typing import IO
 
 
 @dataclass(frozen=True, slots=True)
@@ -185,3 +186,11 @@ def _overtakes(waiting_before: Sequence[str], admitted: set[str]) -> int:
         else:
             blocked = True
     return count
+
+
+def reset(observer: PackingObserver) -> None:
+    """Zero an observer's totals in place (between benchmark repetitions)."""
+    fresh = PackingObserver(budget=observer.budget, jsonl=observer.jsonl,
+                            log_interval_s=observer.log_interval_s, log=observer.log)
+    for f in dataclasses.fields(PackingObserver):
+        setattr(observer, f.name, getattr(fresh, f.name))

@@ -6,7 +6,7 @@ is the same hook written as a change to vLLM itself (a test keeps the two sets e
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 from vllm_prepack.log import get_logger
 

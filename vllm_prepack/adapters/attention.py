@@ -158,6 +158,39 @@ def install() -> None:
     attention_module.get_attn_backend = get_attn_backend
 
 
+class _PackingBuilder:
+    """Mixin for a metadata builder: attach the step's pack layout to vLLM's metadata.
+
+    Never during CUDA-graph capture: a captured graph replays for later batches of the same
+    shape (decodes), which must run vLLM's own attention."""
+
+    packed_metadata_cls: type
+    _capturing = False
+
+    def build(self, common_prefix_len: int, common_attn_metadata: Any,
+              fast_build: bool = False) -> Any:
+        metadata = super().build(common_prefix_len, common_attn_metadata, fast_build)
+        if self._capturing or common_prefix_len:
+            return metadata
+        pack = pure_prefill_layout(common_attn_metadata)
+        if pack is None:
+            return metadata
+        COUNTERS.steps += 1
+        COUNTERS.tokens += pack.total_tokens
+        fields = {f.name: getattr(metadata, f.name) for f in dataclasses.fields(metadata)}
+        return self.packed_metadata_cls(
+            **fields, pack=pack,
+            pack_cu_seqlens=common_attn_metadata.query_start_loc[: pack.num_seqs + 1],
+        )
+
+    def build_for_cudagraph_capture(self, common_attn_metadata: Any) -> Any:
+        self._capturing = True
+        try:
+            return super().build_for_cudagraph_capture(common_attn_metadata)
+        finally:
+            self._capturing = False
+
+
 # -- CPU --------------------------------------------------------------------------------------
 
 
@@ -174,18 +207,10 @@ def cpu_backend(stock: type) -> type:
     @dataclass
     class PackedCPUAttentionMetadata(CPUAttentionMetadata):
         pack: PackLayout | None = None
+        pack_cu_seqlens: torch.Tensor | None = None
 
-    class PackedCPUAttentionMetadataBuilder(CPUAttentionMetadataBuilder):
-        def build(self, common_prefix_len: int, common_attn_metadata: Any,
-                  fast_build: bool = False) -> CPUAttentionMetadata:
-            metadata = super().build(common_prefix_len, common_attn_metadata, fast_build)
-            pack = pure_prefill_layout(common_attn_metadata)
-            if pack is None:
-                return metadata
-            COUNTERS.steps += 1
-            COUNTERS.tokens += pack.total_tokens
-            fields = {f.name: getattr(metadata, f.name) for f in dataclasses.fields(metadata)}
-            return PackedCPUAttentionMetadata(**fields, pack=pack)
+    class PackedCPUAttentionMetadataBuilder(_PackingBuilder, CPUAttentionMetadataBuilder):
+        packed_metadata_cls = PackedCPUAttentionMetadata
 
     class PackedCPUAttentionImpl(CPUAttentionBackendImpl):
         def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -252,22 +277,9 @@ def flash_backend(stock: type) -> type:
         pack: PackLayout | None = None
         pack_cu_seqlens: torch.Tensor | None = None
 
-    class PackedFlashAttentionMetadataBuilder(FlashAttentionMetadataBuilder):
-        # Inherits FlashAttention's CUDA-graph support declaration unchanged: decode graphs
-        # never see a pack (a pack has no decodes).
-        def build(self, common_prefix_len: int, common_attn_metadata: Any,
-                  fast_build: bool = False) -> Any:
-            metadata = super().build(common_prefix_len, common_attn_metadata, fast_build)
-            pack = pure_prefill_layout(common_attn_metadata)
-            if pack is None or common_prefix_len:
-                return metadata
-            COUNTERS.steps += 1
-            COUNTERS.tokens += pack.total_tokens
-            fields = {f.name: getattr(metadata, f.name) for f in dataclasses.fields(metadata)}
-            return PackedFlashAttentionMetadata(
-                **fields, pack=pack,
-                pack_cu_seqlens=common_attn_metadata.query_start_loc[: pack.num_seqs + 1],
-            )
+    class PackedFlashAttentionMetadataBuilder(_PackingBuilder, FlashAttentionMetadataBuilder):
+        # FlashAttention's CUDA-graph support declaration is inherited unchanged.
+        packed_metadata_cls = PackedFlashAttentionMetadata
 
     class PackedFlashAttentionImpl(FlashAttentionImpl):
         def __init__(self, *args: Any, **kwargs: Any) -> None:

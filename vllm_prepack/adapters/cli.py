@@ -25,7 +25,6 @@ from vllm_prepack.config import (
     PrepackConfigError,
 )
 
-
 # option name -> (argparse kwargs); the flag is --prepack-<name with dashes>.
 _OPTIONS: dict[str, dict[str, Any]] = {
     "policy": dict(choices=POLICIES, help="Admission order: ttft (shortest prompts and "
@@ -33,7 +32,7 @@ _OPTIONS: dict[str, dict[str, Any]] = {
                    "that do not fit instead of blocking). Default: ttft."),
     "split": dict(choices=SPLITS, help="whole: pack whole prompts, split a prompt only when "
                   "it alone exceeds the step's token budget; fill: also split the next prompt "
-                  "to fill the budget. Default: fill."),
+                  "to fill the budget. Default: whole."),
     "max_wait_s": dict(type=float, metavar="SECONDS", help="Aging bound: a request waiting "
                        "this long is never overtaken by a younger one. Default: 5.0."),
     "lookahead": dict(type=int, metavar="N", help="Waiting requests the planner considers "

@@ -1,0 +1,72 @@
+"""What every benchmark JSON records: device, versions, git commit, command."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+
+def git_commit() -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
+                             cwd=Path(__file__).resolve().parents[1], timeout=10)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, timeout=10,
+                               cwd=Path(__file__).resolve().parents[1]).stdout.strip()
+        return out.stdout.strip() + ("-dirty" if dirty else "") if out.returncode == 0 else None
+    except (OSError, subprocess.SubprocessError):
+        return os.environ.get("PREPACK_GIT_COMMIT")
+
+
+def environment() -> dict:
+    import torch
+
+    env = {
+        "time_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "git_commit": git_commit() or os.environ.get("PREPACK_GIT_COMMIT"),
+        "command": " ".join([Path(sys.executable).name, *sys.argv]),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda,
+        "host_cpus": os.cpu_count(),
+    }
+    if torch.cuda.is_available():
+        env["device"] = f"GPU: {torch.cuda.get_device_name(0)} x{torch.cuda.device_count()}"
+    else:
+        env["device"] = f"CPU: {platform.processor() or platform.machine()}, {os.cpu_count()} cores"
+    try:
+        import vllm
+
+        env["vllm"] = vllm.__version__
+    except ImportError:
+        env["vllm"] = None
+    return env
+
+
+def write_json(path: str | Path, payload: dict) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(payload, indent=1, sort_keys=False) + "\n")
+    return path
+
+
+def spread(values: list[float]) -> dict:
+    values = sorted(values)
+    n = len(values)
+    return {"mean": sum(values) / n, "min": values[0], "max": values[-1],
+            "median": values[n // 2] if n % 2 else (values[n // 2 - 1] + values[n // 2]) / 2,
+            "n": n}
+
+
+def verdict(ratio: dict, higher_is_better: bool) -> str:
+    """'win'/'loss' only where the whole spread of per-repetition ratios excludes 1.0."""
+    if ratio["min"] > 1.0:
+        return "win" if higher_is_better else "loss"
+    if ratio["max"] < 1.0:
+        return "loss" if higher_is_better else "win"
+    return "tie"

@@ -1,0 +1,154 @@
+"""Greedy-output equivalence on a real engine: stock vs prepack scheduler, and the packed
+attention path on vs off (same scheduler). Each arm runs in its own process; the JSON says
+which classes ran (scheduler, attention impl) and what the packed-path counters read.
+
+    VLLM_BATCH_INVARIANT=1 python -m benchmarks.equivalence --model-shape llama-3.2-1b \\
+        --out benchmarks/results/equivalence_h100.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from benchmarks import common, workloads  # noqa: E402
+
+ARMS = {
+    "stock": {},
+    "prepack": {"packed_attention": "off"},
+    "prepack-packed": {"packed_attention": "on"},
+}
+
+
+def _impl_classes(worker) -> list[str]:
+    return sorted({f"{type(m.impl).__module__}.{type(m.impl).__qualname__}"
+                   for m in worker.model_runner.model.modules() if hasattr(m, "impl")})
+
+
+def worker(args: argparse.Namespace) -> None:
+    os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
+    from vllm import LLM, SamplingParams
+    from vllm.inputs import TokensPrompt
+
+    import vllm_prepack
+    from vllm_prepack.adapters import attention
+
+    kwargs = dict(json.loads(args.engine_args))
+    if args.arm != "stock":
+        kwargs.update(vllm_prepack.engine_kwargs(**ARMS[args.arm],
+                                                 **json.loads(args.prepack_options)))
+    llm = LLM(args.model, **kwargs)
+    scheduler = llm.llm_engine.engine_core.engine_core.scheduler
+    vocab = llm.llm_engine.vllm_config.model_config.get_vocab_size()
+    w = workloads.make(args.workload, args.n, args.seed, max_len=args.max_len)
+    prompts = [TokensPrompt(prompt_token_ids=p) for p in w.prompts(vocab)]
+    llm.collective_rpc(attention.reset_counters)
+    outs = llm.generate(prompts, SamplingParams(temperature=0, max_tokens=args.max_tokens,
+                                                logprobs=1, ignore_eos=True), use_tqdm=False)
+    cfg = llm.llm_engine.vllm_config
+    result = {
+        "arm": args.arm, "engine_kwargs": kwargs,
+        "scheduler_class": f"{type(scheduler).__module__}.{type(scheduler).__qualname__}",
+        "async_scheduling": cfg.scheduler_config.async_scheduling,
+        "cudagraph_mode": str(cfg.compilation_config.cudagraph_mode),
+        "attention_impls": llm.collective_rpc(_impl_classes)[0],
+        "packed_counters": llm.collective_rpc(attention.read_counters)[0],
+        "batch_invariant": os.environ.get("VLLM_BATCH_INVARIANT", "0"),
+        "workload": w.describe(),
+        "tokens": [list(o.outputs[0].token_ids) for o in outs],
+        "logprobs": [[lp[t].logprob for t, lp in zip(o.outputs[0].token_ids,
+                                                      o.outputs[0].logprobs)] for o in outs],
+    }
+    Path(args.result).write_text(json.dumps(result))
+
+
+def compare(a: dict, b: dict) -> dict:
+    same = [x == y for x, y in zip(a["tokens"], b["tokens"])]
+    first_diff = []
+    for ta, tb in zip(a["tokens"], b["tokens"]):
+        k = next((i for i, (x, y) in enumerate(zip(ta, tb)) if x != y), len(ta))
+        first_diff.append(k)
+    # Logprob of the shared prefix of each output (same tokens, so comparable).
+    lp_diffs = [abs(x - y) for la, lb, k in zip(a["logprobs"], b["logprobs"], first_diff)
+                for x, y in zip(la[:k], lb[:k])]
+    return {"identical_outputs": sum(same), "outputs": len(same),
+            "token_identical": all(same),
+            "max_logprob_diff_on_shared_prefix": max(lp_diffs) if lp_diffs else 0.0,
+            "first_divergence_positions": [k for k in first_diff if k < len(a["tokens"][0])]}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model")
+    parser.add_argument("--model-shape", default="llama-3.2-1b")
+    parser.add_argument("--arms", default=",".join(ARMS))
+    parser.add_argument("--workload", default="lognormal")
+    parser.add_argument("--n", type=int, default=64)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--max-len", type=int, default=2048)
+    parser.add_argument("--max-tokens", type=int, default=16)
+    parser.add_argument("--engine-args", default="{}")
+    parser.add_argument("--prepack-options", default="{}")
+    parser.add_argument("--out")
+    parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--arm", help=argparse.SUPPRESS)
+    parser.add_argument("--result", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.model is None:
+        from benchmarks.models import config_dir
+
+        args.model = str(config_dir(args.model_shape))
+        extra = {"load_format": "dummy", "skip_tokenizer_init": True,
+                 "enable_prefix_caching": False, "seed": 0, **json.loads(args.engine_args)}
+        args.engine_args = json.dumps(extra)
+    if args.worker:
+        worker(args)
+        return
+    runs = {}
+    tmp = Path(tempfile.mkdtemp(prefix="prepack_eq_"))
+    for arm in args.arms.split(","):
+        result = tmp / f"{arm}.json"
+        cmd = [sys.executable, "-m", "benchmarks.equivalence", "--worker", "--arm", arm,
+               "--result", str(result), "--model", args.model, "--engine-args",
+               args.engine_args, "--prepack-options", args.prepack_options, "--workload",
+               args.workload, "--n", str(args.n), "--seed", str(args.seed), "--max-len",
+               str(args.max_len), "--max-tokens", str(args.max_tokens)]
+        print(f"[{arm}] starting", flush=True)
+        proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+        if proc.returncode != 0:
+            print(proc.stdout[-3000:], proc.stderr[-6000:])
+            runs[arm] = {"error": proc.stderr[-4000:]}
+            continue
+        runs[arm] = json.loads(result.read_text())
+        r = runs[arm]
+        print(f"[{arm}] {r['scheduler_class']} async={r['async_scheduling']} "
+              f"impls={r['attention_impls']} counters={r['packed_counters']}", flush=True)
+    comparisons = {}
+    pairs = [("stock", "prepack", "scheduler only"),
+             ("prepack", "prepack-packed", "attention path only")]
+    for a, b, what in pairs:
+        if "tokens" in runs.get(a, {}) and "tokens" in runs.get(b, {}):
+            comparisons[f"{a} vs {b}"] = {"toggled": what, **compare(runs[a], runs[b])}
+            print(f"{a} vs {b} ({what}): {comparisons[f'{a} vs {b}']}", flush=True)
+    payload = {"benchmark": "greedy equivalence", **common.environment(),
+               "model": args.model, "model_shape": args.model_shape,
+               "comparisons": comparisons,
+               "runs": {a: {k: v for k, v in r.items() if k not in ("tokens", "logprobs")}
+                        for a, r in runs.items()}}
+    if args.out:
+        common.write_json(args.out, payload)
+        print("wrote", args.out)
+
+
+if __name__ == "__main__":
+    main()

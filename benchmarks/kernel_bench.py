@@ -1,0 +1,153 @@
+"""Attention kernel micro-benchmark: packed contiguous K/V vs vLLM's paged K/V (GPU, FA3).
+
+For prefill packs of 8k-32k tokens (prompt lengths from the lognormal mix), times
+``flash_attn_varlen_func`` over the contiguous packed K/V (``cu_seqlens_k = cu_seqlens_q``,
+what ``--scheduler prepack``'s packed path calls) against the same call reading K/V through
+a block table from a paged cache (what vLLM's FlashAttention backend calls), for the
+Llama-3.2-1B and Llama-3.1-8B head shapes; checks both give the same output. Ratio
+paged/packed time > 1 means the packed path is faster.
+
+    python -m benchmarks.kernel_bench --out benchmarks/results/kernel_h100.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from benchmarks import common, workloads  # noqa: E402
+
+HEAD_SHAPES = {"llama-3.2-1b": (32, 8, 64), "llama-3.1-8b": (32, 8, 128)}
+
+
+def pack_lengths(total: int, seed: int) -> list[int]:
+    draw = workloads.MIXES["lognormal"][1]
+    rng = random.Random(seed)
+    lengths: list[int] = []
+    while sum(lengths) < total:
+        lengths.append(min(draw(rng), total - sum(lengths)))
+    return lengths
+
+
+def time_ms(fn, iters: int) -> float:
+    import torch
+
+    for _ in range(3):
+        fn()
+    torch.cuda.synchronize()
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    for _ in range(iters):
+        fn()
+    end.record()
+    torch.cuda.synchronize()
+    return start.elapsed_time(end) / iters
+
+
+def run(shape: str, total: int, block_size: int, reps: int, iters: int, seed: int) -> dict:
+    import torch
+    from vllm.vllm_flash_attn import flash_attn_varlen_func
+
+    hq, hkv, d = HEAD_SHAPES[shape]
+    lengths = pack_lengths(total, seed)
+    dev, dt = "cuda", torch.bfloat16
+    g = torch.Generator(device=dev).manual_seed(seed)
+    q = torch.randn(total, hq, d, device=dev, dtype=dt, generator=g)
+    k = torch.randn(total, hkv, d, device=dev, dtype=dt, generator=g)
+    v = torch.randn(total, hkv, d, device=dev, dtype=dt, generator=g)
+    cu = torch.tensor([0, *torch.tensor(lengths).cumsum(0).tolist()], device=dev,
+                      dtype=torch.int32)
+    seqlens = torch.tensor(lengths, device=dev, dtype=torch.int32)
+    m = max(lengths)
+    # Paged cache in vLLM's FlashAttention layout [num_blocks, block_size, Hkv, D], blocks of
+    # each prompt scattered at random, filled with the same K/V (one scatter).
+    blocks = [-(-n // block_size) for n in lengths]
+    num_blocks = sum(blocks) + 8
+    perm = torch.randperm(num_blocks, generator=torch.Generator().manual_seed(seed)).tolist()
+    table = torch.zeros(len(lengths), max(blocks), dtype=torch.int32)
+    slots, used = [], 0
+    for i, (n, nb) in enumerate(zip(lengths, blocks)):
+        table[i, :nb] = torch.tensor(perm[used:used + nb])
+        slots += [perm[used + p // block_size] * block_size + p % block_size for p in range(n)]
+        used += nb
+    table = table.to(dev)
+    k_cache = torch.zeros(num_blocks * block_size, hkv, d, device=dev, dtype=dt)
+    v_cache = torch.zeros_like(k_cache)
+    slot_t = torch.tensor(slots, device=dev)
+    k_cache[slot_t], v_cache[slot_t] = k, v
+    k_cache = k_cache.view(num_blocks, block_size, hkv, d)
+    v_cache = v_cache.view(num_blocks, block_size, hkv, d)
+    out_packed = torch.empty_like(q)
+    out_paged = torch.empty_like(q)
+    scale = d ** -0.5
+
+    def packed():
+        flash_attn_varlen_func(q=q, k=k, v=v, out=out_packed, cu_seqlens_q=cu,
+                               cu_seqlens_k=cu, max_seqlen_q=m, max_seqlen_k=m,
+                               softmax_scale=scale, causal=True, fa_version=3)
+
+    def paged():
+        flash_attn_varlen_func(q=q, k=k_cache, v=v_cache, out=out_paged, cu_seqlens_q=cu,
+                               seqused_k=seqlens, max_seqlen_q=m, max_seqlen_k=m,
+                               block_table=table, softmax_scale=scale, causal=True,
+                               fa_version=3)
+
+    packed()
+    paged()
+    torch.cuda.synchronize()
+    max_err = (out_packed.float() - out_paged.float()).abs().max().item()
+    times = {"packed_ms": [], "paged_ms": []}
+    for r in range(reps):  # alternate the order each repetition
+        pair = [("packed_ms", packed), ("paged_ms", paged)]
+        for name, fn in pair if r % 2 == 0 else pair[::-1]:
+            times[name].append(time_ms(fn, iters))
+    ratios = [b / a for a, b in zip(times["packed_ms"], times["paged_ms"])]
+    spread = common.spread(ratios)
+    spread["verdict"] = common.verdict(spread, higher_is_better=True)
+    return {"shape": shape, "heads_q_kv_dim": [hq, hkv, d],
+            "pack_tokens": total, "prompts": len(lengths), "max_prompt": m,
+            "block_size": block_size, "max_abs_diff_packed_vs_paged": max_err,
+            "packed_ms": common.spread(times["packed_ms"]),
+            "paged_ms": common.spread(times["paged_ms"]),
+            "speedup_paged_over_packed": spread}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--tokens", default="8192,16384,32768")
+    parser.add_argument("--shapes", default=",".join(HEAD_SHAPES))
+    parser.add_argument("--block-size", type=int, default=16)
+    parser.add_argument("--reps", type=int, default=7)
+    parser.add_argument("--iters", type=int, default=20)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", default=None)
+    args = parser.parse_args()
+    rows = []
+    for shape in args.shapes.split(","):
+        for total in map(int, args.tokens.split(",")):
+            row = run(shape, total, args.block_size, args.reps, args.iters, args.seed)
+            s = row["speedup_paged_over_packed"]
+            print(f"{shape:>14} {total:>6} tok {row['prompts']:>4} prompts: packed "
+                  f"{row['packed_ms']['median']:.3f} ms, paged {row['paged_ms']['median']:.3f} ms,"
+                  f" paged/packed x{s['median']:.3f} [{s['min']:.3f}, {s['max']:.3f}] "
+                  f"{s['verdict']} (max diff {row['max_abs_diff_packed_vs_paged']:.2e})",
+                  flush=True)
+            rows.append(row)
+    result = {"benchmark": "FA3 varlen: packed contiguous K/V vs paged K/V, causal prefill",
+              **common.environment(), "dtype": "bfloat16", "fa_version": 3,
+              "workload": "prompt lengths from the lognormal mix, cut to fill each pack",
+              "reps": args.reps, "iters": args.iters, "seed": args.seed, "results": rows}
+    if args.out:
+        common.write_json(args.out, result)
+        print("wrote", args.out)
+
+
+if __name__ == "__main__":
+    main()
