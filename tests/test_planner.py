@@ -437,6 +437,13 @@ def test_huge_young_prompt_progresses_alone_in_whole_mode() -> None:
     assert plan([medium], busy, now=1.0, split="whole").admit == ()
 
 
+def test_fcfs_skips_what_does_not_fit_and_packs_to_the_last_token() -> None:
+    q = [Candidate(1, 100, 0, 0.0), Candidate(2, 50, 0, 0.1), Candidate(3, 1, 0, 0.2)]
+    budget = Budget(tokens=101, slots=8, blocks=BIG, block_size=16, max_tokens=8192)
+    p = plan(q, budget, now=1.0, policy="fcfs", split="whole")
+    assert (p.admit, p.tokens) == ((1, 3), 101)
+
+
 def test_split_is_limited_by_kv_blocks() -> None:
     c = Candidate(1, 1000, cached=10, arrival=0.0)
     one_block = Budget(tokens=8192, slots=8, blocks=1, block_size=16, max_tokens=8192)

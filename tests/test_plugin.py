@@ -278,6 +278,26 @@ def test_patches_apply_and_work_without_the_plugin(tiny_model, tmp_path, engine_
                 print("built", name, type(s).__module__ + "." + type(s).__qualname__)
                 llm.generate(["the model is"], SamplingParams(max_tokens=2), use_tqdm=False)
                 del llm, s
+            # attention-backend-selection: a hook decides per engine, outside vLLM's cache.
+            from vllm.v1.attention.backends.cpu_attn import CPUAttentionBackend
+            from vllm.v1.attention.selector import register_attn_backend_hook
+
+            class Mine(CPUAttentionBackend):
+                pass
+
+            def hook(selected, vllm_config, selector_config):
+                wanted = vllm_config.additional_config.get("mine")
+                return Mine if wanted and selected is CPUAttentionBackend else None
+
+            register_attn_backend_hook(hook)
+            register_attn_backend_hook(hook)
+            def backends(worker):
+                return sorted({{m.attn_backend.__name__ for m in worker.model_runner.model.modules()
+                                if hasattr(m, "attn_backend")}})
+            for mine in (True, False):
+                llm = LLM({tiny_model!r}, additional_config={{"mine": mine}}, **{ENGINE_ARGS!r})
+                print("backends", mine, llm.collective_rpc(backends)[0])
+                del llm
             print("hooks", sorted(adapters.installed_hooks()))
     """)
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
@@ -288,4 +308,5 @@ def test_patches_apply_and_work_without_the_plugin(tiny_model, tmp_path, engine_
     assert "built prepack vllm_prepack.adapters.scheduler.PrepackSyncScheduler" in log
     assert "built default vllm.v1.core.sched.scheduler.Scheduler" in log
     assert "Engine core scheduler class: vllm_prepack.adapters.scheduler." in log
+    assert "backends True ['Mine']" in log and "backends False ['CPUAttentionBackend']" in log
     assert "hooks []" in log  # nothing came from the plugin: the patches did it

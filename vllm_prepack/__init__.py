@@ -18,7 +18,6 @@ from vllm_prepack.log import get_logger
 __version__ = "0.1.0"
 __all__ = ["register", "engine_kwargs", "PrepackConfig", "PrepackConfigError", "__version__"]
 
-logger = get_logger(__name__)
 _registered = False
 _warned_version = False
 
@@ -35,7 +34,9 @@ def register() -> None:
     if not compat.is_tested_version(version):
         if not _warned_version:
             _warned_version = True
-            logger.warning("%s Patching nothing.", compat.untested_message(version))
+            get_logger(__name__).warning(
+                "%s Patching nothing.", compat.untested_message(version)
+            )
         if _cli_asks_for_prepack(sys.argv):
             raise SystemExit(f"error: {compat.untested_message(version)}")
         return
@@ -58,7 +59,7 @@ def announce() -> None:
     _announced = True
     from vllm_prepack import adapters
 
-    logger.info(
+    get_logger(__name__).info(
         "vllm-prepack %s registered in process %d (hooks: %s)",
         __version__, os.getpid(), ", ".join(sorted(adapters.installed_hooks())),
     )

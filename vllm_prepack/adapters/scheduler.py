@@ -10,6 +10,7 @@ to arrival order, with requests preempted during the step at its head.
 from __future__ import annotations
 
 import time
+from itertools import islice
 from typing import Any
 
 from vllm.v1.core.sched.async_scheduler import AsyncScheduler
@@ -118,6 +119,8 @@ class PrepackSchedulerMixin:
             self.vllm_config.additional_config
         )
         self.prepack_observer = make_observer(self, self.prepack_config)
+        self._prepack_candidates: dict[str, planner.Candidate] = {}
+        self._prepack_last_plan: planner.Plan | None = None
         logger.info(
             "Engine core built %s (%s)", type(self).__name__, self.prepack_config.to_dict()
         )
@@ -157,23 +160,38 @@ class PrepackSchedulerMixin:
             max_tokens=self.max_num_scheduled_tokens,
         )
 
-    def _plan(self, plannable: list[Request]) -> planner.Plan:
+    def _candidate(self, r: Request, previous: planner.Candidate | None) -> planner.Candidate:
+        """The request as the planner sees it; reused across steps while nothing about it
+        changed (with prefix caching on, the hit is looked up again every step)."""
+        preempted = r.status == RequestStatus.PREEMPTED
+        if (
+            previous is not None
+            and not self.kv_cache_manager.enable_caching
+            and previous.cached == r.num_computed_tokens
+            and previous.preempted == preempted
+            and previous.tokens == max(1, r.num_tokens - r.num_computed_tokens)
+        ):
+            return previous
+        cached = self._cached_tokens(r)
+        return planner.Candidate(
+            key=id(r),
+            tokens=max(1, r.num_tokens - cached),
+            cached=cached,
+            arrival=r.arrival_time,
+            preempted=preempted,
+            prefix=hash(r.block_hashes[0]) if r.block_hashes else None,
+        )
+
+    def _plan(self, plannable: list[Request]) -> list[Request]:
+        """The requests to admit this step, in the order to present them."""
         cfg = self.prepack_config
-        candidates = []
-        for key, r in enumerate(plannable[: cfg.lookahead]):
-            cached = self._cached_tokens(r)
-            candidates.append(
-                planner.Candidate(
-                    key=key,
-                    tokens=max(1, r.num_tokens - cached),
-                    cached=cached,
-                    arrival=r.arrival_time,
-                    preempted=r.status == RequestStatus.PREEMPTED,
-                    prefix=hash(r.block_hashes[0]) if r.block_hashes else None,
-                )
-            )
-        return planner.plan(
-            candidates,
+        previous = self._prepack_candidates
+        current = {}
+        for r in plannable:
+            current[r.request_id] = self._candidate(r, previous.get(r.request_id))
+        self._prepack_candidates = current
+        plan = planner.plan(
+            list(current.values()),
             self._budget(),
             time.time(),
             policy=cfg.policy,
@@ -181,28 +199,31 @@ class PrepackSchedulerMixin:
             max_wait_s=cfg.max_wait_s,
             lookahead=cfg.lookahead,
         )
+        self._prepack_last_plan = plan
+        by_key = {id(r): r for r in plannable}
+        return [by_key[k] for k in plan.admit]
 
     # -- one step ------------------------------------------------------------------------------
 
     def schedule(self, *args: Any, **kwargs: Any) -> SchedulerOutput:
         original = self.waiting
         waiting_before = [r.request_id for r in original]
-        plannable = [r for r in original if r.status in _PLANNABLE]
-        plan = None
+        plannable = list(islice((r for r in original if r.status in _PLANNABLE),
+                                self.prepack_config.lookahead))
+        admitted = None
         fault = False
         if plannable:
             try:
-                plan = self._plan(plannable)
+                admitted = self._plan(plannable)
             except Exception:  # fall back to vLLM's own admission for this step
                 fault = True
                 logger.exception("prepack planner failed; vLLM's admission runs this step")
-        if plan is None:
+        if admitted is None:
             output = super().schedule(*args, **kwargs)
             observe_step(self, self.prepack_observer, output, waiting_before,
                          planner_fault=fault)
             return output
 
-        admitted = [plannable[k] for k in plan.admit]
         chosen = set(admitted)
         presented = create_request_queue(self.policy)
         for r in admitted:
@@ -210,30 +231,29 @@ class PrepackSchedulerMixin:
         for r in original:  # blocked states: vLLM must keep examining them
             if r.status not in _PLANNABLE:
                 presented.add_request(r)
-        hidden = [r for r in original if r.status in _PLANNABLE and r not in chosen]
         self.waiting = presented
         try:
             output = super().schedule(*args, **kwargs)
         finally:
             self.waiting = original
-            _restore(original, presented, hidden)
+            _restore(original, presented, chosen)
         observe_step(
             self, self.prepack_observer, output, waiting_before,
-            planned=[r.request_id for r in admitted], aged=plan.aged,
+            planned=[r.request_id for r in admitted], aged=self._prepack_last_plan.aged,
         )
         return output
 
 
-def _restore(original: Any, presented: Any, hidden: list[Request]) -> None:
-    """Arrival order again; requests preempted during the step (new to the queue) first."""
+def _restore(original: Any, presented: Any, chosen: set[Request]) -> None:
+    """Arrival order again, without the requests vLLM admitted (or moved elsewhere); requests
+    preempted during the step (new to the queue) go first."""
+    left = set(presented)
     before = list(original)
     known = set(before)
-    left = set(presented)
-    left.update(hidden)
     preempted_now = [r for r in presented if r not in known]
     original.clear()
     original.extend(preempted_now)
-    original.extend(r for r in before if r in left)
+    original.extend(r for r in before if r not in chosen or r in left)
 
 
 class PrepackSyncScheduler(PrepackSchedulerMixin, Scheduler):
