@@ -55,6 +55,14 @@ def test_stock_engines_get_vllms_own_classes(tmp_path):
         assert type(layer.impl) is CPUAttentionBackendImpl
 
 
+def test_auto_mode_leaves_the_cpu_backend_alone(tmp_path):
+    from vllm.v1.attention.backends.cpu_attn import CPUAttentionBackend
+
+    layer, _ = _layer(_vllm_config(tmp_path, prepack=True, packed="auto"))
+    assert layer.attn_backend is CPUAttentionBackend
+    assert "FLASH_ATTN" in attention.AUTO_ON and "CPU_ATTN" not in attention.AUTO_ON
+
+
 def test_prepack_engine_gets_the_packed_backend(tmp_path):
     from vllm.v1.attention.backends.cpu_attn import CPUAttentionBackend
 

@@ -117,3 +117,23 @@ def test_aging_bound_is_respected(tiny_model):
     old_ids = [r.request_id for r in old]
     assert order[: len(old_ids)] == old_ids
     assert len(order) == len(prompts) and len(set(order)) == len(order)
+
+
+def test_planner_fault_falls_back_to_vllm_for_the_step(tiny_model, monkeypatch):
+    from vllm_prepack.adapters import scheduler as adapter
+
+    calls = {"n": 0}
+
+    def broken(*args, **kwargs):
+        calls["n"] += 1
+        raise RuntimeError("injected planner fault")
+
+    monkeypatch.setattr(adapter.planner, "plan", broken)
+    prompts = bimodal_prompts(5, n=30)
+    scheduler, ours = _run(PrepackSyncScheduler, tiny_model, prompts, chunked=True, budget=512)
+    monkeypatch.undo()
+    _, stock = _run(Scheduler, tiny_model, prompts, chunked=True, budget=512)
+    assert calls["n"] > 0
+    assert scheduler.prepack_observer.planner_faults == calls["n"]
+    assert ours.finished == stock.finished and len(ours.finished) == len(prompts)
+    assert ours.first_token_step == stock.first_token_step  # vLLM's own admission ran

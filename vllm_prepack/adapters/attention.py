@@ -92,11 +92,17 @@ def _seq_lens_cpu(common: Any, n: int) -> list[int] | None:
 # -- which layers take the path -------------------------------------------------------------
 
 
-def packed_path_wanted(vllm_config: Any) -> bool:
+AUTO_ON = frozenset({"FLASH_ATTN"})
+"""Backends where ``packed_attention=auto`` takes the packed path: measured faster there
+(FA3 on H100, benchmarks/results/kernel_h100.json). The CPU path (SDPA per prompt) measured
+slower than vLLM's CPU kernel, so ``auto`` leaves CPU_ATTN alone."""
+
+
+def packed_mode(vllm_config: Any) -> str:
+    """``on``/``off``/``auto`` for this engine; ``off`` unless it runs our scheduler."""
     if vllm_config is None or not is_prepack_scheduler(vllm_config.scheduler_config.scheduler_cls):
-        return False
-    mode = PrepackConfig.from_additional_config(vllm_config.additional_config).packed_attention
-    return mode != "off"
+        return "off"
+    return PrepackConfig.from_additional_config(vllm_config.additional_config).packed_attention
 
 
 def layer_covered(kv_cache_dtype: str | None, use_mla: bool, has_sink: bool,
@@ -139,8 +145,8 @@ def install() -> None:
     @functools.wraps(original)
     def get_attn_backend(*args: Any, **kwargs: Any) -> type:
         stock = original(*args, **kwargs)
-        vllm_config = get_current_vllm_config()
-        if not packed_path_wanted(vllm_config):
+        mode = packed_mode(get_current_vllm_config())
+        if mode == "off" or (mode == "auto" and stock.get_name() not in AUTO_ON):
             return stock
         bound = signature.bind(*args, **kwargs)
         bound.apply_defaults()

@@ -1,0 +1,172 @@
+"""Merge every JSON under benchmarks/results/ into the README's results section and plots.
+
+    python -m benchmarks.render            # rewrites README.md between the results markers
+                                           # and benchmarks/results/*.png
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results"
+START, END = "<!-- results:start -->", "<!-- results:end -->"
+
+
+def _fmt_ratio(r: dict) -> str:
+    mark = {"win": " **win**", "loss": " **loss**", "tie": ""}[r["verdict"]]
+    return f"{r['mean']:.2f} [{r['min']:.2f}-{r['max']:.2f}]{mark}"
+
+
+def ab_tables(path: Path, d: dict) -> list[str]:
+    arms = list(d["arms"])
+    base = d["baseline"]
+    shape = d.get("model_shape") or Path(d["model"]).name
+    lines = [f"#### {shape}, chunked prefill {d['chunked_prefill']} "
+             f"({d['device']}, vLLM {d['vllm']}, commit {str(d['git_commit'])[:10]}, "
+             f"{d['repetitions']} reps, `{path.name}`)", "",
+             "| mix | padding | arm | prefill tok/s | TTFT mean s | TTFT p99 s | steps | "
+             "split prompts | packed share | tok/s vs stock | TTFT mean vs stock |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for name, w in d["workloads"].items():
+        ratios = w["ratios_vs_" + base]
+        for arm in arms:
+            pa = w["per_arm"][arm]
+            r = ratios.get(arm, {})
+            lines.append(
+                f"| {name} | {w['workload']['padding_ratio']:.1f}x | {arm} | "
+                f"{pa['prefill_tokens_per_s']['mean']:,.0f} | {pa['ttft_mean_s']['mean']:.3f} | "
+                f"{pa['ttft_p99_s']['mean']:.3f} | {pa['engine_steps']['mean']:.0f} | "
+                f"{pa['split_prompts']['mean']:.0f} | {pa['packed_share']['mean']:.2f} | "
+                f"{_fmt_ratio(r['prefill_tokens_per_s']) if r else '1'} | "
+                f"{_fmt_ratio(r['ttft_mean_s']) if r else '1'} |")
+    lines.append("")
+    return lines
+
+
+def kernel_table(path: Path, d: dict) -> list[str]:
+    lines = [f"#### FA3 varlen, packed contiguous vs paged K/V ({d['device']}, "
+             f"commit {str(d['git_commit'])[:10]}, `{path.name}`)", "",
+             "| head shape (q, kv, dim) | pack tokens | prompts | packed ms | paged ms | "
+             "paged/packed | max diff |", "|---|---|---|---|---|---|---|"]
+    for r in d["results"]:
+        s = r["speedup_paged_over_packed"]
+        lines.append(f"| {r['shape']} {tuple(r['heads_q_kv_dim'])} | {r['pack_tokens']} | "
+                     f"{r['prompts']} | {r['packed_ms']['median']:.3f} | "
+                     f"{r['paged_ms']['median']:.3f} | {_fmt_ratio(s)} | "
+                     f"{r['max_abs_diff_packed_vs_paged']:.0e} |")
+    lines.append("")
+    return lines
+
+
+def equivalence_table(path: Path, d: dict) -> list[str]:
+    lines = [f"#### Greedy equivalence, {d['model_shape']} ({d['device']}, "
+             f"commit {str(d['git_commit'])[:10]}, `{path.name}`)", "",
+             "| pair | toggled | identical outputs | max logprob diff | classes that ran |",
+             "|---|---|---|---|---|"]
+    for pair, c in d["comparisons"].items():
+        a, b = pair.split(" vs ")
+        ran = "; ".join(
+            f"{arm}: {d['runs'][arm]['scheduler_class'].rsplit('.', 1)[-1]} + "
+            f"{d['runs'][arm]['attention_impls'][0].rsplit('.', 1)[-1]} "
+            f"(packed layer calls {d['runs'][arm]['packed_counters']['layer_calls']})"
+            for arm in (a, b))
+        lines.append(f"| {pair} | {c['toggled']} | {c['identical_outputs']}/{c['outputs']} | "
+                     f"{c['max_logprob_diff_on_shared_prefix']:.2g} | {ran} |")
+    batch_inv = {r.get("batch_invariant") for r in d["runs"].values()}
+    lines += ["", f"`VLLM_BATCH_INVARIANT={','.join(sorted(batch_inv))}`.", ""]
+    return lines
+
+
+def plots(results: list[tuple[Path, dict]]) -> list[str]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    made = []
+    for path, d in results:
+        if not d.get("benchmark", "").startswith("offline A/B"):
+            continue
+        stem = path.stem
+        names = list(d["workloads"])
+        fig, axes = plt.subplots(1, len(names), figsize=(3.2 * len(names), 3), squeeze=False)
+        for ax, name in zip(axes[0], names):
+            runs = d["workloads"][name]["runs"]
+            for arm, rows in runs.items():
+                ttft = sorted(t for row in rows for t in row["ttft_s"])
+                ax.plot(ttft, [i / len(ttft) for i in range(1, len(ttft) + 1)], label=arm)
+            ax.set_title(name, fontsize=9)
+            ax.set_xlabel("TTFT (s)", fontsize=8)
+            ax.grid(alpha=0.3)
+        axes[0][0].set_ylabel("share of requests")
+        axes[0][-1].legend(fontsize=7)
+        fig.suptitle(f"TTFT CDF: {d.get('model_shape')}, chunked {d['chunked_prefill']} "
+                     f"({d['device']})", fontsize=9)
+        fig.tight_layout()
+        out = RESULTS / f"{stem}_ttft_cdf.png"
+        fig.savefig(out, dpi=110)
+        plt.close(fig)
+        made.append(out.name)
+
+        fig, ax = plt.subplots(figsize=(1.6 * len(names) + 2, 3))
+        arms = list(d["arms"])
+        width = 0.8 / len(arms)
+        for i, arm in enumerate(arms):
+            vals = [d["workloads"][n]["per_arm"][arm]["prefill_tokens_per_s"]["mean"] / 1e3
+                    for n in names]
+            ax.bar([j + i * width for j in range(len(names))], vals, width, label=arm)
+        ax.set_xticks([j + 0.4 - width / 2 for j in range(len(names))], names, fontsize=8)
+        ax.set_ylabel("prefill k tok/s")
+        ax.legend(fontsize=7)
+        ax.set_title(f"Throughput: {d.get('model_shape')}, chunked {d['chunked_prefill']}",
+                     fontsize=9)
+        fig.tight_layout()
+        out = RESULTS / f"{stem}_throughput.png"
+        fig.savefig(out, dpi=110)
+        plt.close(fig)
+        made.append(out.name)
+    return made
+
+
+def render() -> str:
+    results = []
+    for path in sorted(RESULTS.glob("*.json")):
+        results.append((path, json.loads(path.read_text())))
+    lines: list[str] = []
+    for path, d in results:
+        kind = d.get("benchmark", "")
+        if kind.startswith("greedy equivalence"):
+            lines += equivalence_table(path, d)
+    for path, d in results:
+        if d.get("benchmark", "").startswith("FA3 varlen"):
+            lines += kernel_table(path, d)
+    for path, d in results:
+        if d.get("benchmark", "").startswith("offline A/B"):
+            lines += ab_tables(path, d)
+    images = plots(results)
+    for image in images:
+        lines.append(f"![{image}](benchmarks/results/{image})")
+    lines.append("")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--readme", default=str(ROOT / "README.md"))
+    args = parser.parse_args()
+    readme = Path(args.readme)
+    text = readme.read_text()
+    if START not in text or END not in text:
+        sys.exit(f"{readme} has no {START} ... {END} section")
+    head, rest = text.split(START, 1)
+    _, tail = rest.split(END, 1)
+    readme.write_text(head + START + "\n" + render() + END + tail)
+    print("rendered", readme)
+
+
+if __name__ == "__main__":
+    main()
