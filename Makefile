@@ -35,3 +35,6 @@ lint: venv
 
 clean:
 	rm -rf $(VENV) .models build *.egg-info
+
+soak: venv $(MODEL)/config.json
+	PREPACK_SOAK_STEPS=10000 $(PY) -m pytest -q -s tests/test_soak.py
