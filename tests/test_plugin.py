@@ -123,6 +123,21 @@ def test_bad_prepack_options_fail_clearly(tiny_model, args, message):
     assert message in out.stdout + out.stderr
 
 
+@pytest.mark.cli
+def test_bench_throughput_selects_prepack(tiny_model, engine_lock):
+    out = run_vllm(["bench", "throughput", "--model", tiny_model, "--scheduler", "prepack",
+                    "--prepack-policy", "fcfs", "--dataset-name", "random",
+                    "--random-input-len", "64", "--random-output-len", "4", "--num-prompts", "16",
+                    "--dtype", "float32", "--enforce-eager", "--max-model-len", "1024",
+                    "--kv-cache-memory-bytes", str(64 << 20)], timeout=300)
+    log = out.stdout + out.stderr
+    assert out.returncode == 0, log[-3000:]
+    assert "Throughput:" in log
+    assert re.search(r"EngineCore pid=\d+\).*Engine core scheduler class: "
+                     r"vllm_prepack\.adapters\.scheduler\.PrepackSyncScheduler", log), log[-3000:]
+    assert "'policy': 'fcfs'" in log
+
+
 def _completion_texts(server, prompts, model):
     texts = []
     for p in prompts:
