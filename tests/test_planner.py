@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from vllm_prepack.planner import Budget, Candidate, Plan, blocks_needed, plan
+from vllm_prepack.planner import SWITCH_FILL, Budget, Candidate, Plan, blocks_needed, plan
 
 PROPERTY = settings(derandomize=True, max_examples=300, deadline=None)
 NOW = 100.0
@@ -111,11 +111,27 @@ def whole_remainder(s: Scenario, p: Plan) -> tuple[int, int, int]:
             s.budget.blocks - sum(blocks_needed(c.cached, c.tokens, bs) for c in whole))
 
 
-def policy_order(s: Scenario, young: list[Candidate]) -> list[Candidate]:
-    """Policy order of young candidates without prefix groups."""
-    if s.policy == "ttft":
-        return sorted(young, key=lambda c: (c.tokens, c.arrival, c.key))
-    return young
+def shortest_first(young: list[Candidate]) -> list[Candidate]:
+    return sorted(young, key=lambda c: (c.tokens, c.arrival, c.key))
+
+
+def first_fit(order: list[Candidate], room: tuple[int, int, int], bs: int):
+    """Reference greedy: (admitted, left out, room left) taking each of ``order`` that fits."""
+    tokens, slots, blocks = room
+    admitted, left_out = [], []
+    for c in order:
+        if fits(c, tokens, slots, blocks, bs):
+            admitted.append(c)
+            tokens, slots, blocks = (tokens - c.tokens, slots - 1,
+                                     blocks - blocks_needed(c.cached, c.tokens, bs))
+        else:
+            left_out.append(c)
+    return admitted, left_out, (tokens, slots, blocks)
+
+
+def has_room(c: Candidate, room: tuple[int, int, int], bs: int) -> bool:
+    tokens, slots, blocks = room
+    return tokens >= 1 and slots >= 1 and blocks_needed(c.cached, 1, bs) <= blocks
 
 
 def head_blocked(s: Scenario, p: Plan) -> bool:
@@ -198,17 +214,9 @@ def test_deterministic(s: Scenario) -> None:
 @given(scenarios())
 def test_whole_mode_splits_only_what_alone_exceeds_the_step(s: Scenario) -> None:
     p = s.run()
-    if s.split != "whole" or p.partial is None:
-        return
-    c = next(c for c in s.window if c.key == p.partial)
-    assert c.tokens > s.budget.max_tokens
-    if not s.aged(c):  # a young one is split only when it is the only thing admitted
-        assert p.admit == (c.key,)
-        bs = s.budget.block_size
-        room = min(c.tokens, s.budget.tokens)
-        assert p.partial_tokens == room or blocks_needed(c.cached, p.partial_tokens + 1, bs) > (
-            s.budget.blocks
-        )
+    if s.split == "whole" and p.partial is not None:
+        c = next(c for c in s.window if c.key == p.partial)
+        assert c.tokens > s.budget.max_tokens
 
 
 @PROPERTY
@@ -237,67 +245,74 @@ def test_prefix_group_members_are_admitted_consecutively(s: Scenario) -> None:
 
 @PROPERTY
 @given(scenarios())
-def test_fill_splits_to_use_the_rest(s: Scenario) -> None:
+def test_a_young_split_uses_the_rest(s: Scenario) -> None:
+    """A young prompt that is split gets all the tokens, or all the KV blocks, left."""
     p = s.run()
-    if s.split != "fill" or head_blocked(s, p):
+    if p.partial is None or head_blocked(s, p):
         return
     tokens, _, blocks = whole_remainder(s, p)
     bs = s.budget.block_size
-    if p.partial is not None:
-        c = next(c for c in s.window if c.key == p.partial)
-        n = p.partial_tokens
-        assert blocks_needed(c.cached, n, bs) <= blocks
-        assert n == tokens or blocks_needed(c.cached, n + 1, bs) > blocks
+    c = next(c for c in s.window if c.key == p.partial)
+    n = p.partial_tokens
+    assert blocks_needed(c.cached, n, bs) <= blocks
+    assert n == tokens or blocks_needed(c.cached, n + 1, bs) > blocks
 
 
 @PROPERTY
 @given(scenarios(prefixes=False))
-def test_first_fit_in_policy_order(s: Scenario) -> None:
-    """Without prefix groups: young ones go in policy order, each admitted iff it fits at its
-    turn; with ``fill`` the first one left out gets the rest (if it can take a token)."""
+def test_young_ones_are_first_fit_in_policy_order(s: Scenario) -> None:
+    """Without prefix groups the young part of a plan is the reference first fit: ``fcfs`` in
+    queue order; ``ttft`` shortest first, or largest first when shortest first leaves more than
+    ``1 - SWITCH_FILL`` of the free tokens and largest first packs more. Then the split: ``fill``
+    the first one left out, ``whole`` the shortest prompt larger than the step."""
     p = s.run()
     if head_blocked(s, p):
         return
     by_key = {c.key: c for c in s.window}
     bs = s.budget.block_size
     head = [by_key[k] for k in p.admit[: p.aged]]
-    tokens = s.budget.tokens - sum(c.tokens for c in head)
-    slots = s.budget.slots - len(head)
-    blocks = s.budget.blocks - sum(blocks_needed(c.cached, c.tokens, bs) for c in head)
-    order = policy_order(s, [c for c in s.window if not s.aged(c)])
+    room = (s.budget.tokens - sum(c.tokens for c in head), s.budget.slots - len(head),
+            s.budget.blocks - sum(blocks_needed(c.cached, c.tokens, bs) for c in head))
+    young = [c for c in s.window if not s.aged(c)]
+    order = shortest_first(young) if s.policy == "ttft" else young
+    admitted, left_out, rest = first_fit(order, room, bs)
+    if s.policy == "ttft" and room[0] - rest[0] < SWITCH_FILL * room[0]:
+        fuller = first_fit(order[::-1], room, bs)
+        if room[0] - fuller[2][0] > room[0] - rest[0]:
+            admitted, left_out, rest = fuller
     whole = [k for k in p.admit[p.aged:] if k != p.partial]
-    left_out = []
-    for c in order:
-        if c.key in whole:
-            assert fits(c, tokens, slots, blocks, bs), c
-            tokens, slots, blocks = tokens - c.tokens, slots - 1, blocks - blocks_needed(
-                c.cached, c.tokens, bs)
-        else:
-            assert not fits(c, tokens, slots, blocks, bs), c
-            left_out.append(c)
-    assert whole == [c.key for c in order if c.key in whole]
+    assert whole == [c.key for c in admitted]
     if s.split == "fill":
-        room = (left_out and slots >= 1 and tokens >= 1
-                and blocks_needed(left_out[0].cached, 1, bs) <= blocks)
-        assert p.partial == (left_out[0].key if room else None)
+        target = left_out[0] if left_out else None
+    else:
+        target = next((c for c in order if c.tokens > s.budget.max_tokens
+                       and c.key not in whole), None)
+    expected = target.key if target is not None and has_room(target, rest, bs) else None
+    assert p.partial == expected
 
 
 @PROPERTY
 @given(scenarios(aged=False, prefixes=False))
-def test_ttft_admits_the_shortest(s: Scenario) -> None:
-    """A shorter young candidate left out lost to a longer admitted one only on KV blocks."""
+def test_ttft_serves_the_shortest_unless_a_fuller_pack_exists(s: Scenario) -> None:
+    """ttft passes a shorter prompt over for a longer one only on KV blocks, or when the
+    shortest-first pack leaves more than ``1 - SWITCH_FILL`` of the step and it packs more."""
     s = Scenario(s.candidates, s.budget, "ttft", s.split, s.max_wait_s, s.lookahead)
     p = s.run()
     by_key = {c.key: c for c in s.window}
     bs = s.budget.block_size
     whole = [by_key[k] for k in p.admit if k != p.partial]
-    order = [c.tokens for c in whole]
-    assert order == sorted(order)
+    room = (s.budget.tokens, s.budget.slots, s.budget.blocks)
+    shortest, _, rest = first_fit(shortest_first(s.window), room, bs)
+    packed, packed_shortest = sum(c.tokens for c in whole), room[0] - rest[0]
+    assert packed >= packed_shortest
+    if packed > packed_shortest:  # switched to the fuller pack: only when worth it
+        assert packed_shortest < SWITCH_FILL * room[0]
+        return
+    lengths = [c.tokens for c in whole]
+    assert lengths == sorted(lengths)
     for a in whole:
         for b in s.window:
-            if b.key not in p.admit[: len(whole)] and (b.tokens, b.arrival, b.key) < (
-                a.tokens, a.arrival, a.key
-            ):
+            if b not in whole and (b.tokens, b.arrival, b.key) < (a.tokens, a.arrival, a.key):
                 assert blocks_needed(b.cached, b.tokens, bs) > blocks_needed(
                     a.cached, a.tokens, bs), (a, b)
 
@@ -327,17 +342,33 @@ STEP = Budget(tokens=8192, slots=256, blocks=BIG, block_size=16, max_tokens=8192
 @pytest.mark.parametrize(
     ("policy", "split", "admit", "partial_tokens", "tokens"),
     [
-        ("ttft", "fill", tuple(range(1, 21)) + (0,), 6192, 8192),
-        ("ttft", "whole", tuple(range(1, 21)), 0, 2000),
         ("fcfs", "fill", tuple(range(13)), 92, 8192),
         ("fcfs", "whole", tuple(range(12)), 0, 8100),
     ],
 )
-def test_bimodal_queue(policy, split, admit, partial_tokens, tokens) -> None:
+def test_bimodal_queue_fcfs(policy, split, admit, partial_tokens, tokens) -> None:
     p = plan(bimodal(), STEP, now=1.0, policy=policy, split=split)
     assert p.admit == admit
     assert p.partial == (admit[-1] if partial_tokens else None)
     assert (p.partial_tokens, p.tokens, p.aged) == (partial_tokens, tokens, 0)
+
+
+@pytest.mark.parametrize(("split", "admitted", "partial_tokens", "tokens"),
+                         [("fill", 13, 92, 8192), ("whole", 12, 0, 8100)])
+def test_bimodal_queue_ttft_takes_the_fuller_pack(split, admitted, partial_tokens, tokens) -> None:
+    """The 20 short prompts alone fill 2000 of 8192 tokens: ttft packs largest first
+    instead (the long prompt whole plus 11 short ones)."""
+    p = plan(bimodal(), STEP, now=1.0, policy="ttft", split=split)
+    assert p.admit[0] == 0 and len(p.admit) == admitted
+    assert (p.partial_tokens, p.tokens, p.aged) == (partial_tokens, tokens, 0)
+    assert (p.partial is None) == (partial_tokens == 0)
+
+
+def test_ttft_packs_shortest_first_when_that_fills_the_step() -> None:
+    q = [Candidate(0, 7000, 0, arrival=0.0)]
+    q += [Candidate(k, 400, 0, arrival=k / 100) for k in range(1, 21)]
+    p = plan(q, STEP, now=1.0, policy="ttft", split="whole")
+    assert p.admit == tuple(range(1, 21))  # 20 x 400 = 8000 tokens: >= 95% of the step
 
 
 def grouped_queue() -> list[Candidate]:
@@ -425,14 +456,14 @@ def test_preempted_keep_the_head_and_the_oldest_aged_goes_first() -> None:
     assert (p.admit, p.partial, p.partial_tokens, p.aged) == ((1, 3, 2), 2, 50, 3)
 
 
-def test_huge_young_prompt_progresses_alone_in_whole_mode() -> None:
+def test_huge_young_prompt_is_split_into_the_gap_in_whole_mode() -> None:
     huge = Candidate(1, 20000, 0, arrival=0.0)
     short = Candidate(2, 100, 0, arrival=0.1)
     busy = Budget(tokens=3000, slots=8, blocks=BIG, block_size=16, max_tokens=8192)
     p = plan([huge], busy, now=1.0, split="whole")
     assert (p.admit, p.partial, p.partial_tokens) == ((1,), 1, 3000)
     p = plan([huge, short], busy, now=1.0, split="whole")
-    assert (p.admit, p.partial) == ((2,), None)
+    assert (p.admit, p.partial, p.partial_tokens) == ((2, 1), 1, 2900)
     medium = Candidate(3, 5000, 0, arrival=0.0)  # > free tokens but fits an empty step
     assert plan([medium], busy, now=1.0, split="whole").admit == ()
 
