@@ -81,6 +81,16 @@ def time_construction(queue: list[Candidate], repetitions: int) -> float:
     return statistics.median(samples)
 
 
+def cpu_model() -> str | None:
+    """The CPU's model name (Linux), as a complement to ``platform``'s terse answer."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            return next((line.split(":", 1)[1].strip() for line in f
+                         if line.startswith("model name")), None)
+    except OSError:
+        return None
+
+
 def git_commit() -> str | None:
     try:
         out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True,
@@ -108,6 +118,8 @@ def main() -> None:
     report = {
         "what": "CPU cost of vllm_prepack.planner.plan() per scheduler step (microseconds, CPU)",
         "device": f"CPU: {platform.processor() or platform.machine()}, {os.cpu_count()} cores",
+        "cpu_model": cpu_model(),
+        "load_average_1m_at_start": round(os.getloadavg()[0], 2),
         "python": sys.version.split()[0],
         "git_commit": git_commit(),
         "command": sys.argv,

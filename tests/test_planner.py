@@ -263,7 +263,8 @@ def test_a_young_split_uses_the_rest(s: Scenario) -> None:
 def test_young_ones_are_first_fit_in_policy_order(s: Scenario) -> None:
     """Without prefix groups the young part of a plan is the reference first fit: ``fcfs`` in
     queue order; ``ttft`` shortest first, or largest first when shortest first leaves more than
-    ``1 - SWITCH_FILL`` of the free tokens and largest first packs more. Then the split: ``fill``
+    ``1 - SWITCH_FILL`` of the free tokens, ``whole`` does not split to fill it, and largest
+    first (oldest first among equal lengths) packs more. Then the split: ``fill``
     the first one left out, ``whole`` the shortest prompt larger than the step."""
     p = s.run()
     if head_blocked(s, p):
@@ -276,8 +277,10 @@ def test_young_ones_are_first_fit_in_policy_order(s: Scenario) -> None:
     young = [c for c in s.window if not s.aged(c)]
     order = shortest_first(young) if s.policy == "ttft" else young
     admitted, left_out, rest = first_fit(order, room, bs)
-    if s.policy == "ttft" and room[0] - rest[0] < SWITCH_FILL * room[0]:
-        fuller = first_fit(order[::-1], room, bs)
+    if (s.policy == "ttft" and s.split == "whole"
+            and room[0] - rest[0] < SWITCH_FILL * room[0]):
+        largest = sorted(young, key=lambda c: (-c.tokens, c.arrival, c.key))
+        fuller = first_fit(largest, room, bs)
         if room[0] - fuller[2][0] > room[0] - rest[0]:
             admitted, left_out, rest = fuller
     whole = [k for k in p.admit[p.aged:] if k != p.partial]
@@ -306,7 +309,7 @@ def test_ttft_serves_the_shortest_unless_a_fuller_pack_exists(s: Scenario) -> No
     packed, packed_shortest = sum(c.tokens for c in whole), room[0] - rest[0]
     assert packed >= packed_shortest
     if packed > packed_shortest:  # switched to the fuller pack: only when worth it
-        assert packed_shortest < SWITCH_FILL * room[0]
+        assert s.split == "whole" and packed_shortest < SWITCH_FILL * room[0]
         return
     lengths = [c.tokens for c in whole]
     assert lengths == sorted(lengths)
@@ -353,15 +356,21 @@ def test_bimodal_queue_fcfs(policy, split, admit, partial_tokens, tokens) -> Non
     assert (p.partial_tokens, p.tokens, p.aged) == (partial_tokens, tokens, 0)
 
 
-@pytest.mark.parametrize(("split", "admitted", "partial_tokens", "tokens"),
-                         [("fill", 13, 92, 8192), ("whole", 12, 0, 8100)])
-def test_bimodal_queue_ttft_takes_the_fuller_pack(split, admitted, partial_tokens, tokens) -> None:
-    """The 20 short prompts alone fill 2000 of 8192 tokens: ttft packs largest first
-    instead (the long prompt whole plus 11 short ones)."""
-    p = plan(bimodal(), STEP, now=1.0, policy="ttft", split=split)
-    assert p.admit[0] == 0 and len(p.admit) == admitted
-    assert (p.partial_tokens, p.tokens, p.aged) == (partial_tokens, tokens, 0)
-    assert (p.partial is None) == (partial_tokens == 0)
+def test_bimodal_queue_ttft_whole_takes_the_fuller_pack() -> None:
+    """The 20 short prompts alone fill 2000 of 8192 tokens and ``whole`` will not split the
+    long one to fill the rest: ttft packs largest first instead (the long prompt whole plus
+    11 short ones, the oldest of them)."""
+    p = plan(bimodal(), STEP, now=1.0, policy="ttft", split="whole")
+    assert p.admit == tuple(range(12))
+    assert (p.partial, p.partial_tokens, p.tokens, p.aged) == (None, 0, 8100, 0)
+
+
+def test_bimodal_queue_ttft_fill_serves_every_short_prompt() -> None:
+    """With ``fill`` the split fills the step anyway: all 20 short prompts go whole and the
+    long one gets the rest as a chunk."""
+    p = plan(bimodal(), STEP, now=1.0, policy="ttft", split="fill")
+    assert p.admit == (*range(1, 21), 0)
+    assert (p.partial, p.partial_tokens, p.tokens, p.aged) == (0, 6192, 8192, 0)
 
 
 def test_ttft_packs_shortest_first_when_that_fills_the_step() -> None:

@@ -63,7 +63,10 @@ def test_chunking_on_no_more_splits_and_steps(tiny_model, seed, split):
     _, ours = _run(PrepackSyncScheduler, tiny_model, prompts, chunked=True, budget=512,
                    max_model_len=1024, options={"split": split})
     assert len(ours.finished) == len(stock.finished) == len(prompts)
-    assert len(ours.split_prompts) <= len(stock.split_prompts)
+    if split == "whole":  # the default: fewer split prompts
+        assert len(ours.split_prompts) < len(stock.split_prompts)
+    else:  # vLLM's own fill-by-splitting, in another order: within one prompt of stock
+        assert len(ours.split_prompts) <= len(stock.split_prompts) + 1
     assert ours.steps <= stock.steps * 1.02, (ours.steps, stock.steps)
     assert ours.mean_first_token_step < stock.mean_first_token_step
 

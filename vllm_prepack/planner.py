@@ -11,9 +11,10 @@ A plan is built in three passes:
    not is never overtaken: it is split (``split="fill"``, or when it alone exceeds the step's
    full token budget) or waited for (``split="whole"``), and nothing else is admitted.
 2. The young requests, by policy. ``ttft``: shortest first, each one that fits whole is
-   admitted and each one that does not is skipped (no head-of-line blocking); when that leaves
-   more than 5% of the free budget unused, the largest-first pack (first-fit decreasing for one
-   step) is taken instead if it fills more, so that long prompts still pack tightly. ``fcfs``:
+   admitted and each one that does not is skipped (no head-of-line blocking); with ``whole``,
+   when that leaves more than 5% of the free budget unused, the largest-first pack (first-fit
+   decreasing for one step) is taken instead if it fills more, so that long prompts still
+   pack tightly. ``fcfs``:
    queue order, first fit. Requests sharing a cached prefix stay together, at the place of
    the group's first member.
 3. A split to use the rest: ``fill`` splits the first young request left out; ``whole`` splits
@@ -110,7 +111,7 @@ def plan(
     now: float,
     *,
     policy: str = "ttft",
-    split: str = "fill",
+    split: str = "whole",
     max_wait_s: float = 5.0,
     lookahead: int = 1024,
 ) -> Plan:
@@ -132,7 +133,10 @@ def plan(
 
     if policy == "ttft":
         order = _grouped(_shortest_first(young))
-        pack, left_out = _shortest_or_fullest(pack, order)
+        if split == "whole":
+            pack, left_out = _shortest_or_fullest(pack, order, young)
+        else:  # the split fills the step anyway: shortest first serves the most
+            left_out = pack.take_whole(order)
     else:
         order = _grouped(young)
         left_out = pack.take_whole(order)
@@ -153,17 +157,20 @@ SWITCH_FILL = 0.95
 budget; then it takes the largest-first pack if that one fills more."""
 
 
-def _shortest_or_fullest(pack: _Pack, order: list[Candidate]) -> tuple[_Pack, Candidate | None]:
+def _shortest_or_fullest(
+    pack: _Pack, order: list[Candidate], young: list[Candidate]
+) -> tuple[_Pack, Candidate | None]:
     """Shortest-first serves the most first tokens; once only prompts that pack badly that
-    way are left (a large gap remains), largest-first (first-fit decreasing for one bin)
-    fills the step instead, so that the queue drains in fewer steps."""
+    way are left (a large gap remains, and ``whole`` does not split to fill it),
+    largest-first (first-fit decreasing for one bin) fills the step instead, so that the
+    queue drains in fewer steps."""
     free = pack.tokens
     start = pack.used
     fullest = pack.copy()
     left_out = pack.take_whole(order)
     if pack.used - start >= SWITCH_FILL * free:
         return pack, left_out
-    other_left_out = fullest.take_whole(order[::-1])
+    other_left_out = fullest.take_whole(_grouped(_largest_first(young)))
     if fullest.used > pack.used:
         return fullest, other_left_out
     return pack, left_out
@@ -216,6 +223,14 @@ def _shortest_first(young: list[Candidate]) -> list[Candidate]:
     order = sorted(young, key=_KEY)
     order.sort(key=_ARRIVAL)
     order.sort(key=_TOKENS)
+    return order
+
+
+def _largest_first(young: list[Candidate]) -> list[Candidate]:
+    """``young`` by (-tokens, arrival, key): the oldest first among equal lengths."""
+    order = sorted(young, key=_KEY)
+    order.sort(key=_ARRIVAL)
+    order.sort(key=_TOKENS, reverse=True)
     return order
 
 
