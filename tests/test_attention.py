@@ -187,6 +187,44 @@ def test_pack_layout_matches_vllm_metadata_and_skips_paged_attention(tmp_path, m
     assert torch.equal(our_cache, stock_cache)
 
 
+def test_layout_fault_falls_back_to_vllm_for_the_step(tmp_path, monkeypatch):
+    """A fault while building the step's layout (before any K/V is written) leaves the step to
+    vLLM's own attention, counted; a fault inside the packed kernel fails loudly."""
+    name = "model.layers.0.self_attn.attn"
+    config = _vllm_config(tmp_path, prepack=True)
+    layer, builder = _layer(config)
+    block_table, slots, num_blocks = _paged_batch([5, 9], seed=3)
+    lay = PackLayout.from_seqlens([5, 9], slots)
+    attention.reset_counters()
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("injected layout fault")
+
+    monkeypatch.setattr(attention, "pure_prefill_layout", broken)
+    metadata = builder.build(0, _common(lay, block_table))
+    assert getattr(metadata, "pack", None) is None
+    assert attention.read_counters()["fallbacks"] == 1
+    monkeypatch.undo()
+
+    spy = _Spy(monkeypatch)
+    g = torch.Generator().manual_seed(2)
+    q, k, v = (torch.randn(14, h * 64, generator=g) for h in (8, 2, 2))
+    cache = torch.randn(num_blocks, 2, BLOCK_SIZE, 128, generator=g)
+    _run_layer(config, layer, metadata, name, q, k, v, cache, lay.slot_mapping)
+    assert spy.calls == 1  # vLLM's paged attention ran the step
+
+    packed = builder.build(0, _common(lay, block_table))
+    assert packed.pack is not None
+    import vllm_prepack.kernels as kernels
+
+    def kernel_fault(*args, **kwargs):
+        raise RuntimeError("injected kernel fault")
+
+    monkeypatch.setattr(kernels.F, "scaled_dot_product_attention", kernel_fault)
+    with pytest.raises(RuntimeError, match="injected kernel fault"):
+        _run_layer(config, layer, packed, name, q, k, v, cache.clone(), lay.slot_mapping)
+
+
 def test_decodes_and_prefix_hits_take_vllms_path(tmp_path, monkeypatch):
     name = "model.layers.0.self_attn.attn"
     config = _vllm_config(tmp_path, prepack=True)

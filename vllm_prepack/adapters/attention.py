@@ -178,7 +178,12 @@ class _PackingBuilder:
         metadata = super().build(common_prefix_len, common_attn_metadata, fast_build)
         if self._capturing or common_prefix_len:
             return metadata
-        pack = pure_prefill_layout(common_attn_metadata)
+        try:
+            pack = pure_prefill_layout(common_attn_metadata)
+        except Exception:  # before any K/V is written: this step runs vLLM's own path
+            COUNTERS.fallbacks += 1
+            logger.exception("packed-prefill layout failed; vLLM's attention runs this step")
+            return metadata
         if pack is None:
             return metadata
         COUNTERS.steps += 1
