@@ -226,7 +226,8 @@ def test_engine_kwargs_and_cli_mapping_token_identical(tiny_model, engine_lock):
 
     vllm_prepack.register()
     parser = EngineArgs.add_cli_args(FlexibleArgumentParser())
-    args = parser.parse_args([tiny_model, "--scheduler", "prepack", "--prepack-policy", "fcfs",
+    args = parser.parse_args(["--model", tiny_model, "--scheduler", "prepack",
+                              "--prepack-policy", "fcfs",
                               "--max-num-batched-tokens", "2048"])
     engine_args = EngineArgs.from_cli_args(args)
     assert engine_args.additional_config["prepack"] == {"policy": "fcfs"}
