@@ -81,7 +81,7 @@ def equivalence_table(path: Path, d: dict) -> list[str]:
     return lines
 
 
-def plots(results: list[tuple[Path, dict]]) -> list[str]:
+def plots(results: list[tuple[Path, dict]], out_dir: Path = RESULTS) -> list[str]:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -107,7 +107,7 @@ def plots(results: list[tuple[Path, dict]]) -> list[str]:
         fig.suptitle(f"TTFT CDF: {d.get('model_shape')}, chunked {d['chunked_prefill']} "
                      f"({d['device']})", fontsize=9)
         fig.tight_layout()
-        out = RESULTS / f"{stem}_ttft_cdf.png"
+        out = out_dir / f"{stem}_ttft_cdf.png"
         fig.savefig(out, dpi=110)
         plt.close(fig)
         made.append(out.name)
@@ -125,14 +125,14 @@ def plots(results: list[tuple[Path, dict]]) -> list[str]:
         ax.set_title(f"Throughput: {d.get('model_shape')}, chunked {d['chunked_prefill']}",
                      fontsize=9)
         fig.tight_layout()
-        out = RESULTS / f"{stem}_throughput.png"
+        out = out_dir / f"{stem}_throughput.png"
         fig.savefig(out, dpi=110)
         plt.close(fig)
         made.append(out.name)
     return made
 
 
-def render() -> str:
+def render(plots_dir: Path = RESULTS) -> str:
     results = []
     for path in sorted(RESULTS.glob("*.json")):
         results.append((path, json.loads(path.read_text())))
@@ -147,7 +147,7 @@ def render() -> str:
     for path, d in results:
         if d.get("benchmark", "").startswith("offline A/B"):
             lines += ab_tables(path, d)
-    images = plots(results)
+    images = plots(results, plots_dir)
     for image in images:
         lines.append(f"![{image}](benchmarks/results/{image})")
     lines.append("")
@@ -157,6 +157,7 @@ def render() -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--readme", default=str(ROOT / "README.md"))
+    parser.add_argument("--plots-dir", default=str(RESULTS))
     args = parser.parse_args()
     readme = Path(args.readme)
     text = readme.read_text()
@@ -164,7 +165,7 @@ def main() -> None:
         sys.exit(f"{readme} has no {START} ... {END} section")
     head, rest = text.split(START, 1)
     _, tail = rest.split(END, 1)
-    readme.write_text(head + START + "\n" + render() + END + tail)
+    readme.write_text(head + START + "\n" + render(Path(args.plots_dir)) + END + tail)
     print("rendered", readme)
 
 

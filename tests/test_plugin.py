@@ -124,6 +124,16 @@ def test_bad_prepack_options_fail_clearly(tiny_model, args, message):
 
 
 @pytest.mark.cli
+def test_plugin_disabled_through_vllm_plugins(tiny_model):
+    """With the plugin disabled, vLLM's own CLI error comes back, unchanged."""
+    out = run_vllm(["serve", tiny_model, "--scheduler", "prepack"], VLLM_PLUGINS="")
+    assert out.returncode != 0
+    # argparse prefix matching: --scheduler is an ambiguous abbreviation there.
+    assert "error: ambiguous option: --scheduler could match --scheduler-cls" in out.stderr
+    assert "vllm-prepack" not in out.stdout + out.stderr
+
+
+@pytest.mark.cli
 def test_bench_throughput_selects_prepack(tiny_model, engine_lock):
     out = run_vllm(["bench", "throughput", "--model", tiny_model, "--scheduler", "prepack",
                     "--prepack-policy", "fcfs", "--dataset-name", "random",
