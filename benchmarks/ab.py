@@ -28,11 +28,13 @@ if str(ROOT) not in sys.path:
 from benchmarks import common, workloads  # noqa: E402
 
 ARMS = {
-    # name: (scheduler, packed_attention, client order)
-    "stock": ("default", None, "arrival"),
-    "stock-sorted": ("default", None, "shortest"),
-    "prepack": ("prepack", "off", "arrival"),
-    "prepack-packed": ("prepack", "on", "arrival"),
+    # name: (scheduler, packed_attention, client order, more --prepack-* options)
+    "stock": ("default", None, "arrival", {}),
+    "stock-sorted": ("default", None, "shortest", {}),
+    "prepack": ("prepack", "off", "arrival", {}),
+    "prepack-packed": ("prepack", "on", "arrival", {}),
+    "prepack-fill": ("prepack", "on", "arrival", {"split": "fill"}),
+    "prepack-fcfs": ("prepack", "on", "arrival", {"policy": "fcfs"}),
 }
 
 
@@ -47,7 +49,7 @@ def percentile(values: list[float], q: float) -> float:
 def engine_kwargs_for(arm: str, args: argparse.Namespace) -> dict:
     import vllm_prepack
 
-    scheduler, packed, _ = ARMS[arm]
+    scheduler, packed, _, arm_options = ARMS[arm]
     kwargs = dict(json.loads(args.engine_args))
     if args.max_num_batched_tokens:
         kwargs["max_num_batched_tokens"] = args.max_num_batched_tokens
@@ -58,7 +60,8 @@ def engine_kwargs_for(arm: str, args: argparse.Namespace) -> dict:
         seed=0,
     )
     if scheduler == "prepack":
-        options = dict(json.loads(args.prepack_options), packed_attention=packed)
+        options = dict(json.loads(args.prepack_options), packed_attention=packed,
+                       **arm_options)
         kwargs.update(vllm_prepack.engine_kwargs(**options))
     return kwargs
 

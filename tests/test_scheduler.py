@@ -6,10 +6,10 @@ from __future__ import annotations
 import time
 
 import pytest
-from sched_harness import bimodal_prompts, drain, make_request, make_scheduler
 from vllm.v1.core.sched.async_scheduler import AsyncScheduler
 from vllm.v1.core.sched.scheduler import Scheduler
 
+from benchmarks.sched_sim import bimodal_prompts, drain, make_request, make_scheduler
 from vllm_prepack.adapters.scheduler import (
     PrepackAsyncScheduler,
     PrepackScheduler,
@@ -111,7 +111,7 @@ def test_aging_bound_is_respected(tiny_model):
     order = []
     for r in old + young:
         scheduler.add_request(r)
-    from sched_harness import runner_output
+    from benchmarks.sched_sim import runner_output
 
     while scheduler.has_unfinished_requests():
         out = scheduler.schedule()

@@ -12,12 +12,12 @@ import time
 from collections import deque
 
 import pytest
-from sched_harness import make_request, make_scheduler
 from vllm.v1.core.sched.async_scheduler import AsyncScheduler
 from vllm.v1.core.sched.scheduler import Scheduler
 from vllm.v1.outputs import ModelRunnerOutput
 from vllm.v1.request import RequestStatus
 
+from benchmarks.sched_sim import make_request, make_scheduler
 from vllm_prepack.adapters.scheduler import PrepackAsyncScheduler, PrepackSyncScheduler
 
 STEPS = int(os.environ.get("PREPACK_SOAK_STEPS", "2000"))
