@@ -202,59 +202,28 @@ class _PackingBuilder:
             self._capturing = False
 
 
-# -- CPU --------------------------------------------------------------------------------------
+class _PackingImpl:
+    """Mixin for a backend impl: pure prefill packs take ``packed_attention``; everything
+    else (and every layer setting the path does not cover) takes vLLM's ``forward``."""
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.packed_unsupported = _impl_unsupported(self)
 
-@functools.cache
-def cpu_backend(stock: type) -> type:
-    from vllm.v1.attention.backends.cpu_attn import (
-        CPUAttentionBackendImpl,
-        CPUAttentionMetadata,
-        CPUAttentionMetadataBuilder,
-    )
-
-    from vllm_prepack.kernels import packed_attention_cpu
-
-    @dataclass
-    class PackedCPUAttentionMetadata(CPUAttentionMetadata):
-        pack: PackLayout | None = None
-        pack_cu_seqlens: torch.Tensor | None = None
-
-    class PackedCPUAttentionMetadataBuilder(_PackingBuilder, CPUAttentionMetadataBuilder):
-        packed_metadata_cls = PackedCPUAttentionMetadata
-
-    class PackedCPUAttentionImpl(CPUAttentionBackendImpl):
-        def __init__(self, *args: Any, **kwargs: Any) -> None:
-            super().__init__(*args, **kwargs)
-            self.packed_unsupported = _impl_unsupported(self)
-
-        def forward(self, layer: Any, query: torch.Tensor, key: torch.Tensor,
-                    value: torch.Tensor, kv_cache: torch.Tensor, attn_metadata: Any,
-                    output: torch.Tensor, output_scale: Any = None,
-                    output_block_scale: Any = None) -> torch.Tensor:
-            pack = getattr(attn_metadata, "pack", None)
-            if pack is None or self.packed_unsupported or output_scale is not None:
-                return super().forward(layer, query, key, value, kv_cache, attn_metadata,
-                                       output, output_scale, output_block_scale)
-            total = pack.total_tokens
-            out = output[:total].view(total, self.num_heads, self.head_size)
-            packed_attention_cpu(query[:total], key[:total], value[:total], pack,
-                                 self.scale, out=out)
-            COUNTERS.layer_calls += 1
-            return output
-
-    class PackedCPUAttentionBackend(stock):  # type: ignore[misc, valid-type]
-        """vLLM's CPU backend with the packed-prefill path for pure prefill packs."""
-
-        @staticmethod
-        def get_impl_cls() -> type:
-            return PackedCPUAttentionImpl
-
-        @staticmethod
-        def get_builder_cls() -> type:
-            return PackedCPUAttentionMetadataBuilder
-
-    return PackedCPUAttentionBackend
+    def forward(self, layer: Any, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+                kv_cache: torch.Tensor, attn_metadata: Any, output: torch.Tensor,
+                output_scale: Any = None, output_block_scale: Any = None) -> torch.Tensor:
+        pack = getattr(attn_metadata, "pack", None)
+        if (pack is None or self.packed_unsupported or output_scale is not None
+                or output_block_scale is not None):
+            return super().forward(layer, query, key, value, kv_cache, attn_metadata, output,
+                                   output_scale, output_block_scale)
+        total = pack.total_tokens
+        out = output[:total].view(total, self.num_heads, self.head_size)
+        self.packed_attention(query[:total], key[:total], value[:total], pack, attn_metadata,
+                              out)
+        COUNTERS.layer_calls += 1
+        return output
 
 
 def _impl_unsupported(impl: Any) -> str | None:
@@ -271,6 +240,55 @@ def _impl_unsupported(impl: Any) -> str | None:
     return None
 
 
+def _packed_backend(stock: type, metadata: type, builder: type, impl: type) -> type:
+    """``stock`` with the packed metadata, builder and impl (same name, same declarations,
+    FlashAttention's CUDA-graph support included)."""
+
+    @dataclass
+    class PackedMetadata(metadata):  # type: ignore[misc, valid-type]
+        pack: PackLayout | None = None
+        pack_cu_seqlens: torch.Tensor | None = None
+
+    class PackedBuilder(_PackingBuilder, builder):  # type: ignore[misc, valid-type]
+        packed_metadata_cls = PackedMetadata
+
+    class PackedBackend(stock):  # type: ignore[misc, valid-type]
+        @staticmethod
+        def get_impl_cls() -> type:
+            return impl
+
+        @staticmethod
+        def get_builder_cls() -> type:
+            return PackedBuilder
+
+    for cls, name in ((PackedMetadata, metadata.__name__), (PackedBuilder, builder.__name__),
+                      (PackedBackend, stock.__name__)):
+        cls.__name__ = cls.__qualname__ = "Packed" + name.removeprefix("Packed")
+    PackedBackend.__doc__ = f"vLLM's {stock.get_name()} backend with the packed-prefill path."
+    return PackedBackend
+
+
+# -- CPU --------------------------------------------------------------------------------------
+
+
+@functools.cache
+def cpu_backend(stock: type) -> type:
+    from vllm.v1.attention.backends.cpu_attn import (
+        CPUAttentionBackendImpl,
+        CPUAttentionMetadata,
+        CPUAttentionMetadataBuilder,
+    )
+
+    from vllm_prepack.kernels import packed_attention_cpu
+
+    class PackedCPUAttentionImpl(_PackingImpl, CPUAttentionBackendImpl):
+        def packed_attention(self, q, k, v, pack, attn_metadata, out) -> None:
+            packed_attention_cpu(q, k, v, pack, self.scale, out=out)
+
+    return _packed_backend(stock, CPUAttentionMetadata, CPUAttentionMetadataBuilder,
+                           PackedCPUAttentionImpl)
+
+
 # -- GPU (FlashAttention 3) -------------------------------------------------------------------
 
 
@@ -283,51 +301,14 @@ def flash_backend(stock: type) -> type:
     )
     from vllm.vllm_flash_attn import flash_attn_varlen_func
 
-    @dataclass
-    class PackedFlashAttentionMetadata(FlashAttentionMetadata):
-        pack: PackLayout | None = None
-        pack_cu_seqlens: torch.Tensor | None = None
-
-    class PackedFlashAttentionMetadataBuilder(_PackingBuilder, FlashAttentionMetadataBuilder):
-        # FlashAttention's CUDA-graph support declaration is inherited unchanged.
-        packed_metadata_cls = PackedFlashAttentionMetadata
-
-    class PackedFlashAttentionImpl(FlashAttentionImpl):
-        def __init__(self, *args: Any, **kwargs: Any) -> None:
-            super().__init__(*args, **kwargs)
-            self.packed_unsupported = _impl_unsupported(self)
-
-        def forward(self, layer: Any, query: torch.Tensor, key: torch.Tensor,
-                    value: torch.Tensor, kv_cache: torch.Tensor, attn_metadata: Any,
-                    output: torch.Tensor, output_scale: Any = None,
-                    output_block_scale: Any = None) -> torch.Tensor:
-            pack = getattr(attn_metadata, "pack", None)
-            if (pack is None or self.packed_unsupported or output_scale is not None
-                    or output_block_scale is not None):
-                return super().forward(layer, query, key, value, kv_cache, attn_metadata,
-                                       output, output_scale, output_block_scale)
-            total = pack.total_tokens
+    class PackedFlashAttentionImpl(_PackingImpl, FlashAttentionImpl):
+        def packed_attention(self, q, k, v, pack, attn_metadata, out) -> None:
             cu = attn_metadata.pack_cu_seqlens
             flash_attn_varlen_func(
-                q=query[:total], k=key[:total], v=value[:total],
-                out=output[:total].view(total, self.num_heads, self.head_size),
-                cu_seqlens_q=cu, cu_seqlens_k=cu,
+                q=q, k=k, v=v, out=out, cu_seqlens_q=cu, cu_seqlens_k=cu,
                 max_seqlen_q=pack.max_seqlen, max_seqlen_k=pack.max_seqlen,
-                softmax_scale=self.scale, causal=True,
-                fa_version=self.vllm_flash_attn_version,
+                softmax_scale=self.scale, causal=True, fa_version=self.vllm_flash_attn_version,
             )
-            COUNTERS.layer_calls += 1
-            return output
 
-    class PackedFlashAttentionBackend(stock):  # type: ignore[misc, valid-type]
-        """vLLM's FlashAttention backend with the packed-prefill path for pure prefill packs."""
-
-        @staticmethod
-        def get_impl_cls() -> type:
-            return PackedFlashAttentionImpl
-
-        @staticmethod
-        def get_builder_cls() -> type:
-            return PackedFlashAttentionMetadataBuilder
-
-    return PackedFlashAttentionBackend
+    return _packed_backend(stock, FlashAttentionMetadata, FlashAttentionMetadataBuilder,
+                           PackedFlashAttentionImpl)
