@@ -180,3 +180,18 @@ def test_every_policy_token_identical_in_a_real_engine(tiny_model, engine_lock):
             if policy == "ttft":
                 assert summary["overtakes"] > 0  # the order really changed
             assert ours == stock, (policy, split)
+
+
+def test_aged_request_behind_the_lookahead_window_is_not_overtaken(tiny_model):
+    scheduler = make_scheduler(PrepackSyncScheduler, tiny_model, chunked=True, budget=512,
+                               additional_config={"prepack": {"lookahead": 4,
+                                                              "max_wait_s": 5.0}})
+    now = time.time()
+    young = [make_request([7] * 100, arrival=now, req_id=f"y{i}") for i in range(8)]
+    old = make_request([7] * 400, arrival=now - 60, req_id="old")  # queued last, aged
+    for r in [*young, old]:
+        scheduler.add_request(r)
+    out = scheduler.schedule()
+    admitted = [r.req_id for r in out.scheduled_new_reqs]
+    assert admitted[0] == "old", admitted
+    assert len(admitted) == 2  # 400 + 100 fill the 512-token step; no younger one jumps it

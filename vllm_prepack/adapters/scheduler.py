@@ -10,7 +10,6 @@ to arrival order, with requests preempted during the step at its head.
 from __future__ import annotations
 
 import time
-from itertools import islice
 from typing import Any
 
 from vllm.v1.core.sched.async_scheduler import AsyncScheduler
@@ -160,6 +159,20 @@ class PrepackSchedulerMixin:
             max_tokens=self.max_num_scheduled_tokens,
         )
 
+    def _window(self, waiting: Any) -> list[Request]:
+        """The plannable requests the planner sees: the first ``lookahead`` in queue order,
+        plus every aged or preempted one behind them (the aging rule holds for the whole
+        queue, not only the window)."""
+        cfg = self.prepack_config
+        plannable = [r for r in waiting if r.status in _PLANNABLE]
+        if len(plannable) <= cfg.lookahead:
+            return plannable
+        oldest = time.time() - cfg.max_wait_s
+        return plannable[: cfg.lookahead] + [
+            r for r in plannable[cfg.lookahead :]
+            if r.arrival_time <= oldest or r.status == RequestStatus.PREEMPTED
+        ]
+
     def _candidate(self, r: Request, previous: planner.Candidate | None) -> planner.Candidate:
         """The request as the planner sees it; reused across steps while nothing about it
         changed (with prefix caching on, the hit is looked up again every step)."""
@@ -197,7 +210,7 @@ class PrepackSchedulerMixin:
             policy=cfg.policy,
             split=cfg.split,
             max_wait_s=cfg.max_wait_s,
-            lookahead=cfg.lookahead,
+            lookahead=max(1, len(current)),  # the window is already taken (_window)
         )
         self._prepack_last_plan = plan
         by_key = {id(r): r for r in plannable}
@@ -208,8 +221,7 @@ class PrepackSchedulerMixin:
     def schedule(self, *args: Any, **kwargs: Any) -> SchedulerOutput:
         original = self.waiting
         waiting_before = [r.request_id for r in original]
-        plannable = list(islice((r for r in original if r.status in _PLANNABLE),
-                                self.prepack_config.lookahead))
+        plannable = self._window(original)
         admitted = None
         fault = False
         if plannable:
