@@ -6,37 +6,14 @@ is the same hook written as a change to vLLM itself (a test keeps the two sets e
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import importlib
 
-from vllm_prepack.log import get_logger
-
-logger = get_logger(__name__)
-
-
-def _install_engine_args_scheduler() -> None:
-    from vllm_prepack.adapters import cli
-
-    cli.install()
-
-
-def _install_engine_core_scheduler_log() -> None:
-    from vllm_prepack.adapters import engine_core
-
-    engine_core.install()
-
-
-def _install_attention_backend_selection() -> None:
-    from vllm_prepack.adapters import attention
-
-    attention.install()
-
-
-HOOKS: dict[str, Callable[[], None]] = {
-    "attention-backend-selection": _install_attention_backend_selection,
-    "engine-args-scheduler": _install_engine_args_scheduler,
-    "engine-core-scheduler-log": _install_engine_core_scheduler_log,
+HOOKS: dict[str, str] = {
+    "attention-backend-selection": "attention",
+    "engine-args-scheduler": "cli",
+    "engine-core-scheduler-log": "engine_core",
 }
-"""Hook name -> installer. Each installer is idempotent."""
+"""Hook name -> the adapter module whose idempotent ``install()`` puts it in place."""
 
 _installed: set[str] = set()
 
@@ -44,12 +21,11 @@ _installed: set[str] = set()
 def install_all() -> list[str]:
     """Install every hook once per process; returns the names installed by this call."""
     new = []
-    for name, install in HOOKS.items():
-        if name in _installed:
-            continue
-        install()
-        _installed.add(name)
-        new.append(name)
+    for name, module in HOOKS.items():
+        if name not in _installed:
+            importlib.import_module(f"{__name__}.{module}").install()
+            _installed.add(name)
+            new.append(name)
     return new
 
 

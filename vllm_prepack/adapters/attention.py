@@ -52,7 +52,6 @@ def read_counters(*_: Any) -> dict[str, int]:
 
 
 def reset_counters(*_: Any) -> None:
-    global COUNTERS
     COUNTERS.__init__()  # type: ignore[misc]
 
 
