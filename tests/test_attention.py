@@ -262,21 +262,25 @@ def _engine_run(model, prompts, max_tokens, **kwargs):
                         SamplingParams(temperature=0, max_tokens=max_tokens), use_tqdm=False)
     counters = llm.collective_rpc(attention.read_counters)[0]
     impls = llm.collective_rpc(_impl_classes)[0]
-    del llm
+    observer = getattr(llm.llm_engine.engine_core.engine_core.scheduler, "prepack_observer", None)
+    packed = observer.summary()["packed_attention"] if observer else None
+    del llm, observer
     gc.collect()
-    return [list(o.outputs[0].token_ids) for o in outs], counters, impls
+    return [list(o.outputs[0].token_ids) for o in outs], counters, impls, packed
 
 
 @pytest.mark.engine
 def test_engine_token_identical_with_packed_path(tiny_model, engine_lock):
     prompts = random_prompts(64, seed=11, max_len=MAX_MODEL_LEN - 8)
-    stock, counters, impls = _engine_run(tiny_model, prompts, 8, max_num_batched_tokens=4096)
+    stock, counters, impls, _ = _engine_run(tiny_model, prompts, 8,
+                                            max_num_batched_tokens=4096)
     assert impls == ["vllm.v1.attention.backends.cpu_attn.CPUAttentionBackendImpl"]
     assert counters["steps"] == counters["layer_calls"] == counters["tokens"] == 0
-    ours, counters, impls = _engine_run(
+    ours, counters, impls, observer_packed = _engine_run(
         tiny_model, prompts, 8, max_num_batched_tokens=4096,
         **vllm_prepack.engine_kwargs(packed_attention="on", split="whole"))
     assert impls == ["vllm_prepack.adapters.attention.cpu_backend.<locals>.PackedCPUAttentionImpl"]
     assert counters["steps"] > 0 and counters["tokens"] > 0
     assert counters["layer_calls"] == 2 * counters["steps"]  # two attention layers
     assert ours == stock
+    assert observer_packed["tokens"] == counters["tokens"] > 0  # in the packing statistics

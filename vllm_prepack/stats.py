@@ -64,6 +64,8 @@ class PackingObserver:
     adhered_steps: int = 0
     planner_faults: int = 0
     max_oldest_wait_s: float = 0.0
+    packed: dict[str, int] = field(default_factory=dict)
+    """Packed-attention counters, when the attention path runs in this process."""
     split_req_ids: set[str] = field(default_factory=set)
     first_token_step: dict[str, int] = field(default_factory=dict)
     _last_log: float = field(default_factory=time.monotonic)
@@ -156,6 +158,7 @@ class PackingObserver:
             ),
             "planner_faults": self.planner_faults,
             "max_oldest_wait_s": self.max_oldest_wait_s,
+            "packed_attention": dict(self.packed),
             "mean_first_token_step": (
                 sum(self.first_token_step.values()) / len(self.first_token_step)
                 if self.first_token_step else None
@@ -173,6 +176,8 @@ class PackingObserver:
             f"plan_adherence={'n/a' if adherence is None else f'{100 * adherence:.1f}%'} "
             f"planner_faults={s['planner_faults']} "
             f"max_oldest_wait={s['max_oldest_wait_s']:.2f}s"
+            + (f" packed_tokens={self.packed['tokens']} packed_steps={self.packed['steps']}"
+               if self.packed.get("steps") else "")
         )
 
 

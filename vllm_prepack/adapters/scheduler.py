@@ -19,6 +19,7 @@ from vllm.v1.core.sched.scheduler import Scheduler
 from vllm.v1.request import Request, RequestStatus
 
 from vllm_prepack import planner
+from vllm_prepack.adapters import attention
 from vllm_prepack.config import PrepackConfig
 from vllm_prepack.log import get_logger
 from vllm_prepack.stats import PackingObserver, ScheduledPrefill
@@ -74,6 +75,8 @@ def observe_step(
     planner_fault: bool = False,
 ) -> None:
     waiting = list(scheduler.waiting) + list(scheduler.kv_holding_waiting)
+    # Single-process executors run the worker here: its packed-path counters are visible.
+    observer.packed = attention.read_counters()
     observer.record(
         prefills=prefills_of(scheduler, output),
         scheduled_tokens=output.total_num_scheduled_tokens,
