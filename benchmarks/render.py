@@ -29,7 +29,7 @@ def ab_tables(path: Path, d: dict) -> list[str]:
              f"({d['device']}, vLLM {d['vllm']}, commit {str(d['git_commit'])[:10]}, "
              f"{d['repetitions']} reps, `{path.name}`)", "",
              "| mix | padding | arm | prefill tok/s | TTFT mean s | TTFT p99 s | steps | "
-             "split prompts | packed share | tok/s vs stock | TTFT mean vs stock |",
+             f"split prompts | packed share | tok/s vs {base} | TTFT mean vs {base} |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]
     for name, w in d["workloads"].items():
         ratios = w["ratios_vs_" + base]
