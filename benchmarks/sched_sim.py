@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import itertools
 import random
+import time
 from dataclasses import dataclass, field
 
 import torch
@@ -143,8 +144,6 @@ def bimodal_prompts(seed: int, n: int = 96, *, short=(8, 96), long=(300, 1000),
 def compare(model: str, mixes: list[str], n: int, seeds: list[int], budget: int,
             max_len: int) -> dict:
     """Stock vs every prepack policy/split, chunked prefill on and off, per mix and seed."""
-    import time as _time
-
     from benchmarks import workloads
     from vllm_prepack.adapters.scheduler import PrepackSyncScheduler
 
@@ -164,7 +163,7 @@ def compare(model: str, mixes: list[str], n: int, seeds: list[int], budget: int,
                         cls, model, budget=budget, max_num_seqs=256, num_blocks=1 << 15,
                         chunked=chunked, max_model_len=max_len,
                         additional_config={"prepack": options})
-                    now = _time.time()
+                    now = time.time()
                     d = drain(scheduler, [make_request(p, arrival=now + i * 1e-6,
                                                        req_id=f"q{i}")
                                           for i, p in enumerate(prompts)])

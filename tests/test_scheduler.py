@@ -195,3 +195,18 @@ def test_aged_request_behind_the_lookahead_window_is_not_overtaken(tiny_model):
     admitted = [r.req_id for r in out.scheduled_new_reqs]
     assert admitted[0] == "old", admitted
     assert len(admitted) == 2  # 400 + 100 fill the 512-token step; no younger one jumps it
+
+
+def test_restore_puts_back_only_what_vllm_left_waiting():
+    """A blocked request that vLLM admitted during the step must not come back; unplanned
+    requests keep their order; requests preempted during the step go first."""
+    from collections import deque
+
+    from vllm_prepack.adapters.scheduler import _restore
+
+    taken, blocked_taken, left, hidden, preempted = "taken", "blocked", "left", "hidden", "pre"
+    original = deque([taken, blocked_taken, left, hidden])
+    shown = {taken, blocked_taken, left}
+    after_step = deque([preempted, left])  # vLLM took `taken` and `blocked`, prepended `pre`
+    _restore(original, after_step, shown)
+    assert list(original) == [preempted, left, hidden]

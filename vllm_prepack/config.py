@@ -111,9 +111,7 @@ class PrepackConfig:
     @classmethod
     def from_additional_config(cls, additional_config: Mapping[str, Any] | None) -> PrepackConfig:
         """The options carried to the engine core (defaults if none were given)."""
-        options = dict((additional_config or {}).get(ADDITIONAL_CONFIG_KEY) or {})
-        options.pop("scheduler", None)
-        return cls.from_dict(options)
+        return cls.from_dict((additional_config or {}).get(ADDITIONAL_CONFIG_KEY) or {})
 
     def resolved_stats_path(self) -> str | None:
         return self.stats_path or os.environ.get(STATS_PATH_ENV) or None

@@ -122,7 +122,6 @@ class PrepackSchedulerMixin:
         )
         self.prepack_observer = make_observer(self, self.prepack_config)
         self._prepack_candidates: dict[str, planner.Candidate] = {}
-        self._prepack_last_plan: planner.Plan | None = None
         logger.info(
             "Engine core built %s (%s)", type(self).__name__, self.prepack_config.to_dict()
         )
@@ -162,19 +161,22 @@ class PrepackSchedulerMixin:
             max_tokens=self.max_num_scheduled_tokens,
         )
 
-    def _window(self, waiting: Any) -> list[Request]:
-        """The plannable requests the planner sees: the first ``lookahead`` in queue order,
-        plus every aged or preempted one behind them (the aging rule holds for the whole
-        queue, not only the window)."""
+    def _window(self, waiting: Any) -> tuple[list[Request], list[Request]]:
+        """(plannable, blocked). Plannable: the first ``lookahead`` waiting or preempted
+        requests in queue order, plus every aged or preempted one behind them (the aging rule
+        holds for the whole queue, not only the window). Blocked: requests in vLLM's blocked
+        states, which vLLM itself must keep examining."""
         cfg = self.prepack_config
-        plannable = [r for r in waiting if r.status in _PLANNABLE]
-        if len(plannable) <= cfg.lookahead:
-            return plannable
-        oldest = time.time() - cfg.max_wait_s
-        return plannable[: cfg.lookahead] + [
-            r for r in plannable[cfg.lookahead :]
-            if r.arrival_time <= oldest or r.status == RequestStatus.PREEMPTED
-        ]
+        plannable, blocked = [], []
+        for r in waiting:
+            (plannable if r.status in _PLANNABLE else blocked).append(r)
+        if len(plannable) > cfg.lookahead:
+            oldest = time.time() - cfg.max_wait_s
+            plannable = plannable[: cfg.lookahead] + [
+                r for r in plannable[cfg.lookahead :]
+                if r.arrival_time <= oldest or r.status == RequestStatus.PREEMPTED
+            ]
+        return plannable, blocked
 
     def _candidate(self, r: Request, previous: planner.Candidate | None) -> planner.Candidate:
         """The request as the planner sees it; reused across steps while nothing about it
@@ -198,13 +200,13 @@ class PrepackSchedulerMixin:
             prefix=hash(r.block_hashes[0]) if r.block_hashes else None,
         )
 
-    def _plan(self, plannable: list[Request]) -> list[Request]:
-        """The requests to admit this step, in the order to present them."""
+    def _plan(self, plannable: list[Request]) -> tuple[list[Request], int]:
+        """The requests to admit this step, in the order to present them, and how many of
+        them were admitted as the aged head."""
         cfg = self.prepack_config
         previous = self._prepack_candidates
-        current = {}
-        for r in plannable:
-            current[r.request_id] = self._candidate(r, previous.get(r.request_id))
+        current = {r.request_id: self._candidate(r, previous.get(r.request_id))
+                   for r in plannable}
         self._prepack_candidates = current
         plan = planner.plan(
             list(current.values()),
@@ -215,60 +217,56 @@ class PrepackSchedulerMixin:
             max_wait_s=cfg.max_wait_s,
             lookahead=max(1, len(current)),  # the window is already taken (_window)
         )
-        self._prepack_last_plan = plan
         by_key = {id(r): r for r in plannable}
-        return [by_key[k] for k in plan.admit]
+        return [by_key[k] for k in plan.admit], plan.aged
 
     # -- one step ------------------------------------------------------------------------------
 
     def schedule(self, *args: Any, **kwargs: Any) -> SchedulerOutput:
         original = self.waiting
         waiting_before = [r.request_id for r in original]
-        plannable = self._window(original)
-        admitted = None
-        fault = False
+        plannable, blocked = self._window(original)
+        planned = None
         if plannable:
             try:
-                admitted = self._plan(plannable)
+                planned = self._plan(plannable)
             except Exception:  # fall back to vLLM's own admission for this step
-                fault = True
                 logger.exception("prepack planner failed; vLLM's admission runs this step")
-        if admitted is None:
+                output = super().schedule(*args, **kwargs)
+                observe_step(self, self.prepack_observer, output, waiting_before,
+                             planner_fault=True)
+                return output
+        if planned is None:
             output = super().schedule(*args, **kwargs)
-            observe_step(self, self.prepack_observer, output, waiting_before,
-                         planner_fault=fault)
+            observe_step(self, self.prepack_observer, output, waiting_before)
             return output
 
-        chosen = set(admitted)
+        admitted, aged = planned
         presented = create_request_queue(self.policy)
-        for r in admitted:
+        for r in (*admitted, *blocked):
             presented.add_request(r)
-        for r in original:  # blocked states: vLLM must keep examining them
-            if r.status not in _PLANNABLE:
-                presented.add_request(r)
+        shown = set(presented)
         self.waiting = presented
         try:
             output = super().schedule(*args, **kwargs)
         finally:
             self.waiting = original
-            _restore(original, presented, chosen)
-        observe_step(
-            self, self.prepack_observer, output, waiting_before,
-            planned=[r.request_id for r in admitted], aged=self._prepack_last_plan.aged,
-        )
+            _restore(original, presented, shown)
+        observe_step(self, self.prepack_observer, output, waiting_before,
+                     planned=[r.request_id for r in admitted], aged=aged)
         return output
 
 
-def _restore(original: Any, presented: Any, chosen: set[Request]) -> None:
-    """Arrival order again, without the requests vLLM admitted (or moved elsewhere); requests
-    preempted during the step (new to the queue) go first."""
+def _restore(original: Any, presented: Any, shown: set[Request]) -> None:
+    """Put back what vLLM left waiting, in the original order: the requests it was not shown,
+    and those it was shown but did not take. Requests preempted during the step (new to the
+    queue) go first."""
     left = set(presented)
     before = list(original)
-    known = set(before)
-    preempted_now = [r for r in presented if r not in known]
+    preempted_now = [r for r in presented if r not in shown]
     original.clear()
     original.extend(preempted_now)
-    original.extend(r for r in before if r not in chosen or r in left)
+    original.extend(r for r in before if r in left or r not in shown)
 
 
 class PrepackSyncScheduler(PrepackSchedulerMixin, Scheduler):
