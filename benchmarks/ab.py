@@ -111,7 +111,8 @@ def worker(args: argparse.Namespace) -> None:
         if cmd.get("stop"):
             break
         rep = cmd["rep"]
-        workload = workloads.make(cmd["workload"], args.n, args.seed, max_len=args.max_len)
+        workload = workloads.make(cmd["workload"], args.n, args.seed, max_len=args.max_len,
+                                  rate=args.rate)
         prompts = workload.prompts(vocab, rep)
         order = list(range(len(prompts)))
         if ARMS[arm][2] == "shortest":
@@ -120,8 +121,11 @@ def worker(args: argparse.Namespace) -> None:
         llm.collective_rpc(attention.reset_counters)
         gc.collect()
         t0 = time.perf_counter()
-        outs = llm.generate([TokensPrompt(prompt_token_ids=prompts[i]) for i in order], params,
-                            use_tqdm=False)
+        if args.rate:
+            outs = run_arrivals(llm, prompts, workload.arrivals, params)
+        else:
+            outs = llm.generate([TokensPrompt(prompt_token_ids=prompts[i]) for i in order],
+                                params, use_tqdm=False)
         wall = time.perf_counter() - t0
         ttft = [o.metrics.first_token_latency for o in outs if o.metrics is not None]
         counters = llm.collective_rpc(attention.read_counters)[0]
@@ -143,6 +147,37 @@ def worker(args: argparse.Namespace) -> None:
             "packed_steps": counters["steps"],
             "first_tokens_digest": hash(tuple(first[i] for i in range(len(prompts)))),
         })
+
+
+def run_arrivals(llm, prompts: list[list[int]], arrivals: tuple[float, ...], params) -> list:
+    """Add each prompt to the engine at its arrival time (seconds from now) while stepping
+    the engine; TTFT counts from the scheduled arrival, so a late add is charged to the run.
+    Returns the finished outputs in prompt order."""
+    from vllm.inputs import TokensPrompt
+
+    engine = llm.llm_engine
+    start_wall, start = time.time(), time.perf_counter()
+    index: dict[str, int] = {}
+    done: dict[int, object] = {}
+    nxt = 0
+    while nxt < len(prompts) or engine.has_unfinished_requests():
+        now = time.perf_counter() - start
+        while nxt < len(prompts) and arrivals[nxt] <= now:
+            req_id = f"a{nxt}"
+            internal = engine.add_request(req_id, TokensPrompt(prompt_token_ids=prompts[nxt]),
+                                          params, arrival_time=start_wall + arrivals[nxt])
+            index[req_id] = index[internal] = nxt
+            nxt += 1
+        if engine.has_unfinished_requests():
+            for out in engine.step():
+                if out.finished:
+                    done[index[out.request_id]] = out
+        else:
+            time.sleep(max(0.0, min(0.002, arrivals[nxt] - now)))
+    missing = sorted(set(range(len(prompts))) - set(done))
+    if missing:
+        raise RuntimeError(f"requests {missing[:10]} never finished")
+    return [done[i] for i in range(len(prompts))]
 
 
 def _impl_classes(worker) -> list[str]:
@@ -235,11 +270,19 @@ def parent(args: argparse.Namespace, argv: list[str]) -> dict:
     unknown = [a for a in arms if a not in ARMS]
     if unknown:
         raise SystemExit(f"unknown arm(s) {unknown}; accepted: {', '.join(ARMS)}")
+    reordered = [a for a in arms if ARMS[a][2] != "arrival"]
+    if args.rate and reordered:
+        raise SystemExit(f"arm(s) {reordered} reorder the prompts before submitting them; "
+                         "with --rate (timed arrivals) use arms that submit in arrival order: "
+                         + ", ".join(a for a in ARMS if ARMS[a][2] == "arrival"))
     names = args.workload.split(",")
-    mixes = [workloads.make(w, args.n, args.seed, max_len=args.max_len) for w in names]
+    mixes = [workloads.make(w, args.n, args.seed, max_len=args.max_len, rate=args.rate)
+             for w in names]
     for w in mixes:
+        arrival = (f", Poisson arrivals at {args.rate:g} req/s over "
+                   f"{w.describe()['duration_s']:.1f} s" if args.rate else ", all at once")
         print(f"workload {w.name}: n={args.n} tokens={w.total_tokens} "
-              f"padding ratio {w.padding_ratio:.2f}x", flush=True)
+              f"padding ratio {w.padding_ratio:.2f}x{arrival}", flush=True)
     workdir = Path(tempfile.mkdtemp(prefix="prepack_ab_"))
     started: dict[str, Arm] = {}
     infos = {}
@@ -268,12 +311,22 @@ def parent(args: argparse.Namespace, argv: list[str]) -> dict:
                             arm.stop()
                         bar.set_postfix(mix=w.name, arm=name, rep=rep)
                         bar.update()
+                if args.out:  # each finished workload, so a cut-off run keeps what it did
+                    common.write_json(args.out, result(args, arms, mixes, reps, infos))
     finally:
         for arm in started.values():
             arm.stop()
+    return result(args, arms, mixes, reps, infos)
+
+
+def result(args: argparse.Namespace, arms: list[str], mixes: list, reps: dict,
+           infos: dict) -> dict:
+    """The JSON of the workloads whose repetitions are all done."""
     baseline = "stock" if "stock" in arms else arms[0]
     per_workload = {}
     for w in mixes:
+        if any(len(reps[w.name][a]) < args.reps for a in arms):
+            continue
         digests = {a: [r["first_tokens_digest"] for r in rows] for a, rows in reps[w.name].items()}
         per_workload[w.name] = {
             "workload": w.describe(),
@@ -287,6 +340,8 @@ def parent(args: argparse.Namespace, argv: list[str]) -> dict:
         "model": args.model, "model_shape": args.model_shape, "seed": args.seed,
         "repetitions": args.reps, "chunked_prefill": args.chunked,
         "max_tokens": args.max_tokens, "baseline": baseline,
+        "arrivals": f"poisson {args.rate:g} req/s" if args.rate else "offline (all at once)",
+        "rate_req_per_s": args.rate,
         "engine_processes": "one per run" if args.isolate else "one per arm, kept alive",
         "arms": infos, "workloads": per_workload,
     }
@@ -304,6 +359,8 @@ def main(argv: list[str] | None = None) -> dict | None:
     parser.add_argument("--n", type=int, default=512)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--max-len", type=int, default=None, help="cap prompt lengths")
+    parser.add_argument("--rate", type=float, default=None,
+                        help="Poisson arrivals at this many requests/s (default: all at once)")
     parser.add_argument("--arms", default="stock,prepack")
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--chunked", choices=["on", "off"], default="on")
@@ -322,6 +379,8 @@ def main(argv: list[str] | None = None) -> dict | None:
     parser.add_argument("--arm", help=argparse.SUPPRESS)
     parser.add_argument("--result-dir", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.rate is not None and args.rate <= 0:
+        parser.error(f"--rate must be > 0 requests/s, got {args.rate}")
     if args.model is None:
         if args.model_shape is None:
             parser.error("give --model or --model-shape")

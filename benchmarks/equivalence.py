@@ -34,6 +34,21 @@ def _impl_classes(worker) -> list[str]:
                    for m in worker.model_runner.model.modules() if hasattr(m, "impl")})
 
 
+def _rank_info(worker) -> dict:
+    """What one worker process ran: its ranks, whether the plugin registered there, its
+    attention classes and packed-path counters."""
+    from vllm.distributed import parallel_state as ps
+
+    import vllm_prepack
+    from vllm_prepack.adapters import attention
+
+    return {"pid": os.getpid(), "tp_rank": ps.get_tensor_model_parallel_rank(),
+            "pp_rank": ps.get_pp_group().rank_in_group,
+            "plugin_registered": vllm_prepack._registered,
+            "attention_impls": _impl_classes(worker),
+            "packed_counters": attention.read_counters()}
+
+
 def worker(args: argparse.Namespace) -> None:
     os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
     from vllm import LLM, SamplingParams
@@ -62,6 +77,7 @@ def worker(args: argparse.Namespace) -> None:
         "cudagraph_mode": str(cfg.compilation_config.cudagraph_mode),
         "attention_impls": llm.collective_rpc(_impl_classes)[0],
         "packed_counters": llm.collective_rpc(attention.read_counters)[0],
+        "ranks": llm.collective_rpc(_rank_info),
         "batch_invariant": os.environ.get("VLLM_BATCH_INVARIANT", "0"),
         "workload": w.describe(),
         "tokens": [list(o.outputs[0].token_ids) for o in outs],
@@ -98,12 +114,19 @@ def main() -> None:
     parser.add_argument("--max-len", type=int, default=2048)
     parser.add_argument("--max-tokens", type=int, default=16)
     parser.add_argument("--engine-args", default="{}")
+    parser.add_argument("--tensor-parallel-size", type=int, default=1)
+    parser.add_argument("--pipeline-parallel-size", type=int, default=1)
     parser.add_argument("--prepack-options", default="{}")
     parser.add_argument("--out")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--arm", help=argparse.SUPPRESS)
     parser.add_argument("--result", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    parallel = {k: v for k, v in (("tensor_parallel_size", args.tensor_parallel_size),
+                                  ("pipeline_parallel_size", args.pipeline_parallel_size))
+                if v > 1}
+    if parallel:
+        args.engine_args = json.dumps({**json.loads(args.engine_args), **parallel})
     if args.model is None:
         from benchmarks.models import config_dir
 
@@ -133,15 +156,21 @@ def main() -> None:
         r = runs[arm]
         print(f"[{arm}] {r['scheduler_class']} async={r['async_scheduling']} "
               f"impls={r['attention_impls']} counters={r['packed_counters']}", flush=True)
+        for rank in r["ranks"][1:]:
+            print(f"[{arm}] rank tp={rank['tp_rank']} pp={rank['pp_rank']}: "
+                  f"impls={rank['attention_impls']} counters={rank['packed_counters']}",
+                  flush=True)
     comparisons = {}
     pairs = [("stock", "prepack", "scheduler only"),
-             ("prepack", "prepack-packed", "attention path only")]
+             ("prepack", "prepack-packed", "attention path only"),
+             ("stock", "prepack-packed", "scheduler and attention path")]
     for a, b, what in pairs:
         if "tokens" in runs.get(a, {}) and "tokens" in runs.get(b, {}):
             comparisons[f"{a} vs {b}"] = {"toggled": what, **compare(runs[a], runs[b])}
             print(f"{a} vs {b} ({what}): {comparisons[f'{a} vs {b}']}", flush=True)
     payload = {"benchmark": "greedy equivalence", **common.environment(),
                "model": args.model, "model_shape": args.model_shape,
+               "engine_args": json.loads(args.engine_args),
                "comparisons": comparisons,
                "runs": {a: {k: v for k, v in r.items() if k not in ("tokens", "logprobs")}
                         for a, r in runs.items()}}

@@ -12,6 +12,11 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from benchmarks import paper, serve_ab  # noqa: E402
+
 RESULTS = ROOT / "benchmarks" / "results"
 START, END = "<!-- results:start -->", "<!-- results:end -->"
 
@@ -25,6 +30,13 @@ def ab_tables(path: Path, d: dict) -> list[str]:
     arms = list(d["arms"])
     base = d["baseline"]
     shape = d.get("model_shape") or Path(d["model"]).name
+    kwargs = next(iter(d["arms"].values())).get("engine_kwargs", {})
+    for key, label in (("tensor_parallel_size", "TP"), ("data_parallel_size", "DP"),
+                       ("pipeline_parallel_size", "PP")):
+        if kwargs.get(key, 1) > 1:
+            shape += f" {label}={kwargs[key]}"
+    if d.get("rate_req_per_s"):
+        shape += f", Poisson arrivals {d['rate_req_per_s']:g} req/s"
     lines = [f"#### {shape}, chunked prefill {d['chunked_prefill']} "
              f"({d['device']}, vLLM {d['vllm']}, commit {str(d['git_commit'])[:10]}, "
              f"{d['repetitions']} reps, `{path.name}`)", "",
@@ -63,7 +75,11 @@ def kernel_table(path: Path, d: dict) -> list[str]:
 
 
 def equivalence_table(path: Path, d: dict) -> list[str]:
-    lines = [f"#### Greedy equivalence, {d['model_shape']} ({d['device']}, "
+    parallel = "".join(f" {label}={d.get('engine_args', {}).get(key)}"
+                       for key, label in (("tensor_parallel_size", "TP"),
+                                          ("pipeline_parallel_size", "PP"))
+                       if d.get("engine_args", {}).get(key, 1) > 1)
+    lines = [f"#### Greedy equivalence, {d['model_shape']}{parallel} ({d['device']}, "
              f"commit {str(d['git_commit'])[:10]}, `{path.name}`)", "",
              "| pair | toggled | identical outputs | max logprob diff | classes that ran |",
              "|---|---|---|---|---|"]
@@ -147,7 +163,22 @@ def render(plots_dir: Path = RESULTS) -> str:
     for path, d in results:
         if d.get("benchmark", "").startswith("offline A/B"):
             lines += ab_tables(path, d)
+    for path, d in results:
+        if d.get("benchmark", "").startswith("serving A/B"):
+            lines += [f"#### Serving A/B ({d['device']}, commit {str(d['git_commit'])[:10]}, "
+                      f"`{path.name}`)", "", serve_ab.render_section(d), ""]
+    paper_runs = [(p, d) for p, d in results if d.get("benchmark") == paper.BENCHMARK]
+    for path, d in paper_runs:
+        lines += [f"#### Prepacking paper reproduction, HF transformers {d['transformers']} "
+                  f"({d['device']}, {d['dtype']}, commit {str(d['git_commit'])[:10]}, "
+                  f"`{path.name}`)", "", paper.render_section([d]), ""]
     images = plots(results, plots_dir)
+    for path, d in results:
+        kind = d.get("benchmark", "")
+        if kind.startswith("serving A/B") and d.get("runs"):
+            images.append(serve_ab.plot(d, plots_dir / f"{path.stem}.png").name)
+        elif kind == paper.BENCHMARK and d.get("runs"):
+            images.append(paper.plot(d, plots_dir / f"{path.stem}_speedup.png").name)
     for image in images:
         lines.append(f"![{image}](benchmarks/results/{image})")
     lines.append("")

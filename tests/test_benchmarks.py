@@ -90,3 +90,38 @@ def test_render_writes_tables_from_committed_results(tmp_path):
     if any((ROOT / "benchmarks" / "results").glob("ab_*.json")):
         assert "| mix | padding | arm |" in text and "ttft_cdf.png" in text
         assert list(tmp_path.glob("*_ttft_cdf.png"))
+
+
+@pytest.mark.engine
+def test_ab_poisson_arrivals_complete_every_request(tiny_model, tmp_path, engine_lock):
+    import subprocess
+
+    out = tmp_path / "ab.json"
+    cmd = [sys.executable, "-m", "benchmarks.ab", "--model", tiny_model, "--workload",
+           "alpaca", "--n", "10", "--reps", "1", "--arms", "stock,prepack", "--rate", "40",
+           "--isolate", "--max-num-batched-tokens", "1024", "--max-len", "1000",
+           "--engine-args", ENGINE, "--out", str(out)]
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=900,
+                          env=subprocess_env())
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    d = json.loads(out.read_text())
+    assert d["arrivals"] == "poisson 40 req/s" and d["rate_req_per_s"] == 40
+    w = d["workloads"]["alpaca"]
+    assert w["workload"]["arrival"] == "poisson" and w["workload"]["duration_s"] > 0
+    for arm in ("stock", "prepack"):
+        (run,) = w["runs"][arm]
+        assert len(run["ttft_s"]) == 10 and all(t > 0 for t in run["ttft_s"])
+        # The run spans the arrivals: it cannot end before the last request arrived.
+        assert run["wall_s"] >= w["workload"]["duration_s"]
+    assert w["same_first_tokens_as_baseline"] == {"stock": True, "prepack": True}
+
+
+def test_ab_refuses_reordering_arms_with_timed_arrivals():
+    import subprocess
+
+    proc = subprocess.run([sys.executable, "-m", "benchmarks.ab", "--model", "x", "--rate", "5",
+                           "--arms", "stock,stock-sorted"], cwd=ROOT, capture_output=True,
+                          text=True, timeout=120, env=subprocess_env())
+    assert proc.returncode != 0
+    assert "['stock-sorted'] reorder the prompts" in proc.stderr
+    assert "prepack-packed" in proc.stderr

@@ -113,8 +113,14 @@ class PrepackConfig:
         """The options carried to the engine core (defaults if none were given)."""
         return cls.from_dict((additional_config or {}).get(ADDITIONAL_CONFIG_KEY) or {})
 
-    def resolved_stats_path(self) -> str | None:
-        return self.stats_path or os.environ.get(STATS_PATH_ENV) or None
+    def resolved_stats_path(self, dp_rank: int | None = None) -> str | None:
+        """The JSONL path; under data parallelism each engine core writes its own file,
+        ``<stem>.dp<rank><suffix>`` (``stats.jsonl`` -> ``stats.dp0.jsonl``, ...)."""
+        path = self.stats_path or os.environ.get(STATS_PATH_ENV) or None
+        if path is None or dp_rank is None:
+            return path
+        root, ext = os.path.splitext(path)
+        return f"{root}.dp{dp_rank}{ext}"
 
 
 

@@ -53,6 +53,8 @@ class PackingObserver:
     jsonl: IO[str] | None = None
     log_interval_s: float = 0.0
     log: object | None = None
+    dp_rank: int | None = None
+    """Data-parallel rank of the engine core (None without data parallelism)."""
     steps: int = 0
     prefill_steps: int = 0
     admitted: int = 0
@@ -134,7 +136,10 @@ class PackingObserver:
             self.planned_steps += 1
             self.adhered_steps += int(bool(s.plan_adhered))
         if self.jsonl is not None:
-            self.jsonl.write(json.dumps(dataclasses.asdict(s)) + "\n")
+            record = dataclasses.asdict(s)
+            if self.dp_rank is not None:
+                record["dp_rank"] = self.dp_rank
+            self.jsonl.write(json.dumps(record) + "\n")
             self.jsonl.flush()
         if self.log is not None and self.log_interval_s > 0:
             now = time.monotonic()
@@ -144,6 +149,7 @@ class PackingObserver:
 
     def summary(self) -> dict:
         return {
+            **({} if self.dp_rank is None else {"dp_rank": self.dp_rank}),
             "steps": self.steps,
             "prefill_steps": self.prefill_steps,
             "admitted": self.admitted,
@@ -168,8 +174,9 @@ class PackingObserver:
     def summary_line(self) -> str:
         s = self.summary()
         adherence = s["plan_adherence"]
+        rank = "" if self.dp_rank is None else f"dp_rank={self.dp_rank} "
         return (
-            f"Packing stats: steps={s['steps']} admitted={s['admitted']} "
+            f"Packing stats: {rank}steps={s['steps']} admitted={s['admitted']} "
             f"prefill_tokens={s['prefill_tokens']} "
             f"prefill_fill={100 * s['mean_prefill_fill']:.1f}% "
             f"split_prompts={s['split_prompts']} overtakes={s['overtakes']} "
@@ -196,6 +203,7 @@ def _overtakes(waiting_before: Sequence[str], admitted: set[str]) -> int:
 def reset(observer: PackingObserver) -> None:
     """Zero an observer's totals in place (between benchmark repetitions)."""
     fresh = PackingObserver(budget=observer.budget, jsonl=observer.jsonl,
-                            log_interval_s=observer.log_interval_s, log=observer.log)
+                            log_interval_s=observer.log_interval_s, log=observer.log,
+                            dp_rank=observer.dp_rank)
     for f in dataclasses.fields(PackingObserver):
         setattr(observer, f.name, getattr(fresh, f.name))

@@ -9,6 +9,7 @@ to arrival order, with requests preempted during the step at its head.
 
 from __future__ import annotations
 
+import multiprocessing
 import time
 from typing import Any
 
@@ -54,14 +55,31 @@ def prefills_of(scheduler: Scheduler, output: SchedulerOutput) -> list[Scheduled
     return prefills
 
 
+def data_parallel_rank(scheduler: Scheduler) -> int | None:
+    """This engine core's data-parallel rank, or None without data parallelism.
+
+    vLLM 0.32 runs the ranks of a dense model as independent engines: it resets
+    ``data_parallel_size`` to 1 in each and keeps the rank in ``data_parallel_index`` and in
+    the process name ``EngineCore_DP<rank>``; MoE ranks keep ``data_parallel_size``.
+    """
+    parallel = scheduler.vllm_config.parallel_config
+    index = getattr(parallel, "data_parallel_index", parallel.data_parallel_rank)
+    name = multiprocessing.current_process().name
+    if parallel.data_parallel_size > 1 or index > 0 or name.startswith("EngineCore_DP"):
+        return index
+    return None
+
+
 def make_observer(scheduler: Scheduler, config: PrepackConfig) -> PackingObserver:
-    path = config.resolved_stats_path()
+    dp_rank = data_parallel_rank(scheduler)
+    path = config.resolved_stats_path(dp_rank)
     jsonl = open(path, "a", buffering=1) if path else None  # noqa: SIM115 (lives with engine)
     return PackingObserver(
         budget=scheduler.max_num_scheduled_tokens,
         jsonl=jsonl,
         log_interval_s=config.stats_log_interval_s,
         log=logger,
+        dp_rank=dp_rank,
     )
 
 
@@ -122,6 +140,7 @@ class PrepackSchedulerMixin:
         )
         self.prepack_observer = make_observer(self, self.prepack_config)
         self._prepack_candidates: dict[str, planner.Candidate] = {}
+        self._prepack_hidden = 0
         logger.info(
             "Engine core built %s (%s)", type(self).__name__, self.prepack_config.to_dict()
         )
@@ -222,6 +241,13 @@ class PrepackSchedulerMixin:
 
     # -- one step ------------------------------------------------------------------------------
 
+    def get_request_counts(self) -> tuple[int, int]:
+        """vLLM's counts, with the requests the plan hides during ``schedule()`` still
+        counted as waiting: vLLM reads them there for its long-prefill fair share and, under
+        data parallelism, to decide whether prefills are capacity-bound (throttling)."""
+        running, waiting = super().get_request_counts()
+        return running, waiting + self._prepack_hidden
+
     def schedule(self, *args: Any, **kwargs: Any) -> SchedulerOutput:
         original = self.waiting
         waiting_before = [r.request_id for r in original]
@@ -247,10 +273,12 @@ class PrepackSchedulerMixin:
             presented.add_request(r)
         shown = set(presented)
         self.waiting = presented
+        self._prepack_hidden = len(original) - len(shown)
         try:
             output = super().schedule(*args, **kwargs)
         finally:
             self.waiting = original
+            self._prepack_hidden = 0
             _restore(original, presented, shown)
         observe_step(self, self.prepack_observer, output, waiting_before,
                      planned=[r.request_id for r in admitted], aged=aged)

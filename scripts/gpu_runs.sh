@@ -1,0 +1,84 @@
+#!/usr/bin/env bash
+# The benchmark runs behind benchmarks/results/*_h100.json and *_h200x2.json, one phase per
+# device call (each phase stays under 10 minutes). Run from the repository root on a GPU
+# machine with vLLM 0.32.0 and this project installed; results go to $OUT (default
+# benchmarks/results), one log per run next to them.
+#
+#   bash scripts/gpu_runs.sh paper    # 1 GPU: paper reproduction, Poisson offline A/B
+#   bash scripts/gpu_runs.sh nochunk  # 1 GPU: Llama-3.1-8B offline A/B, chunking off
+#   bash scripts/gpu_runs.sh serve    # 1 GPU: serving A/B (vllm bench serve)
+#   bash scripts/gpu_runs.sh equiv    # 2 GPUs: TP=2 and PP=2 greedy equivalence
+#   bash scripts/gpu_runs.sh tp       # 2 GPUs: Llama-3.1-8B offline A/B at TP=2
+#   bash scripts/gpu_runs.sh dp       # 2 GPUs: serving A/B of the 1B shape at DP=2
+set -uo pipefail
+phase=${1:?usage: gpu_runs.sh paper|nochunk|serve|equiv|tp|dp [tag]}
+tag=${2:-$(python3 -c "import torch; n=torch.cuda.get_device_name(0).split()[1].lower(); \
+c=torch.cuda.device_count(); print(n if c == 1 else f'{n}x{c}')")}
+out=${OUT:-benchmarks/results}
+mkdir -p "$out"
+py=python3
+eager='"enforce_eager": true, "max_model_len": 8192'
+
+run() {  # run NAME TIMEOUT_S CMD...: one benchmark, its log next to its JSON
+  local name=$1 limit=$2
+  shift 2
+  echo "== $name ($(date -u +%H:%M:%S), limit ${limit}s): $*"
+  timeout "$limit" "$@" > "$out/$name.log" 2>&1
+  echo "== $name exit $? ($(date -u +%H:%M:%S))"
+  tail -n 12 "$out/$name.log"
+}
+
+[ -f .models/tiny-llama/tokenizer.json ] || $py -m vllm_prepack.tiny_model .models/tiny-llama
+
+case $phase in
+paper)
+  run "paper_$tag" 280 $py -m benchmarks.paper --model-shape sheared-llama-1.3b,llama-2-7b \
+    --workload mmlu --n 256 --batch-sizes 4,8,16,32,64 \
+    --methods padded,sorted,prepacked,prepacked_flat --reps 3 --dtype float16 \
+    --out "$out/paper_$tag.json"
+  run "ab_1b_poisson_$tag" 220 $py -m benchmarks.ab --model-shape llama-3.2-1b \
+    --workload lognormal,sharegpt --n 1024 --max-len 8000 --rate 400 --reps 3 \
+    --arms stock,prepack,prepack-packed \
+    --engine-args "{$eager, \"gpu_memory_utilization\": 0.25}" --out "$out/ab_1b_poisson_$tag.json"
+  ;;
+nochunk)
+  run "ab_8b_nochunk_$tag" 500 $py -m benchmarks.ab --model-shape llama-3.1-8b \
+    --workload lognormal,mmlu,sharegpt --n 512 --max-len 8000 --reps 3 \
+    --arms stock,prepack,prepack-packed --chunked off --max-num-batched-tokens 8192 \
+    --engine-args "{$eager, \"gpu_memory_utilization\": 0.3}" --out "$out/ab_8b_nochunk_$tag.json"
+  ;;
+serve)
+  run "serve_1b_$tag" 420 $py -m benchmarks.serve_ab --model-shape llama-3.2-1b \
+    --tokenizer .models/tiny-llama --workload lognormal --n 1000 --max-len 8000 \
+    --output-len 32 --load-factors 0.5,0.8,1.0,1.2 --reps 2 --time-budget-s 330 \
+    --serve-args "--enforce-eager --max-model-len 8192" --out "$out/serve_1b_$tag.json"
+  ;;
+equiv)
+  VLLM_BATCH_INVARIANT=1 run "equivalence_8b_tp2_$tag" 300 $py -m benchmarks.equivalence \
+    --model-shape llama-3.1-8b --tensor-parallel-size 2 --arms stock,prepack-packed --n 48 \
+    --engine-args '{"enforce_eager": true, "max_model_len": 4096}' \
+    --out "$out/equivalence_8b_tp2_$tag.json"
+  VLLM_BATCH_INVARIANT=1 run "equivalence_1b_pp2_$tag" 240 $py -m benchmarks.equivalence \
+    --model-shape llama-3.2-1b --pipeline-parallel-size 2 --arms stock,prepack-packed \
+    --n 48 --engine-args '{"enforce_eager": true, "max_model_len": 4096}' \
+    --out "$out/equivalence_1b_pp2_$tag.json"
+  ;;
+tp)
+  run "ab_8b_tp2_$tag" 500 $py -m benchmarks.ab --model-shape llama-3.1-8b \
+    --workload lognormal,mmlu,sharegpt --n 512 --max-len 8000 --reps 3 \
+    --arms stock,prepack-packed \
+    --engine-args "{$eager, \"gpu_memory_utilization\": 0.4, \"tensor_parallel_size\": 2}" \
+    --out "$out/ab_8b_tp2_$tag.json"
+  ;;
+dp)
+  run "serve_1b_dp2_$tag" 540 $py -m benchmarks.serve_ab --model-shape llama-3.2-1b \
+    --tokenizer .models/tiny-llama --workload lognormal --n 1000 --max-len 8000 \
+    --output-len 32 --load-factors 0.5,0.8,1.0,1.2 --reps 2 --time-budget-s 420 \
+    --serve-args "--enforce-eager --max-model-len 8192 --data-parallel-size 2" \
+    --out "$out/serve_1b_dp2_$tag.json"
+  ;;
+*)
+  echo "unknown phase $phase; accepted: paper, nochunk, serve, equiv, tp, dp" >&2
+  exit 2
+  ;;
+esac

@@ -1,0 +1,170 @@
+"""The serving A/B harness: its traces (exact lengths, arrivals, unique hash ids), their
+expansion by vLLM's own TimedTrace, and one CPU run of both arms (no timing asserted)."""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+
+import pytest
+from conftest import ROOT, subprocess_env
+
+from benchmarks import serve_ab, workloads
+
+SERVE_ARGS = "--dtype float32 --enforce-eager --max-model-len 1024 --kv-cache-memory-bytes 67108864"
+
+
+def test_trace_has_exact_lengths_poisson_arrivals_and_unique_hash_ids():
+    mix = workloads.make("sharegpt", 2000, seed=1)
+    outs = serve_ab.output_lengths("8:64", 2000, seed=1)
+    assert min(outs) >= 8 and max(outs) <= 64 and len(set(outs)) > 1
+    assert serve_ab.output_lengths("8:64", 2000, seed=1) == outs
+    entries = serve_ab.make_trace(mix.lengths, outs, rate=20.0, seed="s/rep0", hash_start=7)
+    assert [e["input_length"] for e in entries] == list(mix.lengths)
+    assert [e["output_length"] for e in entries] == outs
+    stamps = [e["timestamp"] for e in entries]
+    assert stamps == sorted(stamps) and stamps[0] > 0
+    assert len(entries) / stamps[-1] == pytest.approx(20.0, rel=0.1)
+    ids = [h for e in entries for h in e["hash_ids"]]
+    assert len(ids) == len(set(ids)) and min(ids) == 7
+    for e in entries:
+        assert len(e["hash_ids"]) == math.ceil(e["input_length"] / serve_ab.CHUNK)
+    # The same seed at twice the rate is the same process, twice as fast.
+    faster = serve_ab.make_trace(mix.lengths, outs, rate=40.0, seed="s/rep0")
+    assert [e["timestamp"] for e in faster] == pytest.approx([t / 2 for t in stamps], abs=1e-5)
+    assert serve_ab.make_trace(mix.lengths, outs, rate=20.0, seed="s/rep1") != entries
+    offline = serve_ab.make_trace(mix.lengths, outs, rate=None, seed=0)
+    assert {e["timestamp"] for e in offline} == {0.0}
+    with pytest.raises(ValueError, match="--output-len"):
+        serve_ab.output_lengths("0", 4, seed=0)
+
+
+def test_trace_book_never_repeats_hash_ids(tmp_path):
+    book = serve_ab.TraceBook(tmp_path, [5, 40, 16], [2, 2, 2])
+    a = book.get("a", 10.0, 0)[1]
+    b = book.get("b", 10.0, 0)[1]
+    assert book.get("a", 10.0, 0)[1] is a
+    ids = [h for e in a + b for h in e["hash_ids"]]
+    assert len(ids) == len(set(ids))
+    lines = (tmp_path / "b.jsonl").read_text().splitlines()
+    assert [json.loads(line) for line in lines] == b
+
+
+def test_timed_trace_expands_to_exactly_input_length_tokens(tiny_model, tmp_path):
+    from vllm.benchmarks.datasets.datasets import TimedTrace
+    from vllm.tokenizers import get_tokenizer
+
+    lengths = [1, 15, 16, 17, 31, 32, 33, 100, 257, 1000]
+    outs = [4] * len(lengths)
+    entries = serve_ab.make_trace(lengths, outs, rate=5.0, seed=3)
+    path = serve_ab.write_trace(tmp_path / "trace.jsonl", entries)
+    dataset = TimedTrace(
+        dataset_path=str(path), timed_trace_chunk_hash_size=serve_ab.CHUNK,
+        timed_trace_sec_multiplier=1, timed_trace_label_timestamp="timestamp",
+        timed_trace_label_input_length="input_length",
+        timed_trace_label_output_length="output_length",
+        timed_trace_label_hash_ids="hash_ids")
+    tokenizer = get_tokenizer(tiny_model)
+    samples = dataset.sample(tokenizer=tokenizer, num_requests=len(lengths))
+    assert [len(s.prompt) for s in samples] == lengths
+    assert [s.prompt_len for s in samples] == lengths
+    assert [s.expected_output_len for s in samples] == outs
+    assert [s.timestamp for s in samples] == [e["timestamp"] for e in entries]
+    specials = set(tokenizer.all_special_ids)
+    assert all(0 <= t < len(tokenizer) and t not in specials for s in samples for t in s.prompt)
+    # No shared prefix: the first chunks of the multi-chunk prompts all differ.
+    heads = [tuple(s.prompt[:serve_ab.CHUNK]) for s in samples if len(s.prompt) > serve_ab.CHUNK]
+    assert len(heads) == len(set(heads))
+
+
+def test_metrics_parsing_and_packing_summary():
+    steps = [
+        {"prefill_tokens": 30, "admitted": 2, "fill": 0.5, "partial_prefills": 0, "overtakes": 1,
+         "planned": 2, "plan_adhered": True, "planner_fault": False, "oldest_wait_s": 0.1},
+        {"prefill_tokens": 0, "admitted": 0, "fill": 0.01, "partial_prefills": 0, "overtakes": 0,
+         "planned": None, "plan_adhered": None, "planner_fault": False, "oldest_wait_s": 0.0},
+    ]
+    s = serve_ab.packing_summary([json.dumps(x) for x in steps])
+    assert s["steps"] == 2 and s["prefill_steps"] == 1 and s["prefill_tokens"] == 30
+    assert s["mean_prefill_fill"] == 0.5 and s["plan_adherence"] == 1.0 and s["overtakes"] == 1
+    before = {"vllm:prompt_tokens_total": 10.0}
+    after = {"vllm:prompt_tokens_total": 25.0, "vllm:time_to_first_token_seconds_sum": 0.5,
+             "vllm:time_to_first_token_seconds_count": 5.0, "vllm:num_requests_running": 0.0}
+    d = serve_ab.metrics_delta(before, after)
+    assert d["vllm:prompt_tokens_total"] == 15.0 and d["server_ttft_mean_ms"] == 100.0
+    entries = serve_ab.make_trace([3, 4], [2, 2], rate=None, seed=0)
+    ok = {"completed": 2, "failed": 0, "input_lens": [3, 4], "output_lens": [2, 2]}
+    assert serve_ab.check_run(ok, entries) == []
+    lost = {**ok, "completed": 1, "failed": 1, "input_lens": [3, 0], "output_lens": [2, 0]}
+    assert len(serve_ab.check_run(lost, entries)) == 3
+    delta = {"vllm:prompt_tokens_total": 7.0, "vllm:generation_tokens_total": 4.0,
+             "vllm:request_success_total:length": 2.0}
+    assert serve_ab.cross_check(delta, entries) == []
+    assert len(serve_ab.cross_check({**delta, "vllm:prompt_tokens_total": 3.0}, entries)) == 1
+
+
+@pytest.mark.engine
+def test_serve_ab_smoke_both_arms_complete(tiny_model, tmp_path, engine_lock):
+    out = tmp_path / "serve_ab.json"
+    cmd = [sys.executable, "-m", "benchmarks.serve_ab", "--model", tiny_model,
+           "--workload", "mmlu", "--n", "10", "--max-len", "512", "--output-len", "4",
+           "--load-factors", "1.0", "--reps", "1", "--one-server-at-a-time",
+           "--serve-args", SERVE_ARGS, "--work-dir", str(tmp_path / "work"), "--out", str(out)]
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600,
+                          env=subprocess_env())
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    d = json.loads(out.read_text())
+    for key in ("device", "git_commit", "vllm", "torch", "command", "model", "tokenizer",
+                "seed", "repetitions", "load_factors", "servers", "workload", "arms",
+                "saturation", "slo", "rates", "runs", "per_load", "all_runs_complete"):
+        assert key in d, key
+    assert d["device"].startswith("CPU") and d["status"] == "complete"
+    assert d["all_runs_complete"] and d["failed_runs"] == []
+    w = d["workload"]
+    assert w["n"] == 10 and w["padding_ratio"] >= 1 and w["output_len"] == "4"
+    arms = d["arms"]
+    assert arms["stock"]["scheduler_class"] == "vllm.v1.core.sched.scheduler.Scheduler"
+    assert arms["prepack"]["scheduler_class"] == (
+        "vllm_prepack.adapters.scheduler.PrepackSyncScheduler")
+    assert "--scheduler" not in arms["stock"]["serve_args"]
+    assert arms["prepack"]["serve_args"][-5:-2] == ["67108864", "--scheduler", "prepack"]
+    for arm in ("stock", "prepack"):
+        assert "--no-enable-prefix-caching" in arms[arm]["serve_args"]
+        assert arms[arm]["non_default_args"]["enable_prefix_caching"] is False
+        assert "enable_chunked_prefill=True" in arms[arm]["engine_config"]
+    sat = d["saturation"]
+    assert sat["request_throughput"] > 0 and "t=0" in sat["definition"]
+    assert sat["run"]["ok"] and sat["run"]["bench"]["completed"] == 10
+    slo = d["slo"]
+    assert slo["ttft_ms"] > 0 and slo["source"] == "calibrated" and slo["calibration_run"]["ok"]
+    assert d["rates"] == {"1": pytest.approx(sat["request_throughput"])}
+    runs = {r["arm"]: r for r in d["runs"]}
+    assert len(d["runs"]) == 2 and set(runs) == {"stock", "prepack"}
+    assert slo["decided_utc"] <= runs["prepack"]["started_utc"]
+    for arm, r in runs.items():
+        b = r["bench"]
+        assert r["ok"] and r["problems"] == [], (arm, r["problems"])
+        assert b["completed"] == 10 and b["failed"] == 0 and len(b["ttfts_s"]) == 10
+        for key in ("request_throughput", "output_throughput", "total_token_throughput",
+                    "request_goodput", "mean_ttft_ms", "median_ttft_ms", "p99_ttft_ms",
+                    "mean_tpot_ms", "p99_tpot_ms", "mean_itl_ms", "p99_itl_ms"):
+            assert b[key] is not None, (arm, key)
+        assert f"--goodput ttft:{slo['ttft_ms']:.3f}" in r["bench_command"]
+        assert "--dataset-name timed_trace" in r["bench_command"]
+        assert r["metrics_cross_check"] == "agrees"
+        m = r["metrics"]
+        assert m["vllm:prompt_tokens_total"] == b["total_input_tokens"]
+        assert m["vllm:request_success_total:length"] == 10
+        assert m["vllm:prefix_cache_hits_total"] == 0
+    assert runs["prepack"]["packing"]["admitted"] == 10
+    assert runs["prepack"]["packing"]["prefill_tokens"] == runs["prepack"]["bench"][
+        "total_input_tokens"]
+    assert "packing" not in runs["stock"]
+    ratios = d["per_load"]["1"]["ratios_prepack_vs_stock"]
+    for metric in ("mean_ttft_ms", "p99_ttft_ms", "mean_tpot_ms", "request_throughput"):
+        assert ratios[metric]["verdict"] in ("win", "tie", "loss") and ratios[metric]["n"] == 1
+    section = serve_ab.render_section(d)
+    assert "| 1x |" in section and "PrepackSyncScheduler" in section
+    assert (tmp_path / "serve_ab.png").stat().st_size > 0
