@@ -12,6 +12,10 @@ from pathlib import Path
 
 
 def git_commit() -> str | None:
+    """The commit that ran: ``$PREPACK_GIT_COMMIT`` when set (a copy of the tree without
+    its own up-to-date .git, e.g. on a lent GPU machine), else ``git rev-parse HEAD``."""
+    if os.environ.get("PREPACK_GIT_COMMIT"):
+        return os.environ["PREPACK_GIT_COMMIT"]
     try:
         out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
                              cwd=Path(__file__).resolve().parents[1], timeout=10)

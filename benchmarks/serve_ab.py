@@ -397,6 +397,46 @@ class Pool:
 # -- one bench run --------------------------------------------------------------------------
 
 
+class BenchClient:
+    """``vllm bench serve`` runs in one long-lived process (:mod:`benchmarks.bench_client`):
+    vLLM's client code and tokenizer load once instead of once per run."""
+
+    def __init__(self) -> None:
+        self.proc: subprocess.Popen | None = None
+
+    def _start(self) -> subprocess.Popen:
+        proc = subprocess.Popen([sys.executable, "-m", "benchmarks.bench_client"],
+                                stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                                cwd=ROOT, env=child_env(PYTHONHASHSEED="0"))
+        if json.loads(proc.stdout.readline() or "{}").get("ready") is not True:
+            raise RuntimeError("benchmarks.bench_client did not start")
+        return proc
+
+    def run(self, argv: list[str], log_path: Path, timeout: float) -> int | None:
+        """``argv`` after ``vllm bench serve``; None when it ran past ``timeout``."""
+        if self.proc is None or self.proc.poll() is not None:
+            self.proc = self._start()
+        self.proc.stdin.write(json.dumps({"argv": argv, "log": str(log_path)}) + "\n")
+        self.proc.stdin.flush()
+        with ThreadPoolExecutor(1) as pool:
+            future = pool.submit(self.proc.stdout.readline)
+            try:
+                line = future.result(timeout=timeout)
+            except TimeoutError:
+                self.close()  # a hung run: the next run gets a fresh client
+                return None
+        return json.loads(line)["returncode"] if line else 1
+
+    def close(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(timeout=30)
+        self.proc = None
+
+
+CLIENT = BenchClient()
+
+
 def bench_argv(server: Server, args: argparse.Namespace, trace: Path, n: int,
                slo_ms: float | None, result_dir: Path, name: str) -> list[str]:
     argv = [vllm_command(), "bench", "serve", "--backend", "vllm", "--base-url", server.url,
@@ -488,14 +528,7 @@ def run_bench(pool: Pool, arm: str, trace: Path, entries: list[dict], slo_ms: fl
     record: dict = {"name": name, "arm": arm, "started_utc": started, "trace": str(trace),
                     "requests": len(entries), "bench_command": shlex.join(["vllm", *cmd[1:]])}
     log_path = pool.workdir / f"bench_{name}.log"
-    try:
-        proc = subprocess.run(cmd, capture_output=True, text=True,
-                              timeout=args.max_duration_s, env=child_env(PYTHONHASHSEED="0"))
-        log_path.write_text(proc.stdout + proc.stderr)
-        returncode = proc.returncode
-    except subprocess.TimeoutExpired as e:
-        log_path.write_text(f"{e.stdout or ''}{e.stderr or ''}")
-        returncode = None
+    returncode = CLIENT.run(cmd[3:], log_path, args.max_duration_s)
     record["wall_s"] = round(time.monotonic() - t0, 3)
     record["bench_log"] = str(log_path)
     raw_path = result_dir / f"{name}.json"
@@ -784,6 +817,7 @@ def run(args: argparse.Namespace) -> dict:
         result["status"] = f"aborted: {type(e).__name__}: {e}"[:2000]
         raise
     finally:
+        CLIENT.close()
         pool.stop_all()
         result["per_load"] = aggregate(result["runs"], load_factors, args.reps)
         failed = [r["name"] for r in result["runs"] if not r["ok"]]

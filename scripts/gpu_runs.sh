@@ -7,11 +7,12 @@
 #   bash scripts/gpu_runs.sh paper    # 1 GPU: paper reproduction, Poisson offline A/B
 #   bash scripts/gpu_runs.sh nochunk  # 1 GPU: Llama-3.1-8B offline A/B, chunking off
 #   bash scripts/gpu_runs.sh serve    # 1 GPU: serving A/B (vllm bench serve)
-#   bash scripts/gpu_runs.sh equiv    # 2 GPUs: TP=2 and PP=2 greedy equivalence
+#   bash scripts/gpu_runs.sh equiv    # 2 GPUs: TP=2 greedy equivalence (Llama-3.1-8B)
+#   bash scripts/gpu_runs.sh pp       # 2 GPUs: PP=2 greedy equivalence (Llama-3.2-1B)
 #   bash scripts/gpu_runs.sh tp       # 2 GPUs: Llama-3.1-8B offline A/B at TP=2
 #   bash scripts/gpu_runs.sh dp       # 2 GPUs: serving A/B of the 1B shape at DP=2
 set -uo pipefail
-phase=${1:?usage: gpu_runs.sh paper|nochunk|serve|equiv|tp|dp [tag]}
+phase=${1:?usage: gpu_runs.sh paper|nochunk|serve|equiv|pp|tp|dp [tag]}
 tag=${2:-$(python3 -c "import torch; n=torch.cuda.get_device_name(0).split()[1].lower(); \
 c=torch.cuda.device_count(); print(n if c == 1 else f'{n}x{c}')")}
 out=${OUT:-benchmarks/results}
@@ -58,6 +59,8 @@ equiv)
     --model-shape llama-3.1-8b --tensor-parallel-size 2 --arms stock,prepack-packed --n 48 \
     --engine-args '{"enforce_eager": true, "max_model_len": 4096}' \
     --out "$out/equivalence_8b_tp2_$tag.json"
+  ;;
+pp)
   VLLM_BATCH_INVARIANT=1 run "equivalence_1b_pp2_$tag" 240 $py -m benchmarks.equivalence \
     --model-shape llama-3.2-1b --pipeline-parallel-size 2 --arms stock,prepack-packed \
     --n 48 --engine-args '{"enforce_eager": true, "max_model_len": 4096}' \
@@ -71,14 +74,14 @@ tp)
     --out "$out/ab_8b_tp2_$tag.json"
   ;;
 dp)
-  run "serve_1b_dp2_$tag" 540 $py -m benchmarks.serve_ab --model-shape llama-3.2-1b \
+  run "serve_1b_dp2_$tag" 450 $py -m benchmarks.serve_ab --model-shape llama-3.2-1b \
     --tokenizer .models/tiny-llama --workload lognormal --n 1000 --max-len 8000 \
-    --output-len 32 --load-factors 0.5,0.8,1.0,1.2 --reps 2 --time-budget-s 420 \
+    --output-len 32 --load-factors 0.5,0.8,1.0,1.2 --reps 2 --time-budget-s 330 \
     --serve-args "--enforce-eager --max-model-len 8192 --data-parallel-size 2" \
     --out "$out/serve_1b_dp2_$tag.json"
   ;;
 *)
-  echo "unknown phase $phase; accepted: paper, nochunk, serve, equiv, tp, dp" >&2
+  echo "unknown phase $phase; accepted: paper, nochunk, serve, equiv, pp, tp, dp" >&2
   exit 2
   ;;
 esac
