@@ -68,7 +68,10 @@ def spread(values: list[float]) -> dict:
 
 
 def verdict(ratio: dict, higher_is_better: bool) -> str:
-    """'win'/'loss' only where the whole spread of per-repetition ratios excludes 1.0."""
+    """'win'/'loss' only where the whole spread of per-repetition ratios excludes 1.0, over
+    at least two repetitions ('single run' otherwise: one ratio has no spread)."""
+    if ratio.get("n", 2) < 2:
+        return "single run"
     if ratio["min"] > 1.0:
         return "win" if higher_is_better else "loss"
     if ratio["max"] < 1.0:

@@ -609,7 +609,8 @@ def bench_model(source: str, args: argparse.Namespace, bar: Any) -> list[dict]:
 def _fmt_ratio(r: dict | None) -> str:
     if not r:
         return "-"
-    mark = {"win": " **win**", "loss": " **loss**", "tie": ""}[r["verdict"]]
+    marks = {"win": " **win**", "loss": " **loss**", "tie": ""}
+    mark = marks.get(r["verdict"], f" ({r['verdict']})")
     return f"{r['mean']:.2f} [{r['min']:.2f}-{r['max']:.2f}]{mark}"
 
 

@@ -22,7 +22,8 @@ START, END = "<!-- results:start -->", "<!-- results:end -->"
 
 
 def _fmt_ratio(r: dict) -> str:
-    mark = {"win": " **win**", "loss": " **loss**", "tie": ""}[r["verdict"]]
+    marks = {"win": " **win**", "loss": " **loss**", "tie": ""}
+    mark = marks.get(r["verdict"], f" ({r['verdict']})")
     return f"{r['mean']:.2f} [{r['min']:.2f}-{r['max']:.2f}]{mark}"
 
 

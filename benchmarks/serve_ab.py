@@ -599,7 +599,8 @@ def aggregate(runs: list[dict], load_factors: Sequence[float], reps: int) -> dic
 def _ratio(r: dict | None) -> str:
     if not r:
         return "-"
-    mark = {"win": " **win**", "loss": " **loss**", "tie": ""}[r["verdict"]]
+    marks = {"win": " **win**", "loss": " **loss**", "tie": ""}
+    mark = marks.get(r["verdict"], f" ({r['verdict']})")
     return f"{r['mean']:.2f} [{r['min']:.2f}-{r['max']:.2f}]{mark}"
 
 
@@ -810,6 +811,12 @@ def run(args: argparse.Namespace) -> dict:
                                        f"{arm}_lf{lf:g}_rep{rep}", args)
                     record.update(load_factor=lf, rate=rate, rep=rep, position=position)
                     result["runs"].append(record)
+                    # Re-estimate the client overhead from the measured runs (the
+                    # saturation run's includes the client's own start).
+                    measured = [r["wall_s"] - r["bench"]["duration"] for r in result["runs"]
+                                if r["ok"] and r["bench"] and r["bench"].get("duration")]
+                    if measured:
+                        overhead = max(0.0, sorted(measured)[len(measured) // 2])
                     bar.set_postfix(load=f"{lf:g}x", arm=arm, rep=rep)
                     bar.update()
                     save()

@@ -51,7 +51,7 @@ nochunk)
 serve)
   run "serve_1b_$tag" 420 $py -m benchmarks.serve_ab --model-shape llama-3.2-1b \
     --tokenizer .models/tiny-llama --workload lognormal --n 1000 --max-len 8000 \
-    --output-len 32 --load-factors 0.5,0.8,1.0,1.2 --reps 2 --time-budget-s 330 \
+    --output-len 32 --load-factors 0.5,0.8,1.0,1.2 --reps 2 --time-budget-s 380 \
     --serve-args "--enforce-eager --max-model-len 8192" --out "$out/serve_1b_$tag.json"
   ;;
 equiv)
@@ -76,7 +76,7 @@ tp)
 dp)
   run "serve_1b_dp2_$tag" 450 $py -m benchmarks.serve_ab --model-shape llama-3.2-1b \
     --tokenizer .models/tiny-llama --workload lognormal --n 1000 --max-len 8000 \
-    --output-len 32 --load-factors 0.5,0.8,1.0,1.2 --reps 2 --time-budget-s 330 \
+    --output-len 32 --load-factors 0.5,0.8,1.0,1.2 --reps 2 --time-budget-s 380 \
     --serve-args "--enforce-eager --max-model-len 8192 --data-parallel-size 2" \
     --out "$out/serve_1b_dp2_$tag.json"
   ;;
