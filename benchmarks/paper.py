@@ -614,10 +614,10 @@ def _fmt_ratio(r: dict | None) -> str:
     return f"{r['mean']:.2f} [{r['min']:.2f}-{r['max']:.2f}]{mark}"
 
 
-def _fmt_ms(m: dict | None) -> str:
+def _fmt_ms(m: dict | None, key: str = "total_ms") -> str:
     if not m:
         return "-"
-    return "OOM" if m["oom"] else f"{m['batch_ms_median']:.1f}"
+    return "OOM" if m["oom"] else f"{m[key]['mean']:.1f}"
 
 
 def _fmt_mem(padded: dict | None, prepacked: dict | None) -> str:
@@ -635,21 +635,27 @@ def table_rows(result: dict) -> list[list[str]]:
     for run in result["runs"]:
         for size, entry in run["by_batch_size"].items():
             m, s = entry["methods"], entry["speedups"]
+            ttft = "/".join(_fmt_ms(m.get(k), "ttft_mean_ms") for k in
+                            ("padded", "sorted", "prepacked"))
             rows.append([run["model_shape"], run["workload"]["name"], size,
                          _fmt_ms(m.get("padded")), _fmt_ms(m.get("sorted")),
-                         _fmt_ms(m.get("prepacked")), _fmt_ratio(s.get("prepacked_vs_padded")),
+                         _fmt_ms(m.get("prepacked")), _fmt_ms(m.get("prepacked_flat")),
+                         _fmt_ratio(s.get("prepacked_vs_padded")),
                          _fmt_ratio(s.get("prepacked_vs_sorted")),
+                         _fmt_ratio(s.get("prepacked_flat_vs_padded")), ttft,
                          _fmt_mem(m.get("padded"), m.get("prepacked"))])
     return rows
 
 
-HEADER = ["shape", "workload", "batch", "padded ms", "sorted ms", "prepacked ms",
-          "speedup vs padded", "vs sorted", "peak mem GiB padded/prepacked"]
+HEADER = ["shape", "workload", "batch", "padded ms", "sorted ms", "prepacked ms", "flat ms",
+          "prepacked vs padded", "prepacked vs sorted", "flat vs padded",
+          "TTFT mean ms padded/sorted/prepacked", "peak mem GiB padded/prepacked"]
 
 
 def render_section(results: list[dict]) -> str:
-    """Markdown: one table per result JSON (median ms per batch; speedups of total time,
-    mean [min-max] over repetitions, **win** where the spread excludes 1.0)."""
+    """Markdown: one table per result JSON (ms: all batches of the dataset, mean over
+    repetitions; speedups: ratio of those totals, mean [min-max] over repetitions, **win**
+    where the spread excludes 1.0; flat: ``prepacked_flat``)."""
     lines: list[str] = []
     for d in results:
         lines += [f"#### Prepacking paper, HF transformers ({d['device']}, {d['dtype']}, "

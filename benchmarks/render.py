@@ -166,13 +166,15 @@ def render(plots_dir: Path = RESULTS) -> str:
             lines += ab_tables(path, d)
     for path, d in results:
         if d.get("benchmark", "").startswith("serving A/B"):
-            lines += [f"#### Serving A/B ({d['device']}, commit {str(d['git_commit'])[:10]}, "
-                      f"`{path.name}`)", "", serve_ab.render_section(d), ""]
+            # Ratios and verdicts from the raw runs with the current rules.
+            d["per_load"] = serve_ab.aggregate(d["runs"], d["load_factors"], d["repetitions"])
+            serve_args = d["arms"]["stock"].get("serve_args") or []
+            lines += [serve_ab.render_section(d),
+                      f"`{path.name}`; `vllm serve` arguments of both arms: "
+                      f"`{' '.join(map(str, serve_args))}`.", ""]
     paper_runs = [(p, d) for p, d in results if d.get("benchmark") == paper.BENCHMARK]
     for path, d in paper_runs:
-        lines += [f"#### Prepacking paper reproduction, HF transformers {d['transformers']} "
-                  f"({d['device']}, {d['dtype']}, commit {str(d['git_commit'])[:10]}, "
-                  f"`{path.name}`)", "", paper.render_section([d]), ""]
+        lines += [paper.render_section([d]), f"`{path.name}`", ""]
     images = plots(results, plots_dir)
     for path, d in results:
         kind = d.get("benchmark", "")

@@ -452,6 +452,13 @@ def bench_argv(server: Server, args: argparse.Namespace, trace: Path, n: int,
     return argv
 
 
+def stats_files(path: Path) -> list[Path]:
+    """The prepack arm's statistics files: ``path``, or one per data-parallel engine core
+    (``<stem>.dp<rank>.jsonl``)."""
+    return [p for p in [path, *sorted(path.parent.glob(f"{path.stem}.dp*{path.suffix}"))]
+            if p.exists()]
+
+
 def packing_summary(lines: list[str]) -> dict:
     steps = [json.loads(line) for line in lines if line.strip()]
     prefill = [s for s in steps if s["prefill_tokens"]]
@@ -521,7 +528,7 @@ def run_bench(pool: Pool, arm: str, trace: Path, entries: list[dict], slo_ms: fl
     server = pool.get(arm)
     result_dir = pool.workdir / "bench"
     cmd = bench_argv(server, args, trace, len(entries), slo_ms, result_dir, name)
-    offset = pool.stats_path.stat().st_size if pool.stats_path.exists() else 0
+    offsets = {path: path.stat().st_size for path in stats_files(pool.stats_path)}
     before = scrape(server.url)
     started = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     t0 = time.monotonic()
@@ -551,10 +558,18 @@ def run_bench(pool: Pool, arm: str, trace: Path, entries: list[dict], slo_ms: fl
         bench["errors"] = errors[:5]
     record.update(ok=not problems, problems=problems, bench=bench, metrics=delta,
                   metrics_cross_check=notes or "agrees")
-    if arm == "prepack" and pool.stats_path.exists():
-        with open(pool.stats_path) as f:
-            f.seek(offset)
-            record["packing"] = packing_summary(f.read().splitlines())
+    if arm == "prepack":
+        per_file = {}
+        for path in stats_files(pool.stats_path):
+            with open(path) as f:
+                f.seek(offsets.get(path, 0))
+                per_file[path.name] = f.read().splitlines()
+        if per_file:
+            record["packing"] = packing_summary([x for lines in per_file.values()
+                                                 for x in lines])
+        if len(per_file) > 1:  # data parallel: one file per engine core
+            record["packing_per_rank"] = {name: packing_summary(lines)
+                                          for name, lines in per_file.items()}
     if problems:
         print(f"RUN FAILED {name}: {'; '.join(problems)}", file=sys.stderr, flush=True)
     if notes:

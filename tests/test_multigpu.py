@@ -160,9 +160,6 @@ def test_data_parallel_2_serves_every_request_once(tiny_model, tmp_path, engine_
     import random
     import urllib.request
 
-    from vllm import LLM, SamplingParams
-    from vllm.inputs import TokensPrompt
-
     rng = random.Random(7)
     prompts = [[rng.randrange(3, 500) for _ in range(rng.randint(1, 600))] for _ in range(24)]
     stats = tmp_path / "stats.jsonl"
@@ -205,13 +202,25 @@ def test_data_parallel_2_serves_every_request_once(tiny_model, tmp_path, engine_
     success = sum(float(line.rsplit(" ", 1)[1]) for line in metrics.splitlines()
                   if line.startswith("vllm:request_success_total"))
     assert success == len(prompts)
-    # Same greedy tokens as stock vLLM with the same settings.
-    llm = LLM(tiny_model, **ENGINE_ARGS, enable_prefix_caching=False)
-    try:
-        outs = llm.generate([TokensPrompt(prompt_token_ids=p) for p in prompts],
-                            SamplingParams(temperature=0, max_tokens=6, ignore_eos=True),
-                            use_tqdm=False)
-    finally:
-        del llm
-    assert [r["choices"][0]["token_ids"] for r in replies] == [
-        list(o.outputs[0].token_ids) for o in outs]
+    # Same greedy tokens as stock vLLM with the same settings (its own process: a fresh
+    # engine, nothing left from the server's).
+    code = (
+        "import json, sys\n"
+        "from vllm import LLM, SamplingParams\n"
+        "from vllm.inputs import TokensPrompt\n"
+        "if __name__ == '__main__':\n"
+        "    prompts = json.loads(sys.stdin.read())\n"
+        f"    llm = LLM({tiny_model!r}, **{ENGINE_ARGS!r}, enable_prefix_caching=False)\n"
+        "    outs = llm.generate([TokensPrompt(prompt_token_ids=p) for p in prompts],\n"
+        "                        SamplingParams(temperature=0, max_tokens=6, ignore_eos=True),\n"
+        "                        use_tqdm=False)\n"
+        "    print('TOKENS', json.dumps([list(o.outputs[0].token_ids) for o in outs]))\n"
+    )
+    import subprocess
+
+    proc = subprocess.run([sys.executable, "-c", code], input=json.dumps(prompts),
+                          capture_output=True, text=True, timeout=300,
+                          env=subprocess_env(VLLM_ENABLE_V1_MULTIPROCESSING="0"), cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    stock = json.loads(proc.stdout.split("TOKENS ", 1)[1])
+    assert [r["choices"][0]["token_ids"] for r in replies] == stock
