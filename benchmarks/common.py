@@ -77,3 +77,12 @@ def verdict(ratio: dict, higher_is_better: bool) -> str:
     if ratio["max"] < 1.0:
         return "loss" if higher_is_better else "win"
     return "tie"
+
+
+def fmt_ratio(r: dict | None) -> str:
+    """``mean [min-max]`` of a ratio spread, with its verdict in bold when it is one."""
+    if not r:
+        return "-"
+    marks = {"win": " **win**", "loss": " **loss**", "tie": ""}
+    mark = marks.get(r["verdict"], f" ({r['verdict']})")
+    return f"{r['mean']:.2f} [{r['min']:.2f}-{r['max']:.2f}]{mark}"

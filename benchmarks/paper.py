@@ -606,14 +606,6 @@ def bench_model(source: str, args: argparse.Namespace, bar: Any) -> list[dict]:
 
 
 # ---------------------------------------------------------------------------------- reporting
-def _fmt_ratio(r: dict | None) -> str:
-    if not r:
-        return "-"
-    marks = {"win": " **win**", "loss": " **loss**", "tie": ""}
-    mark = marks.get(r["verdict"], f" ({r['verdict']})")
-    return f"{r['mean']:.2f} [{r['min']:.2f}-{r['max']:.2f}]{mark}"
-
-
 def _fmt_ms(m: dict | None, key: str = "total_ms") -> str:
     if not m:
         return "-"
@@ -640,9 +632,9 @@ def table_rows(result: dict) -> list[list[str]]:
             rows.append([run["model_shape"], run["workload"]["name"], size,
                          _fmt_ms(m.get("padded")), _fmt_ms(m.get("sorted")),
                          _fmt_ms(m.get("prepacked")), _fmt_ms(m.get("prepacked_flat")),
-                         _fmt_ratio(s.get("prepacked_vs_padded")),
-                         _fmt_ratio(s.get("prepacked_vs_sorted")),
-                         _fmt_ratio(s.get("prepacked_flat_vs_padded")), ttft,
+                         common.fmt_ratio(s.get("prepacked_vs_padded")),
+                         common.fmt_ratio(s.get("prepacked_vs_sorted")),
+                         common.fmt_ratio(s.get("prepacked_flat_vs_padded")), ttft,
                          _fmt_mem(m.get("padded"), m.get("prepacked"))])
     return rows
 

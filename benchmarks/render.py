@@ -15,16 +15,10 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from benchmarks import paper, serve_ab  # noqa: E402
+from benchmarks import common, paper, serve_ab  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
 START, END = "<!-- results:start -->", "<!-- results:end -->"
-
-
-def _fmt_ratio(r: dict) -> str:
-    marks = {"win": " **win**", "loss": " **loss**", "tie": ""}
-    mark = marks.get(r["verdict"], f" ({r['verdict']})")
-    return f"{r['mean']:.2f} [{r['min']:.2f}-{r['max']:.2f}]{mark}"
 
 
 def ab_tables(path: Path, d: dict) -> list[str]:
@@ -54,8 +48,8 @@ def ab_tables(path: Path, d: dict) -> list[str]:
                 f"{pa['prefill_tokens_per_s']['mean']:,.0f} | {pa['ttft_mean_s']['mean']:.3f} | "
                 f"{pa['ttft_p99_s']['mean']:.3f} | {pa['engine_steps']['mean']:.0f} | "
                 f"{pa['split_prompts']['mean']:.0f} | {pa['packed_share']['mean']:.2f} | "
-                f"{_fmt_ratio(r['prefill_tokens_per_s']) if r else '1'} | "
-                f"{_fmt_ratio(r['ttft_mean_s']) if r else '1'} |")
+                f"{common.fmt_ratio(r['prefill_tokens_per_s']) if r else '1'} | "
+                f"{common.fmt_ratio(r['ttft_mean_s']) if r else '1'} |")
     lines.append("")
     return lines
 
@@ -69,7 +63,7 @@ def kernel_table(path: Path, d: dict) -> list[str]:
         s = r["speedup_paged_over_packed"]
         lines.append(f"| {r['shape']} {tuple(r['heads_q_kv_dim'])} | {r['pack_tokens']} | "
                      f"{r['prompts']} | {r['packed_ms']['median']:.3f} | "
-                     f"{r['paged_ms']['median']:.3f} | {_fmt_ratio(s)} | "
+                     f"{r['paged_ms']['median']:.3f} | {common.fmt_ratio(s)} | "
                      f"{r['max_abs_diff_packed_vs_paged']:.0e} |")
     lines.append("")
     return lines

@@ -611,14 +611,6 @@ def aggregate(runs: list[dict], load_factors: Sequence[float], reps: int) -> dic
 # -- report ---------------------------------------------------------------------------------
 
 
-def _ratio(r: dict | None) -> str:
-    if not r:
-        return "-"
-    marks = {"win": " **win**", "loss": " **loss**", "tie": ""}
-    mark = marks.get(r["verdict"], f" ({r['verdict']})")
-    return f"{r['mean']:.2f} [{r['min']:.2f}-{r['max']:.2f}]{mark}"
-
-
 def _mean(per_arm: dict, metric: str, fmt: str) -> str:
     s = per_arm.get(metric)
     return format(s["mean"], fmt) if s else "-"
@@ -656,9 +648,9 @@ def render_section(result: dict) -> str:
                 f"| {lf}x | {rate:.2f} | {arm} | {_mean(pa, 'request_throughput', '.2f')} | "
                 f"{_mean(pa, 'request_goodput', '.2f')} | {_mean(pa, 'mean_ttft_ms', '.1f')} | "
                 f"{_mean(pa, 'p99_ttft_ms', '.1f')} | {_mean(pa, 'mean_tpot_ms', '.1f')} | "
-                f"{_ratio(ratios.get('mean_ttft_ms')) if own else '1'} | "
-                f"{_ratio(ratios.get('p99_ttft_ms')) if own else '1'} | "
-                f"{_ratio(ratios.get('request_goodput')) if own else '1'} |")
+                f"{common.fmt_ratio(ratios.get('mean_ttft_ms')) if own else '1'} | "
+                f"{common.fmt_ratio(ratios.get('p99_ttft_ms')) if own else '1'} | "
+                f"{common.fmt_ratio(ratios.get('request_goodput')) if own else '1'} |")
     lines.append("")
     return "\n".join(lines)
 
