@@ -26,6 +26,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from benchmarks import common, workloads  # noqa: E402
+from benchmarks.equivalence import impl_classes  # noqa: E402
 
 ARMS = {
     # name: (scheduler, packed_attention, client order, more --prepack-* options)
@@ -104,7 +105,7 @@ def worker(args: argparse.Namespace) -> None:
     llm.generate([TokensPrompt(prompt_token_ids=p) for p in warm], params, use_tqdm=False)
     info = {"arm": arm, "engine_kwargs": kwargs, "resolved": resolved_config(llm),
             "scheduler_class": f"{type(scheduler).__module__}.{type(scheduler).__qualname__}",
-            "attention_impls": sorted(set(llm.collective_rpc(_impl_classes)[0]))}
+            "attention_impls": llm.collective_rpc(impl_classes)[0]}
     _reply(args.result_dir, "ready", info)
     for line in sys.stdin:
         cmd = json.loads(line)
@@ -178,12 +179,6 @@ def run_arrivals(llm, prompts: list[list[int]], arrivals: tuple[float, ...], par
     if missing:
         raise RuntimeError(f"requests {missing[:10]} never finished")
     return [done[i] for i in range(len(prompts))]
-
-
-def _impl_classes(worker) -> list[str]:
-    model = worker.model_runner.model
-    return [f"{type(m.impl).__module__}.{type(m.impl).__qualname__}"
-            for m in model.modules() if hasattr(m, "impl")]
 
 
 def _reply(result_dir: str, name: str, payload: dict) -> None:

@@ -79,6 +79,17 @@ def verdict(ratio: dict, higher_is_better: bool) -> str:
     return "tie"
 
 
+def save_figure(fig, path: str | Path) -> Path:
+    """Write a matplotlib figure as a PNG (parent folders made) and close it."""
+    import matplotlib.pyplot as plt
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
 def fmt_ratio(r: dict | None) -> str:
     """``mean [min-max]`` of a ratio spread, with its verdict in bold when it is one."""
     if not r:

@@ -29,7 +29,8 @@ ARMS = {
 }
 
 
-def _impl_classes(worker) -> list[str]:
+def impl_classes(worker) -> list[str]:
+    """The attention impl classes of one worker's model (``llm.collective_rpc``)."""
     return sorted({f"{type(m.impl).__module__}.{type(m.impl).__qualname__}"
                    for m in worker.model_runner.model.modules() if hasattr(m, "impl")})
 
@@ -45,7 +46,7 @@ def _rank_info(worker) -> dict:
     return {"pid": os.getpid(), "tp_rank": ps.get_tensor_model_parallel_rank(),
             "pp_rank": ps.get_pp_group().rank_in_group,
             "plugin_registered": vllm_prepack._registered,
-            "attention_impls": _impl_classes(worker),
+            "attention_impls": impl_classes(worker),
             "packed_counters": attention.read_counters()}
 
 
@@ -69,15 +70,16 @@ def worker(args: argparse.Namespace) -> None:
     llm.collective_rpc(attention.reset_counters)
     outs = llm.generate(prompts, SamplingParams(temperature=0, max_tokens=args.max_tokens,
                                                 logprobs=1, ignore_eos=True), use_tqdm=False)
+    ranks = llm.collective_rpc(_rank_info)
     cfg = llm.llm_engine.vllm_config
     result = {
         "arm": args.arm, "engine_kwargs": kwargs,
         "scheduler_class": f"{type(scheduler).__module__}.{type(scheduler).__qualname__}",
         "async_scheduling": cfg.scheduler_config.async_scheduling,
         "cudagraph_mode": str(cfg.compilation_config.cudagraph_mode),
-        "attention_impls": llm.collective_rpc(_impl_classes)[0],
-        "packed_counters": llm.collective_rpc(attention.read_counters)[0],
-        "ranks": llm.collective_rpc(_rank_info),
+        "attention_impls": ranks[0]["attention_impls"],
+        "packed_counters": ranks[0]["packed_counters"],
+        "ranks": ranks,
         "batch_invariant": os.environ.get("VLLM_BATCH_INVARIANT", "0"),
         "workload": w.describe(),
         "tokens": [list(o.outputs[0].token_ids) for o in outs],

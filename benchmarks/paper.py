@@ -706,11 +706,7 @@ def plot(result: dict, path: str | Path) -> Path:
         ax.set_visible(False)
     fig.suptitle(f"prefill speedup ({result['device']}, {result['dtype']})", fontsize=10)
     fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return common.save_figure(fig, path)
 
 
 # ---------------------------------------------------------------------------------- CLI

@@ -118,10 +118,7 @@ def plots(results: list[tuple[Path, dict]], out_dir: Path = RESULTS) -> list[str
         fig.suptitle(f"TTFT CDF: {d.get('model_shape')}, chunked {d['chunked_prefill']} "
                      f"({d['device']})", fontsize=9)
         fig.tight_layout()
-        out = out_dir / f"{stem}_ttft_cdf.png"
-        fig.savefig(out, dpi=110)
-        plt.close(fig)
-        made.append(out.name)
+        made.append(common.save_figure(fig, out_dir / f"{stem}_ttft_cdf.png").name)
 
         fig, ax = plt.subplots(figsize=(1.6 * len(names) + 2, 3))
         arms = list(d["arms"])
@@ -136,10 +133,7 @@ def plots(results: list[tuple[Path, dict]], out_dir: Path = RESULTS) -> list[str
         ax.set_title(f"Throughput: {d.get('model_shape')}, chunked {d['chunked_prefill']}",
                      fontsize=9)
         fig.tight_layout()
-        out = out_dir / f"{stem}_throughput.png"
-        fig.savefig(out, dpi=110)
-        plt.close(fig)
-        made.append(out.name)
+        made.append(common.save_figure(fig, out_dir / f"{stem}_throughput.png").name)
     return made
 
 

@@ -685,11 +685,7 @@ def plot(result: dict, path: str | Path) -> Path:
     fig.suptitle(f"Serving A/B: {result.get('model_shape') or Path(result['model']).name}, "
                  f"TTFT SLO {slo or float('nan'):.0f} ms ({result['device']})", fontsize=9)
     fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return common.save_figure(fig, path)
 
 
 # -- driver ---------------------------------------------------------------------------------

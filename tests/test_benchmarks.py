@@ -34,19 +34,24 @@ def test_unknown_workload_is_named():
         workloads.make("nope", 4)
 
 
-@pytest.mark.engine
-def test_ab_smoke_both_arms_complete(tiny_model, tmp_path, engine_lock):
+def _run_ab(tiny_model: str, tmp_path, *args: str) -> dict:
+    """``benchmarks.ab`` at CI size (stock and prepack, one engine at a time); its JSON."""
     import subprocess
 
     out = tmp_path / "ab.json"
-    cmd = [sys.executable, "-m", "benchmarks.ab", "--model", tiny_model, "--workload",
-           "mmlu,wikitext256", "--n", "12", "--reps", "2", "--arms", "stock,prepack",
-           "--isolate", "--max-num-batched-tokens", "1024", "--max-len", "1000",
-           "--engine-args", ENGINE, "--out", str(out)]
+    cmd = [sys.executable, "-m", "benchmarks.ab", "--model", tiny_model, *args,
+           "--arms", "stock,prepack", "--isolate", "--max-num-batched-tokens", "1024",
+           "--max-len", "1000", "--engine-args", ENGINE, "--out", str(out)]
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=900,
                           env=subprocess_env())
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    d = json.loads(out.read_text())
+    return json.loads(out.read_text())
+
+
+@pytest.mark.engine
+def test_ab_smoke_both_arms_complete(tiny_model, tmp_path, engine_lock):
+    d = _run_ab(tiny_model, tmp_path, "--workload", "mmlu,wikitext256", "--n", "12",
+                "--reps", "2")
     for key in ("device", "git_commit", "vllm", "torch", "command", "model", "seed",
                 "repetitions", "chunked_prefill", "arms", "workloads", "baseline"):
         assert key in d, key
@@ -94,17 +99,8 @@ def test_render_writes_tables_from_committed_results(tmp_path):
 
 @pytest.mark.engine
 def test_ab_poisson_arrivals_complete_every_request(tiny_model, tmp_path, engine_lock):
-    import subprocess
-
-    out = tmp_path / "ab.json"
-    cmd = [sys.executable, "-m", "benchmarks.ab", "--model", tiny_model, "--workload",
-           "alpaca", "--n", "10", "--reps", "1", "--arms", "stock,prepack", "--rate", "40",
-           "--isolate", "--max-num-batched-tokens", "1024", "--max-len", "1000",
-           "--engine-args", ENGINE, "--out", str(out)]
-    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=900,
-                          env=subprocess_env())
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    d = json.loads(out.read_text())
+    d = _run_ab(tiny_model, tmp_path, "--workload", "alpaca", "--n", "10", "--reps", "1",
+                "--rate", "40")
     assert d["arrivals"] == "poisson 40 req/s" and d["rate_req_per_s"] == 40
     w = d["workloads"]["alpaca"]
     assert w["workload"]["arrival"] == "poisson" and w["workload"]["duration_s"] > 0
