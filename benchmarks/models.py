@@ -44,6 +44,18 @@ SHAPES = {
                    "num_key_value_heads": 32, "max_position_embeddings": 4096,
                    "rope_theta": 10000.0, "vocab_size": 32000, "bos_token_id": 1,
                    "eos_token_id": 2, "tie_word_embeddings": False},
+    # allenai/OLMoE-1B-7B-0924: mixture of experts (64 experts, 8 per token), for data
+    # parallelism with vLLM's MoE engine cores (lockstep steps, prefill throttling)
+    "olmoe-1b-7b": {"architectures": ["OlmoeForCausalLM"], "model_type": "olmoe",
+                    "hidden_act": "silu", "attention_bias": False, "clip_qkv": None,
+                    "hidden_size": 2048, "intermediate_size": 1024, "num_hidden_layers": 16,
+                    "num_attention_heads": 16, "num_key_value_heads": 16,
+                    "num_experts": 64, "num_experts_per_tok": 8, "norm_topk_prob": False,
+                    "output_router_logits": False, "router_aux_loss_coef": 0.01,
+                    "max_position_embeddings": 4096, "rope_theta": 10000.0,
+                    "rope_scaling": None, "rms_norm_eps": 1e-05, "initializer_range": 0.02,
+                    "vocab_size": 50304, "pad_token_id": 1, "eos_token_id": 50279,
+                    "tie_word_embeddings": False, "torch_dtype": "bfloat16", "use_cache": True},
 }
 
 

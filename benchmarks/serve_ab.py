@@ -462,8 +462,12 @@ def stats_files(path: Path) -> list[Path]:
 def packing_summary(lines: list[str]) -> dict:
     steps = [json.loads(line) for line in lines if line.strip()]
     prefill = [s for s in steps if s["prefill_tokens"]]
+    # As PackingObserver counts it: a throttled step that admitted nothing was vLLM deferring
+    # prefills (data parallelism), not the plan being overridden.
     planned = [s for s in steps if s.get("planned") is not None and (s["planned"] or
-                                                                     s["admitted"])]
+                                                                     s["admitted"])
+               and not (s.get("throttled") and not s["admitted"])]
+    throttled = [s for s in steps if s.get("throttled")]
     return {
         "steps": len(steps), "prefill_steps": len(prefill),
         "admitted": sum(s["admitted"] for s in steps),
@@ -474,6 +478,8 @@ def packing_summary(lines: list[str]) -> dict:
         "plan_adherence": (sum(bool(s["plan_adhered"]) for s in planned) / len(planned)
                            if planned else None),
         "planner_faults": sum(bool(s["planner_fault"]) for s in steps),
+        "throttled_steps": len(throttled),
+        "throttled_admitted": sum(s["admitted"] for s in throttled),
         "max_oldest_wait_s": max((s["oldest_wait_s"] for s in steps), default=0.0),
     }
 

@@ -11,8 +11,10 @@
 #   bash scripts/gpu_runs.sh pp       # 2 GPUs: PP=2 greedy equivalence (Llama-3.2-1B)
 #   bash scripts/gpu_runs.sh tp       # 2 GPUs: Llama-3.1-8B offline A/B at TP=2
 #   bash scripts/gpu_runs.sh dp       # 2 GPUs: serving A/B of the 1B shape at DP=2
+#   bash scripts/gpu_runs.sh moe      # 2 GPUs: serving A/B of a MoE (OLMoE-1B-7B shape) at DP=2
+#                                     # with --prefill-schedule-interval 4 (vLLM's throttling)
 set -uo pipefail
-phase=${1:?usage: gpu_runs.sh paper|nochunk|serve|equiv|pp|tp|dp [tag]}
+phase=${1:?usage: gpu_runs.sh paper|nochunk|serve|equiv|pp|tp|dp|moe [tag]}
 tag=${2:-$(python3 -c "import torch; n=torch.cuda.get_device_name(0).split()[1].lower(); \
 c=torch.cuda.device_count(); print(n if c == 1 else f'{n}x{c}')")}
 out=${OUT:-benchmarks/results}
@@ -74,14 +76,24 @@ tp)
     --out "$out/ab_8b_tp2_$tag.json"
   ;;
 dp)
-  run "serve_1b_dp2_$tag" 450 $py -m benchmarks.serve_ab --model-shape llama-3.2-1b \
+  # Two DP=2 servers start in ~100 s each on 2x H200: the budget leaves ~250 s for 17 runs.
+  run "serve_1b_dp2_$tag" 575 $py -m benchmarks.serve_ab --model-shape llama-3.2-1b \
     --tokenizer .models/tiny-llama --workload lognormal --n 1000 --max-len 8000 \
-    --output-len 32 --load-factors 0.5,0.8,1.0,1.2 --reps 2 --time-budget-s 380 \
+    --output-len 32 --load-factors 0.5,0.8,1.0,1.2 --reps 2 --time-budget-s 520 \
     --serve-args "--enforce-eager --max-model-len 8192 --data-parallel-size 2" \
     --out "$out/serve_1b_dp2_$tag.json"
   ;;
+moe)
+  # A MoE model keeps vLLM's DP engine cores in lockstep (DPEngineCoreProc), where
+  # --prefill-schedule-interval throttles prefills; dense DP ranks are independent engines.
+  run "serve_moe_dp2_$tag" 500 $py -m benchmarks.serve_ab --model-shape olmoe-1b-7b \
+    --tokenizer .models/tiny-llama --workload lognormal --n 1000 --max-len 4000 \
+    --output-len 32 --load-factors 0.8,1.0 --reps 2 --time-budget-s 440 \
+    --serve-args "--enforce-eager --max-model-len 4096 --data-parallel-size 2 \
+--prefill-schedule-interval 4" --out "$out/serve_moe_dp2_$tag.json"
+  ;;
 *)
-  echo "unknown phase $phase; accepted: paper, nochunk, serve, equiv, pp, tp, dp" >&2
+  echo "unknown phase $phase; accepted: paper, nochunk, serve, equiv, pp, tp, dp, moe" >&2
   exit 2
   ;;
 esac

@@ -35,8 +35,9 @@ def _step(scheduler, throttle: bool = False):
     return out
 
 
-def _throttle_trace(cls, model: str) -> list[tuple[int, bool]]:
-    """(requests admitted, prefill_capacity_bound) after each step of a fixed scenario."""
+def _throttle_trace(cls, model: str) -> tuple[list[tuple[int, bool]], object]:
+    """(requests admitted, prefill_capacity_bound) after each step of a fixed scenario, and
+    the scheduler."""
     scheduler = make_scheduler(cls, model, budget=256, chunked=True)
     now = time.time()
     scheduler.add_request(make_request([5] * 8, max_tokens=50, arrival=now, req_id="decode"))
@@ -57,19 +58,25 @@ def _throttle_trace(cls, model: str) -> list[tuple[int, bool]]:
     for throttle in (True, True, False):
         out = _step(scheduler, throttle)
         trace.append((len(out.scheduled_new_reqs), scheduler.prefill_capacity_bound))
-    return trace
+    return trace, scheduler
 
 
 def test_dp_prefill_throttling_matches_stock(tiny_model):
     """The plan hides requests from vLLM during schedule(); vLLM must still see them as
     waiting when it decides whether prefills are capacity-bound."""
-    stock = _throttle_trace(Scheduler, tiny_model)
-    ours = _throttle_trace(PrepackSyncScheduler, tiny_model)
+    stock, _ = _throttle_trace(Scheduler, tiny_model)
+    ours, scheduler = _throttle_trace(PrepackSyncScheduler, tiny_model)
     assert [bound for _, bound in ours] == [bound for _, bound in stock]
     assert [bool(n) for n, _ in ours] == [bool(n) for n, _ in stock]
     # The scenario exercises both sides: bound steps admit, unbound throttled steps defer.
     assert stock[0][1] is True and stock[1][0] > 0
     assert stock[3] == (0, False) and stock[4][0] == 0 and stock[5][0] == 1
+    # The statistics see vLLM's throttle flag: 4 throttled steps, admissions on them only
+    # while capacity-bound, and deferred steps do not count as plans overridden.
+    summary = scheduler.prepack_observer.summary()
+    assert summary["throttled_steps"] == 4
+    assert summary["throttled_admitted"] == ours[1][0] + ours[2][0] > 0
+    assert summary["plan_adherence"] == 1.0
 
 
 def test_request_counts_include_requests_the_plan_hides(tiny_model):

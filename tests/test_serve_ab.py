@@ -85,10 +85,19 @@ def test_metrics_parsing_and_packing_summary():
          "planned": 2, "plan_adhered": True, "planner_fault": False, "oldest_wait_s": 0.1},
         {"prefill_tokens": 0, "admitted": 0, "fill": 0.01, "partial_prefills": 0, "overtakes": 0,
          "planned": None, "plan_adhered": None, "planner_fault": False, "oldest_wait_s": 0.0},
+        # Data parallelism: a throttled step vLLM deferred (not counted against adherence),
+        # and a throttled step that admitted while capacity-bound (counted).
+        {"prefill_tokens": 0, "admitted": 0, "fill": 0.0, "partial_prefills": 0, "overtakes": 0,
+         "planned": 1, "plan_adhered": False, "planner_fault": False, "oldest_wait_s": 0.2,
+         "throttled": True},
+        {"prefill_tokens": 40, "admitted": 3, "fill": 0.7, "partial_prefills": 1,
+         "overtakes": 0, "planned": 4, "plan_adhered": False, "planner_fault": False,
+         "oldest_wait_s": 0.3, "throttled": True},
     ]
     s = serve_ab.packing_summary([json.dumps(x) for x in steps])
-    assert s["steps"] == 2 and s["prefill_steps"] == 1 and s["prefill_tokens"] == 30
-    assert s["mean_prefill_fill"] == 0.5 and s["plan_adherence"] == 1.0 and s["overtakes"] == 1
+    assert s["steps"] == 4 and s["prefill_steps"] == 2 and s["prefill_tokens"] == 70
+    assert s["mean_prefill_fill"] == 0.6 and s["plan_adherence"] == 0.5 and s["overtakes"] == 1
+    assert s["throttled_steps"] == 2 and s["throttled_admitted"] == 3
     before = {"vllm:prompt_tokens_total": 10.0}
     after = {"vllm:prompt_tokens_total": 25.0, "vllm:time_to_first_token_seconds_sum": 0.5,
              "vllm:time_to_first_token_seconds_count": 5.0, "vllm:num_requests_running": 0.0}

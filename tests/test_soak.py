@@ -99,6 +99,9 @@ def soak(cls, trace, *, async_scheduling: bool):
                 stats["aborts"] += 1
         step += 1
         if scheduler.has_unfinished_requests() and len(in_flight) < 2:
+            # Taken before schedule(): whatever is aged now, the planner saw aged too (a
+            # clock read after it could count a request that aged during the step).
+            now = time.time()
             out = scheduler.schedule()
             stats["steps"] += 1
             stats["preemptions"] += len(out.preempted_req_ids)
@@ -106,7 +109,6 @@ def soak(cls, trace, *, async_scheduling: bool):
             stats["admissions"] += len(new)
             # Aging rule: nothing admitted this step arrived after an aged request left
             # waiting in a plannable state (vLLM admits nothing in a step that preempted).
-            now = time.time()
             waiting_aged = [arrivals[r.request_id] for r in scheduler.waiting
                             if r.status == RequestStatus.WAITING
                             and now - arrivals[r.request_id] >= MAX_WAIT_S]

@@ -43,6 +43,9 @@ class StepStats:
     plan_adhered: bool | None = None
     aged_admitted: int | None = None
     planner_fault: bool = False
+    throttled: bool = False
+    """vLLM's data-parallel engine core asked this step to throttle prefills (not a
+    ``--prefill-schedule-interval`` cadence step): vLLM admits then only when capacity-bound."""
 
 
 @dataclass
@@ -65,6 +68,8 @@ class PackingObserver:
     planned_steps: int = 0
     adhered_steps: int = 0
     planner_faults: int = 0
+    throttled_steps: int = 0
+    throttled_admitted: int = 0
     max_oldest_wait_s: float = 0.0
     packed: dict[str, int] = field(default_factory=dict)
     """Packed-attention counters, when the attention path runs in this process."""
@@ -85,6 +90,7 @@ class PackingObserver:
         planned: Sequence[str] | None = None,
         aged: int | None = None,
         planner_fault: bool = False,
+        throttled: bool = False,
     ) -> StepStats:
         self.steps += 1
         new_ids = [p.req_id for p in prefills if p.new]
@@ -118,6 +124,7 @@ class PackingObserver:
             plan_adhered=None if planned is None else set(planned) == admitted,
             aged_admitted=aged,
             planner_fault=planner_fault,
+            throttled=throttled,
         )
         self._accumulate(stats)
         return stats
@@ -132,7 +139,13 @@ class PackingObserver:
         self.overtakes += s.overtakes
         self.max_oldest_wait_s = max(self.max_oldest_wait_s, s.oldest_wait_s)
         self.planner_faults += int(s.planner_fault)
-        if s.planned is not None and (s.planned or s.admitted):
+        if s.throttled:
+            self.throttled_steps += 1
+            self.throttled_admitted += s.admitted
+        # A throttled step that admitted nothing is vLLM deferring prefills, not the plan
+        # being overridden: it does not count against adherence.
+        deferred = s.throttled and not s.admitted
+        if s.planned is not None and (s.planned or s.admitted) and not deferred:
             self.planned_steps += 1
             self.adhered_steps += int(bool(s.plan_adhered))
         if self.jsonl is not None:
@@ -163,6 +176,8 @@ class PackingObserver:
                 self.adhered_steps / self.planned_steps if self.planned_steps else None
             ),
             "planner_faults": self.planner_faults,
+            "throttled_steps": self.throttled_steps,
+            "throttled_admitted": self.throttled_admitted,
             "max_oldest_wait_s": self.max_oldest_wait_s,
             "packed_attention": dict(self.packed),
             "mean_first_token_step": (
@@ -182,7 +197,8 @@ class PackingObserver:
             f"split_prompts={s['split_prompts']} overtakes={s['overtakes']} "
             f"plan_adherence={'n/a' if adherence is None else f'{100 * adherence:.1f}%'} "
             f"planner_faults={s['planner_faults']} "
-            f"max_oldest_wait={s['max_oldest_wait_s']:.2f}s"
+            + (f"throttled_steps={s['throttled_steps']} " if s["throttled_steps"] else "")
+            +             f"max_oldest_wait={s['max_oldest_wait_s']:.2f}s"
             + (f" packed_tokens={self.packed['tokens']} packed_steps={self.packed['steps']}"
                if self.packed.get("steps") else "")
         )

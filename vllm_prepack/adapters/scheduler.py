@@ -91,6 +91,7 @@ def observe_step(
     planned: list[str] | None = None,
     aged: int | None = None,
     planner_fault: bool = False,
+    throttled: bool = False,
 ) -> None:
     waiting = list(scheduler.waiting) + list(scheduler.kv_holding_waiting)
     # Single-process executors run the worker here: its packed-path counters are visible.
@@ -106,7 +107,14 @@ def observe_step(
         planned=planned,
         aged=aged,
         planner_fault=planner_fault,
+        throttled=throttled,
     )
+
+
+def throttled(args: tuple, kwargs: dict) -> bool:
+    """The ``throttle_prefills`` argument of ``Scheduler.schedule``: vLLM's data-parallel
+    engine core sets it on steps off its ``--prefill-schedule-interval`` cadence."""
+    return bool(args[0] if args else kwargs.get("throttle_prefills", False))
 
 
 def attach_observer(scheduler: Scheduler, config: PrepackConfig | None = None) -> PackingObserver:
@@ -117,7 +125,7 @@ def attach_observer(scheduler: Scheduler, config: PrepackConfig | None = None) -
     def observed_schedule(*args: Any, **kwargs: Any) -> SchedulerOutput:
         before = [r.request_id for r in scheduler.waiting]
         output = schedule(*args, **kwargs)
-        observe_step(scheduler, observer, output, before)
+        observe_step(scheduler, observer, output, before, throttled=throttled(args, kwargs))
         return output
 
     scheduler.schedule = observed_schedule  # type: ignore[method-assign]
@@ -249,6 +257,7 @@ class PrepackSchedulerMixin:
         return running, waiting + self._prepack_hidden
 
     def schedule(self, *args: Any, **kwargs: Any) -> SchedulerOutput:
+        throttle = throttled(args, kwargs)
         original = self.waiting
         waiting_before = [r.request_id for r in original]
         plannable, blocked = self._window(original)
@@ -260,11 +269,11 @@ class PrepackSchedulerMixin:
                 logger.exception("prepack planner failed; vLLM's admission runs this step")
                 output = super().schedule(*args, **kwargs)
                 observe_step(self, self.prepack_observer, output, waiting_before,
-                             planner_fault=True)
+                             planner_fault=True, throttled=throttle)
                 return output
         if planned is None:
             output = super().schedule(*args, **kwargs)
-            observe_step(self, self.prepack_observer, output, waiting_before)
+            observe_step(self, self.prepack_observer, output, waiting_before, throttled=throttle)
             return output
 
         admitted, aged = planned
@@ -281,7 +290,7 @@ class PrepackSchedulerMixin:
             self._prepack_hidden = 0
             _restore(original, presented, shown)
         observe_step(self, self.prepack_observer, output, waiting_before,
-                     planned=[r.request_id for r in admitted], aged=aged)
+                     planned=[r.request_id for r in admitted], aged=aged, throttled=throttle)
         return output
 
 
