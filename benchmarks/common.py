@@ -38,6 +38,9 @@ def environment() -> dict:
         "torch": torch.__version__,
         "cuda": torch.version.cuda,
         "host_cpus": os.cpu_count(),
+        # vLLM settings taken from the environment (batch invariance, NCCL library, ...)
+        "vllm_env": {k: v for k, v in sorted(os.environ.items()) if k.startswith("VLLM_")
+                     and not any(s in k for s in ("KEY", "TOKEN", "SECRET"))},
     }
     if torch.cuda.is_available():
         env["device"] = f"GPU: {torch.cuda.get_device_name(0)} x{torch.cuda.device_count()}"
