@@ -622,6 +622,22 @@ def _mean(per_arm: dict, metric: str, fmt: str) -> str:
     return format(s["mean"], fmt) if s else "-"
 
 
+def _per_rank_line(result: dict) -> str:
+    """Data parallel: the prepack arm's per-rank statistics over its measured runs."""
+    ranks: dict[str, dict[str, int]] = {}
+    for run in result.get("runs", []):
+        for name, p in (run.get("packing_per_rank") or {}).items():
+            r = ranks.setdefault(name.rsplit(".", 2)[-2], {"admitted": 0, "steps": 0,
+                                                            "throttled_steps": 0})
+            for k in r:
+                r[k] += p.get(k, 0)
+    if not ranks:
+        return ""
+    return " Prepack statistics per DP rank over the measured runs: " + "; ".join(
+        f"{rank} admitted {r['admitted']}, {r['steps']} steps, {r['throttled_steps']} "
+        "throttled" for rank, r in sorted(ranks.items())) + "."
+
+
 def render_section(result: dict) -> str:
     """A markdown section: setup line and one row per load factor and arm."""
     w = result["workload"]
@@ -633,13 +649,15 @@ def render_section(result: dict) -> str:
                         for a in ARMS)
     lines = [
         f"#### Serving A/B, {shape} ({result['device']}, vLLM {result['vllm']}, "
-        f"commit {str(result['git_commit'])[:10]}, {result['repetitions']} reps)", "",
+        f"commit {str(result['git_commit'])[:10]}, {result['repetitions']} reps"
+        + ("" if result.get("status", "complete") == "complete" else f"; {result['status']}")
+        + ")", "",
         f"`vllm bench serve` timed trace: {w['name']} mix, {w['n']} requests, "
         f"padding {w['padding_ratio']:.1f}x, output {w['output_len']} tokens, Poisson "
         f"arrivals. Saturation (stock, all at t=0): "
         f"{sat.get('request_throughput', float('nan')):.2f} req/s. TTFT SLO "
         f"{slo.get('ttft_ms', float('nan')):.0f} ms ({slo.get('source')}). "
-        f"Scheduler classes: {classes}.", "",
+        f"Scheduler classes: {classes}.{_per_rank_line(result)}", "",
         "| load | rate req/s | arm | req/s | goodput req/s | TTFT mean ms | TTFT p99 ms | "
         "TPOT mean ms | TTFT mean vs stock | TTFT p99 vs stock | goodput vs stock |",
         "|---|---|---|---|---|---|---|---|---|---|---|",

@@ -188,3 +188,17 @@ def test_stats_files_include_every_data_parallel_rank(tmp_path):
         (tmp_path / f"prepack_stats.dp{rank}.jsonl").write_text("")
     assert [p.name for p in stats_files(base)] == ["prepack_stats.dp0.jsonl",
                                                    "prepack_stats.dp1.jsonl"]
+
+
+def test_per_rank_line_sums_each_data_parallel_rank_over_runs():
+    from benchmarks.serve_ab import _per_rank_line
+
+    def run(a0, a1, t):
+        return {"packing_per_rank": {
+            "prepack_stats.dp0.jsonl": {"admitted": a0, "steps": 10, "throttled_steps": t},
+            "prepack_stats.dp1.jsonl": {"admitted": a1, "steps": 9, "throttled_steps": t}}}
+
+    assert _per_rank_line({"runs": [{"packing": {}}]}) == ""
+    line = _per_rank_line({"runs": [run(3, 5, 6), run(4, 4, 7)]})
+    assert "dp0 admitted 7, 20 steps, 13 throttled" in line
+    assert "dp1 admitted 9, 18 steps, 13 throttled" in line
