@@ -86,13 +86,13 @@ dp)
 moe)
   # A MoE model keeps vLLM's DP engine cores in lockstep (DPEngineCoreProc), where
   # --prefill-schedule-interval throttles prefills; dense DP ranks are independent engines.
-  # Its token dispatch needs vLLM's pynccl, which binds ncclCommSuspend (NCCL >= 2.29): where
-  # the system NCCL is older, point VLLM_NCCL_SO_PATH at a newer libnccl.so.2
-  # (e.g. from the nvidia-nccl-cu13 wheel).
+  # Its token dispatch needs vLLM's pynccl, which binds ncclCommSuspend (NCCL 2.28 lacks it,
+  # 2.32.3 has it): where the system NCCL is older, point VLLM_NCCL_SO_PATH at a newer
+  # libnccl.so.2 (e.g. from the nvidia-nccl-cu13 wheel).
   $py -c "from vllm.distributed.device_communicators.pynccl_wrapper import NCCLLibrary as L
 print('pynccl: NCCL', L().ncclGetVersion())" || {
     echo "vLLM's pynccl cannot load NCCL here (MoE data parallelism needs it);" \
-      "set VLLM_NCCL_SO_PATH to an NCCL >= 2.29 libnccl.so.2" >&2
+      "set VLLM_NCCL_SO_PATH to a newer libnccl.so.2 (one with ncclCommSuspend)" >&2
     exit 3
   }
   run "serve_moe_dp2_$tag" 500 $py -m benchmarks.serve_ab --model-shape olmoe-1b-7b \
