@@ -36,6 +36,7 @@ ARMS = {
     "prepack-packed": ("prepack", "on", "arrival", {}),
     "prepack-fill": ("prepack", "on", "arrival", {"split": "fill"}),
     "prepack-fcfs": ("prepack", "on", "arrival", {"policy": "fcfs"}),
+    "prepack-wait1": ("prepack", "on", "arrival", {"max_wait_s": 1.0}),
 }
 
 

@@ -7,6 +7,7 @@
 #   bash scripts/gpu_runs.sh paper    # 1 GPU: paper reproduction, Poisson offline A/B
 #   bash scripts/gpu_runs.sh nochunk  # 1 GPU: Llama-3.1-8B offline A/B, chunking off
 #   bash scripts/gpu_runs.sh serve    # 1 GPU: serving A/B (vllm bench serve)
+#   bash scripts/gpu_runs.sh aging    # 1 GPU: overload, aging bound 5 s (default) vs 1 s
 #   bash scripts/gpu_runs.sh equiv    # 2 GPUs: TP=2 greedy equivalence (Llama-3.1-8B)
 #   bash scripts/gpu_runs.sh pp       # 2 GPUs: PP=2 greedy equivalence (Llama-3.2-1B)
 #   bash scripts/gpu_runs.sh tp       # 2 GPUs: Llama-3.1-8B offline A/B at TP=2
@@ -14,7 +15,7 @@
 #   bash scripts/gpu_runs.sh moe      # 2 GPUs: serving A/B of a MoE (OLMoE-1B-7B shape) at DP=2
 #                                     # with --prefill-schedule-interval 4 (vLLM's throttling)
 set -uo pipefail
-phase=${1:?usage: gpu_runs.sh paper|nochunk|serve|equiv|pp|tp|dp|moe [tag]}
+phase=${1:?usage: gpu_runs.sh paper|nochunk|aging|serve|equiv|pp|tp|dp|moe [tag]}
 tag=${2:-$(python3 -c "import torch; n=torch.cuda.get_device_name(0).split()[1].lower(); \
 c=torch.cuda.device_count(); print(n if c == 1 else f'{n}x{c}')")}
 out=${OUT:-benchmarks/results}
@@ -49,6 +50,12 @@ nochunk)
     --workload lognormal,mmlu,sharegpt --n 512 --max-len 8000 --reps 3 \
     --arms stock,prepack,prepack-packed --chunked off --max-num-batched-tokens 8192 \
     --engine-args "{$eager, \"gpu_memory_utilization\": 0.3}" --out "$out/ab_8b_nochunk_$tag.json"
+  ;;
+aging)
+  run "ab_1b_aging_$tag" 330 $py -m benchmarks.ab --model-shape llama-3.2-1b \
+    --workload sharegpt --n 1024 --max-len 8000 --rate 400 --reps 3 \
+    --arms stock,prepack-packed,prepack-wait1 \
+    --engine-args "{$eager, \"gpu_memory_utilization\": 0.25}" --out "$out/ab_1b_aging_$tag.json"
   ;;
 serve)
   run "serve_1b_$tag" 420 $py -m benchmarks.serve_ab --model-shape llama-3.2-1b \
@@ -102,7 +109,7 @@ print('pynccl: NCCL', L().ncclGetVersion())" || {
 --prefill-schedule-interval 4" --out "$out/serve_moe_dp2_$tag.json"
   ;;
 *)
-  echo "unknown phase $phase; accepted: paper, nochunk, serve, equiv, pp, tp, dp, moe" >&2
+  echo "unknown phase $phase; accepted: paper, nochunk, aging, serve, equiv, pp, tp, dp, moe" >&2
   exit 2
   ;;
 esac
