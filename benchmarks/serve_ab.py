@@ -73,6 +73,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from benchmarks import common, workloads  # noqa: E402
+from vllm_prepack.stats import judges_plan  # noqa: E402
 
 ARMS = ("stock", "prepack")
 BASELINE = "stock"
@@ -462,11 +463,8 @@ def stats_files(path: Path) -> list[Path]:
 def packing_summary(lines: list[str]) -> dict:
     steps = [json.loads(line) for line in lines if line.strip()]
     prefill = [s for s in steps if s["prefill_tokens"]]
-    # As PackingObserver counts it: a throttled step that admitted nothing was vLLM deferring
-    # prefills (data parallelism), not the plan being overridden.
-    planned = [s for s in steps if s.get("planned") is not None and (s["planned"] or
-                                                                     s["admitted"])
-               and not (s.get("throttled") and not s["admitted"])]
+    planned = [s for s in steps
+               if judges_plan(s.get("planned"), s["admitted"], s.get("throttled", False))]
     throttled = [s for s in steps if s.get("throttled")]
     return {
         "steps": len(steps), "prefill_steps": len(prefill),

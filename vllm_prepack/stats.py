@@ -142,10 +142,7 @@ class PackingObserver:
         if s.throttled:
             self.throttled_steps += 1
             self.throttled_admitted += s.admitted
-        # A throttled step that admitted nothing is vLLM deferring prefills, not the plan
-        # being overridden: it does not count against adherence.
-        deferred = s.throttled and not s.admitted
-        if s.planned is not None and (s.planned or s.admitted) and not deferred:
+        if judges_plan(s.planned, s.admitted, s.throttled):
             self.planned_steps += 1
             self.adhered_steps += int(bool(s.plan_adhered))
         if self.jsonl is not None:
@@ -198,10 +195,17 @@ class PackingObserver:
             f"plan_adherence={'n/a' if adherence is None else f'{100 * adherence:.1f}%'} "
             f"planner_faults={s['planner_faults']} "
             + (f"throttled_steps={s['throttled_steps']} " if s["throttled_steps"] else "")
-            +             f"max_oldest_wait={s['max_oldest_wait_s']:.2f}s"
+            + f"max_oldest_wait={s['max_oldest_wait_s']:.2f}s"
             + (f" packed_tokens={self.packed['tokens']} packed_steps={self.packed['steps']}"
                if self.packed.get("steps") else "")
         )
+
+
+def judges_plan(planned: int | None, admitted: int, throttled: bool) -> bool:
+    """Whether a step counts for plan adherence: a plan was made and something was planned
+    or admitted. A throttled step that admitted nothing is vLLM deferring prefills (data
+    parallelism), not the plan being overridden, so it does not count."""
+    return planned is not None and bool(planned or admitted) and not (throttled and not admitted)
 
 
 def _overtakes(waiting_before: Sequence[str], admitted: set[str]) -> int:
