@@ -14,11 +14,11 @@ import os
 import platform
 import random
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
 
+from benchmarks.common import git_commit
 from vllm_prepack.planner import Budget, Candidate, plan
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -89,15 +89,6 @@ def cpu_model() -> str | None:
                          if line.startswith("model name")), None)
     except OSError:
         return None
-
-
-def git_commit() -> str | None:
-    try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True,
-                             text=True, timeout=10, check=False)
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return (out.stdout.strip() or None) if out.returncode == 0 else None
 
 
 def main() -> None:

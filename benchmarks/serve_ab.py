@@ -205,7 +205,8 @@ def http_get(url: str, timeout: float = 10) -> str:
 class Server:
     """One ``vllm serve`` process on 127.0.0.1, stopped by its process group."""
 
-    def __init__(self, arm: str, argv: list[str], log_path: Path):
+    def __init__(self, arm: str, argv: list[str], log_path: Path,
+                 env: dict[str, str] | None = None, cwd: Path | None = None):
         self.arm, self.argv, self.log_path = arm, argv, log_path
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
@@ -213,8 +214,8 @@ class Server:
         self.started = time.monotonic()
         self.proc = subprocess.Popen(
             [vllm_command(), "serve", *argv, "--host", "127.0.0.1", "--port", str(self.port)],
-            stdout=self._log, stderr=subprocess.STDOUT, env=child_env(),
-            start_new_session=True)
+            stdout=self._log, stderr=subprocess.STDOUT,
+            env=child_env() if env is None else env, cwd=cwd, start_new_session=True)
 
     def alive(self) -> bool:
         return self.proc.poll() is None
@@ -223,7 +224,7 @@ class Server:
         self._log.flush()
         return self.log_path.read_text(errors="replace")
 
-    def wait_ready(self, timeout: float) -> float:
+    def wait_ready(self, timeout: float = 240) -> float:
         deadline = self.started + timeout
         while time.monotonic() < deadline:
             if not self.alive():

@@ -5,13 +5,13 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
-import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
+
+from benchmarks import serve_ab
 
 ROOT = Path(__file__).resolve().parents[1]
 VENV_BIN = Path(sys.executable).parent
@@ -84,40 +84,11 @@ def run_python(code: str, *, timeout: float = 240, **env: str) -> subprocess.Com
     )
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class Server:
-    """A ``vllm serve`` subprocess on 127.0.0.1, stopped by its PID."""
+class Server(serve_ab.Server):
+    """The benchmark's ``vllm serve`` process, with the tests' environment and a JSON POST."""
 
     def __init__(self, args: list[str], log_path: Path, **env: str) -> None:
-        self.port = free_port()
-        self.log_path = log_path
-        self._log = open(log_path, "w")
-        self.proc = subprocess.Popen(
-            [str(VENV_BIN / "vllm"), "serve", *args, "--host", "127.0.0.1",
-             "--port", str(self.port)],
-            stdout=self._log, stderr=subprocess.STDOUT, env=subprocess_env(**env), cwd=ROOT,
-            start_new_session=True,
-        )
-        self.url = f"http://127.0.0.1:{self.port}"
-
-    def wait_ready(self, timeout: float = 240) -> None:
-        import urllib.request
-
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"vllm serve exited {self.proc.returncode}:\n{self.log()}")
-            with contextlib.suppress(OSError):
-                with urllib.request.urlopen(self.url + "/health", timeout=2) as r:
-                    if r.status == 200:
-                        return
-            time.sleep(0.5)
-        raise TimeoutError(f"vllm serve not ready in {timeout}s:\n{self.log()}")
+        super().__init__("vllm serve", args, log_path, env=subprocess_env(**env), cwd=ROOT)
 
     def post(self, path: str, body: dict, timeout: float = 120) -> dict:
         import json
@@ -129,21 +100,6 @@ class Server:
         )
         with urllib.request.urlopen(req, timeout=timeout) as r:
             return json.loads(r.read())
-
-    def log(self) -> str:
-        self._log.flush()
-        return self.log_path.read_text(errors="replace")
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.proc.pid, 15)
-            try:
-                self.proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, 9)
-                self.proc.wait(timeout=10)
-        self._log.close()
 
 
 @contextlib.contextmanager

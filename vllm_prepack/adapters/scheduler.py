@@ -262,18 +262,17 @@ class PrepackSchedulerMixin:
         waiting_before = [r.request_id for r in original]
         plannable, blocked = self._window(original)
         planned = None
+        fault = False
         if plannable:
             try:
                 planned = self._plan(plannable)
             except Exception:  # fall back to vLLM's own admission for this step
+                fault = True
                 logger.exception("prepack planner failed; vLLM's admission runs this step")
-                output = super().schedule(*args, **kwargs)
-                observe_step(self, self.prepack_observer, output, waiting_before,
-                             planner_fault=True, throttled=throttle)
-                return output
         if planned is None:
             output = super().schedule(*args, **kwargs)
-            observe_step(self, self.prepack_observer, output, waiting_before, throttled=throttle)
+            observe_step(self, self.prepack_observer, output, waiting_before,
+                         planner_fault=fault, throttled=throttle)
             return output
 
         admitted, aged = planned
