@@ -18,8 +18,7 @@ ADDITIONAL_CONFIG_KEY = "prepack"
 STATS_PATH_ENV = "VLLM_PREPACK_STATS"
 
 SCHEDULERS = ("default", "prepack")
-POLICIES = ("ttft", "fcfs")
-SPLITS = ("whole", "fill")
+POLICIES = ("stretch", "fcfs", "sjf", "hrrn")
 PACKED_ATTENTION = ("auto", "on", "off")
 
 
@@ -31,24 +30,19 @@ class PrepackConfigError(ValueError):
 class PrepackConfig:
     """Options of ``--scheduler prepack`` (CLI: ``--prepack-<name>`` with dashes)."""
 
-    policy: str = "ttft"
-    """Admission order. ``ttft``: shortest-remaining prompts (and cheap prefix groups) first,
-    bin-packed into the step's budget. ``fcfs``: arrival order, but a prompt that does not fit
-    is skipped instead of blocking the ones behind it."""
+    policy: str = "stretch"
+    """Admission order. ``stretch``: earliest deadline, deadline = the engine's prefill clock
+    at arrival + ``stretch`` x the prompt's uncached tokens (short prompts overtake long ones,
+    for a bounded while). ``fcfs``: arrival order, a prompt that does not fit whole is passed
+    over. ``sjf``: fewest uncached tokens first, no aging. ``hrrn``: SGLang's highest response
+    ratio next. Every policy fills the step: whole prompts first, then a chunk of the next."""
 
-    split: str = "whole"
-    """``whole``: admit whole prompts only; a prompt is split only when it alone exceeds the
-    step's token budget (then its chunk fills the gap the whole ones leave). ``fill``: after
-    packing whole prompts, split the next one to fill the budget (vLLM's chunked-prefill
-    behaviour). Default ``whole``: fewer split prompts and sooner first tokens at the same
-    step count as stock on the scheduler benchmark (README, "Scheduler")."""
+    stretch: float = 8.0
+    """For ``policy=stretch``: how long a request may be overtaken, in multiples of its own
+    uncached prompt tokens computed by the engine since it arrived (0: arrival order)."""
 
-    max_wait_s: float = 5.0
-    """Aging bound (seconds). A request that has waited this long is never overtaken by a
-    younger one; preempted requests always keep the head of the queue."""
-
-    lookahead: int = 1024
-    """How many waiting requests (in arrival order) the planner considers each step."""
+    lookahead: int = 128
+    """How many waiting requests (in queue order) the planner looks at each step."""
 
     packed_attention: str = "auto"
     """Packed-prefill attention path: ``on``, ``off``, or ``auto`` (on where measured faster)."""
@@ -61,16 +55,12 @@ class PrepackConfig:
 
     def __post_init__(self) -> None:
         _choice("policy", self.policy, POLICIES)
-        _choice("split", self.split, SPLITS)
         _choice("packed_attention", self.packed_attention, PACKED_ATTENTION)
-        if isinstance(self.max_wait_s, bool) or not isinstance(self.max_wait_s, (int, float)):
+        if isinstance(self.stretch, bool) or not isinstance(self.stretch, (int, float)) or not (
+            self.stretch >= 0 and math.isfinite(self.stretch)
+        ):
             raise PrepackConfigError(
-                f"prepack max_wait_s must be a number of seconds > 0, got {self.max_wait_s!r}"
-            )
-        if not (self.max_wait_s > 0 and math.isfinite(self.max_wait_s)):
-            raise PrepackConfigError(
-                "prepack max_wait_s must be a finite number of seconds > 0, "
-                f"got {self.max_wait_s!r}"
+                f"prepack stretch must be a finite number >= 0, got {self.stretch!r}"
             )
         lookahead = self.lookahead
         if isinstance(lookahead, bool) or not isinstance(lookahead, int) or lookahead < 1:

@@ -1,36 +1,44 @@
-"""Prefill admission planner: which waiting requests to admit this step, and how many tokens each.
+"""Prefill admission planner: the order of the waiting queue, and which prompts to admit whole.
 
-Pure and stdlib-only (no vLLM, no torch). The scheduler adapter turns its waiting queue into
-:class:`Candidate` s and the step's free resources into a :class:`Budget`, calls :func:`plan`,
-and presents the admitted requests to the engine in the order of :attr:`Plan.admit`.
+Pure and stdlib-only (no vLLM, no torch). The scheduler adapter keeps its waiting queue sorted
+by :func:`order_key`; each step it walks the head of that order with :func:`plan`, presents the
+admitted prompts to vLLM first and the rest of the queue after them, in order. vLLM then
+admits the planned prompts whole and gives whatever budget is left to the next request in
+order, as a chunk: every step is filled (work-conserving).
 
-A plan is built in three passes:
+Waiting time is counted on the engine's **prefill clock**: the number of prompt tokens the
+engine has computed since it started (as SGLang's HRRN counts it). A request's place is fixed
+when it arrives:
 
-1. The aging head: preempted requests (queue order), then requests that have waited
-   ``max_wait_s`` (oldest first). Each is admitted whole while it fits; the first one that does
-   not is never overtaken: it is split (``split="fill"``, or when it alone exceeds the step's
-   full token budget) or waited for (``split="whole"``), and nothing else is admitted.
-2. The young requests, by policy. ``ttft``: shortest first, each one that fits whole is
-   admitted and each one that does not is skipped (no head-of-line blocking); with ``whole``,
-   when that leaves more than 5% of the free budget unused, the largest-first pack (first-fit
-   decreasing for one step) is taken instead if it fills more, so that long prompts still
-   pack tightly. ``fcfs``:
-   queue order, first fit. Requests sharing a cached prefix stay together, at the place of
-   the group's first member.
-3. A split to use the rest: ``fill`` splits the first young request left out; ``whole`` splits
-   only a prompt larger than the step's full token budget (it can never run whole), into the
-   gap left by the whole ones.
+``stretch`` (default)
+    ``deadline = clock at arrival + stretch * cost``, cost = uncached prompt tokens. Requests
+    are taken by earliest deadline: a short prompt overtakes a long one that arrived before it
+    only while the engine has computed fewer than ``stretch`` times the long prompt's tokens
+    since it arrived. Priority rises smoothly with the wait (no aging cliff), the order never
+    collapses to arrival order under sustained overload, and no request waits unboundedly:
+    once the clock passes its deadline every later arrival is behind it, and a *due* request
+    (clock >= deadline) that does not fit whole is chunked before anything behind it.
+``fcfs``
+    Arrival order; a prompt that does not fit whole is passed over for the ones behind it.
+``sjf``
+    Fewest uncached tokens first, without aging (for comparison).
+``hrrn``
+    SGLang's rule (``--schedule-policy hrrn``): highest ``waited / cost`` first, waited in
+    prefill-clock tokens, the whole queue re-sorted each step unless more than 128 wait (then
+    arrival order), taken in order until one does not fit, which is chunked.
+
+Preempted requests come first, then the order above; under vLLM's priority policy the
+priority class comes before everything (vLLM's semantics), the order applies within a class.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass
-from itertools import islice
-from operator import attrgetter
 
-POLICIES = ("ttft", "fcfs")
-SPLITS = ("whole", "fill")
+POLICIES = ("stretch", "fcfs", "sjf", "hrrn")
+HRRN_SORT_LIMIT = 128
+"""SGLang sorts by response ratio only while at most this many requests wait."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,19 +49,30 @@ class Candidate:
     """The caller's handle, unique per candidate."""
     tokens: int
     """Prompt tokens still to compute (net of the prefix-cache hit), >= 1."""
-    cached: int
+    cached: int = 0
     """Tokens already computed or cached for this request (prefix-cache hit), >= 0."""
-    arrival: float
-    """Arrival time in seconds, on the clock of ``now``."""
+    arrival: float = 0.0
+    """Arrival time in seconds (ties, statistics)."""
+    clock: int = 0
+    """The engine's prefill clock (prompt tokens computed so far) when the request arrived."""
     preempted: bool = False
-    prefix: int | None = None
-    """Group key: requests sharing a cached prefix carry the same key."""
+    priority: int = 0
+    """vLLM's request priority (lower first); 0 for every request under FCFS."""
+    cap: int = 0
+    """vLLM's per-step chunk cap for this request (``long_prefill_token_threshold``; 0: none)."""
 
     def __post_init__(self) -> None:
         if self.tokens < 1:
             raise ValueError(f"Candidate.tokens must be >= 1, got {self.tokens!r}")
         if self.cached < 0:
             raise ValueError(f"Candidate.cached must be >= 0, got {self.cached!r}")
+        if self.cap < 0:
+            raise ValueError(f"Candidate.cap must be >= 0, got {self.cap!r}")
+
+    @property
+    def charge(self) -> int:
+        """Tokens this request takes from one step's budget when admitted (vLLM's cap)."""
+        return min(self.tokens, self.cap) if self.cap else self.tokens
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,36 +87,68 @@ class Budget:
     """Free KV-cache blocks, >= 0."""
     block_size: int
     """Tokens per KV block, >= 1."""
-    max_tokens: int
-    """The full per-step token budget (``max_num_batched_tokens``), >= ``tokens``."""
 
     def __post_init__(self) -> None:
         for name, low in (("tokens", 0), ("slots", 0), ("blocks", 0), ("block_size", 1)):
             if getattr(self, name) < low:
                 raise ValueError(f"Budget.{name} must be >= {low}, got {getattr(self, name)!r}")
-        if self.max_tokens < self.tokens:
-            raise ValueError(
-                f"Budget.max_tokens must be >= Budget.tokens ({self.tokens}), "
-                f"got {self.max_tokens!r}"
-            )
 
 
 @dataclass(frozen=True, slots=True)
 class Plan:
-    """What to admit this step."""
+    """What to present to vLLM first this step."""
 
     admit: tuple[int, ...]
-    """Candidate keys, in the order they are to be presented to the engine."""
-    partial: int | None
-    """The one admitted candidate that gets only part of its tokens (the last of ``admit``)."""
-    partial_tokens: int
-    """Tokens planned for ``partial`` (0 if none)."""
+    """Candidate keys admitted whole, in the order to present them."""
+    chunk: int | None
+    """The candidate vLLM chunks with the budget that is left (presented after ``admit``)."""
     tokens: int
-    """Total planned tokens (whole candidates plus ``partial_tokens``)."""
+    """Planned tokens of ``admit``."""
     blocks: int
-    """Total planned new KV blocks."""
-    aged: int
-    """How many of ``admit`` (its first entries) were admitted as the aging head."""
+    """Planned new KV blocks of ``admit``."""
+    scanned: int
+    """Candidates looked at."""
+
+
+def check_policy(policy: str, stretch: float) -> None:
+    if policy not in POLICIES:
+        raise ValueError(f"invalid policy {policy!r}; accepted: {', '.join(POLICIES)}")
+    number = isinstance(stretch, (int, float)) and not isinstance(stretch, bool)
+    if not (number and 0 <= stretch < float("inf")):  # NaN fails too
+        raise ValueError(f"invalid stretch {stretch!r}; accepted: a finite number >= 0")
+
+
+def order_key(c: Candidate, policy: str, stretch: float) -> tuple:
+    """The candidate's place in the waiting queue (smallest first); fixed while it waits.
+
+    ``hrrn`` has no fixed place (its ratio grows with the clock): its queue is kept in arrival
+    order and re-sorted each step by :func:`hrrn_order`."""
+    if policy == "stretch":
+        place: float = c.clock + stretch * c.tokens
+    elif policy == "sjf":
+        place = c.tokens
+    else:  # fcfs, hrrn
+        place = c.arrival
+    return (c.priority, not c.preempted, place, c.arrival)
+
+
+def is_due(c: Candidate, policy: str, stretch: float, clock: int) -> bool:
+    """A due candidate is never passed over: if it does not fit whole, it is chunked next."""
+    if c.preempted or policy == "hrrn":
+        return True
+    if policy == "stretch":
+        return clock >= c.clock + stretch * c.tokens
+    return False
+
+
+def hrrn_order(candidates: list[Candidate], clock: int) -> list[Candidate]:
+    """SGLang's HRRN order: highest ``waited / cost`` first (waited in prefill-clock tokens),
+    ties by arrival; arrival order while more than :data:`HRRN_SORT_LIMIT` wait. Preempted
+    requests and priority classes keep their place in front, as in :func:`order_key`."""
+    if len(candidates) > HRRN_SORT_LIMIT:
+        return candidates
+    return sorted(candidates, key=lambda c: (c.priority, not c.preempted,
+                                             -max(0, clock - c.clock) / c.tokens, c.arrival))
 
 
 def blocks_needed(cached: int, new_tokens: int, block_size: int) -> int:
@@ -106,223 +157,37 @@ def blocks_needed(cached: int, new_tokens: int, block_size: int) -> int:
 
 
 def plan(
-    candidates: Sequence[Candidate],
+    ordered: Iterable[Candidate],
     budget: Budget,
-    now: float,
     *,
-    policy: str = "ttft",
-    split: str = "whole",
-    max_wait_s: float = 5.0,
-    lookahead: int = 1024,
+    policy: str = "stretch",
+    stretch: float = 8.0,
+    clock: int = 0,
+    lookahead: int = 128,
 ) -> Plan:
-    """Plan this step's prefill admissions from ``candidates`` (given in queue order)."""
-    _check_options(policy, split, max_wait_s, lookahead)
-    window = list(islice(candidates, lookahead))
-    _check_keys(window)
-    head, young = _split_aged(window, now, max_wait_s)
-    pack = _Pack(budget)
-
-    for c in head:
-        need = pack.fits(c)
-        if need < 0:
-            if split == "fill" or c.tokens > budget.max_tokens:
-                pack.take_part(c)
-            return pack.plan(aged=len(pack.keys))
-        pack.take(c, c.tokens, need)
-    aged = len(pack.keys)
-
-    if policy == "ttft":
-        order = _grouped(_shortest_first(young))
-        if split == "whole":
-            pack, left_out = _shortest_or_fullest(pack, order, young)
-        else:  # the split fills the step anyway: shortest first serves the most
-            left_out = pack.take_whole(order)
-    else:
-        order = _grouped(young)
-        left_out = pack.take_whole(order)
-    if split == "fill":
-        target = left_out
-    else:  # whole: only a prompt that alone exceeds the pack is split, into the gap
-        taken = set(pack.keys)
-        target = next(
-            (c for c in order if c.tokens > budget.max_tokens and c.key not in taken), None
-        )
-    if target is not None:
-        pack.take_part(target)
-    return pack.plan(aged=aged)
-
-
-SWITCH_FILL = 0.95
-"""``ttft`` packs shortest-first unless that fills less than this share of the free token
-budget; then it takes the largest-first pack if that one fills more."""
-
-
-def _shortest_or_fullest(
-    pack: _Pack, order: list[Candidate], young: list[Candidate]
-) -> tuple[_Pack, Candidate | None]:
-    """Shortest-first serves the most first tokens; once only prompts that pack badly that
-    way are left (a large gap remains, and ``whole`` does not split to fill it),
-    largest-first (first-fit decreasing for one bin) fills the step instead, so that the
-    queue drains in fewer steps."""
-    free = pack.tokens
-    start = pack.used
-    fullest = pack.copy()
-    left_out = pack.take_whole(order)
-    if pack.used - start >= SWITCH_FILL * free:
-        return pack, left_out
-    other_left_out = fullest.take_whole(_grouped(_largest_first(young)))
-    if fullest.used > pack.used:
-        return fullest, other_left_out
-    return pack, left_out
-
-
-_TOKENS = attrgetter("tokens")
-_ARRIVAL = attrgetter("arrival")
-_KEY = attrgetter("key")
-
-
-def _check_options(policy: str, split: str, max_wait_s: float, lookahead: int) -> None:
-    if policy not in POLICIES:
-        raise ValueError(f"invalid policy {policy!r}; accepted: {', '.join(POLICIES)}")
-    if split not in SPLITS:
-        raise ValueError(f"invalid split {split!r}; accepted: {', '.join(SPLITS)}")
-    number = isinstance(max_wait_s, (int, float)) and not isinstance(max_wait_s, bool)
-    if not (number and max_wait_s > 0):  # NaN is not > 0; inf (never aged) is accepted
-        raise ValueError(f"invalid max_wait_s {max_wait_s!r}; accepted: a number of seconds > 0")
-    if isinstance(lookahead, bool) or not isinstance(lookahead, int) or lookahead < 1:
-        raise ValueError(f"invalid lookahead {lookahead!r}; accepted: an integer >= 1")
-
-
-def _check_keys(window: list[Candidate]) -> None:
-    if len({c.key for c in window}) != len(window):
-        seen: set[int] = set()
-        dup = next(c.key for c in window if c.key in seen or seen.add(c.key))
-        raise ValueError(f"duplicate candidate key {dup!r}; accepted: keys unique per candidate")
-
-
-def _split_aged(
-    window: list[Candidate], now: float, max_wait_s: float
-) -> tuple[list[Candidate], list[Candidate]]:
-    """(aging head, young): preempted in queue order, then the aged oldest first; the rest."""
-    preempted: list[Candidate] = []
-    aged: list[Candidate] = []
-    young: list[Candidate] = []
-    for c in window:
-        if c.preempted:
-            preempted.append(c)
-        elif now - c.arrival >= max_wait_s:
-            aged.append(c)
-        else:
-            young.append(c)
-    aged.sort(key=_ARRIVAL)  # stable: queue order among equal arrivals
-    return preempted + aged, young
-
-
-def _shortest_first(young: list[Candidate]) -> list[Candidate]:
-    """``young`` by (tokens, arrival, key): three stable single-key sorts, cheaper than tuples."""
-    order = sorted(young, key=_KEY)
-    order.sort(key=_ARRIVAL)
-    order.sort(key=_TOKENS)
-    return order
-
-
-def _largest_first(young: list[Candidate]) -> list[Candidate]:
-    """``young`` by (-tokens, arrival, key): the oldest first among equal lengths."""
-    order = sorted(young, key=_KEY)
-    order.sort(key=_ARRIVAL)
-    order.sort(key=_TOKENS, reverse=True)
-    return order
-
-
-def _grouped(order: list[Candidate]) -> list[Candidate]:
-    """``order`` with each prefix group moved together to the place of its first member."""
-    groups: dict[int, list[Candidate]] = {}
-    for c in order:
-        if c.prefix is not None:
-            groups.setdefault(c.prefix, []).append(c)
-    if not groups:
-        return order
-    out: list[Candidate] = []
-    for c in order:
-        if c.prefix is None:
-            out.append(c)
-        elif (members := groups.pop(c.prefix, None)) is not None:
-            out.extend(members)
-    return out
-
-
-class _Pack:
-    """The running state of one plan: what is left of the budget and what was taken."""
-
-    __slots__ = (
-        "block_size",
-        "blocks",
-        "keys",
-        "partial",
-        "partial_tokens",
-        "slots",
-        "tokens",
-        "used",
-        "used_blocks",
-    )
-
-    def __init__(self, budget: Budget) -> None:
-        self.tokens = budget.tokens
-        self.slots = budget.slots
-        self.blocks = budget.blocks
-        self.block_size = budget.block_size
-        self.keys: list[int] = []
-        self.used = 0
-        self.used_blocks = 0
-        self.partial: int | None = None
-        self.partial_tokens = 0
-
-    def fits(self, c: Candidate) -> int:
-        """Blocks ``c`` needs to be admitted whole, or -1 if it does not fit."""
-        if c.tokens > self.tokens or self.slots < 1:
-            return -1
-        need = blocks_needed(c.cached, c.tokens, self.block_size)
-        return need if need <= self.blocks else -1
-
-    def copy(self) -> _Pack:
-        other = _Pack.__new__(_Pack)
-        for name in self.__slots__:
-            value = getattr(self, name)
-            setattr(other, name, list(value) if isinstance(value, list) else value)
-        return other
-
-    def take(self, c: Candidate, tokens: int, blocks: int) -> None:
-        self.keys.append(c.key)
-        self.tokens -= tokens
-        self.slots -= 1
-        self.blocks -= blocks
-        self.used += tokens
-        self.used_blocks += blocks
-
-    def take_whole(self, order: list[Candidate]) -> Candidate | None:
-        """Admit each of ``order`` that fits whole; return the first left out (None if none)."""
-        left_out = None
-        if self.slots < 1 or self.tokens < 1:
-            return None
-        for c in order:
-            if c.tokens <= self.tokens and (need := self.fits(c)) >= 0:
-                self.take(c, c.tokens, need)
-                if self.slots < 1 or self.tokens < 1:
-                    break
-            elif left_out is None:
-                left_out = c
-        return left_out
-
-    def take_part(self, c: Candidate) -> None:
-        """Admit as many of ``c``'s tokens as fit (none if not even one does)."""
-        if self.slots < 1:
-            return
-        held = -(-c.cached // self.block_size) * self.block_size
-        n = min(c.tokens, self.tokens, held + self.blocks * self.block_size - c.cached)
-        if n >= 1:
-            self.take(c, n, blocks_needed(c.cached, n, self.block_size))
-            self.partial, self.partial_tokens = c.key, n
-
-    def plan(self, aged: int) -> Plan:
-        return Plan(tuple(self.keys), self.partial, self.partial_tokens, self.used,
-                    self.used_blocks, aged)
+    """Walk ``ordered`` (the queue order) and admit each candidate that fits whole; the first
+    one that does not is the chunk. A due candidate that does not fit ends the walk, so
+    nothing behind it is admitted before it. At most ``lookahead`` candidates are looked at."""
+    tokens, slots, blocks = budget.tokens, budget.slots, budget.blocks
+    admit: list[int] = []
+    chunk: Candidate | None = None
+    used = used_blocks = scanned = 0
+    for c in ordered:
+        if slots < 1 or tokens < 1 or scanned >= lookahead:
+            break
+        scanned += 1
+        charge = c.charge
+        need = blocks_needed(c.cached, charge, budget.block_size) if charge <= tokens else -1
+        if 0 <= need <= blocks:
+            admit.append(c.key)
+            tokens -= charge
+            slots -= 1
+            blocks -= need
+            used += charge
+            used_blocks += need
+            continue
+        if chunk is None:
+            chunk = c
+        if is_due(c, policy, stretch, clock):
+            break
+    return Plan(tuple(admit), None if chunk is None else chunk.key, used, used_blocks, scanned)

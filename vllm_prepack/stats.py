@@ -9,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import IO
 
@@ -23,6 +23,7 @@ class ScheduledPrefill:
     computed_before: int  # tokens computed (or cached) before this step
     prompt_len: int
     new: bool            # admitted from the waiting queue this step
+    arrival: float = 0.0  # arrival time of the request
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,7 +42,6 @@ class StepStats:
     running: int
     planned: int | None = None
     plan_adhered: bool | None = None
-    aged_admitted: int | None = None
     planner_fault: bool = False
     throttled: bool = False
     """vLLM's data-parallel engine core asked this step to throttle prefills (not a
@@ -71,10 +71,13 @@ class PackingObserver:
     throttled_steps: int = 0
     throttled_admitted: int = 0
     max_oldest_wait_s: float = 0.0
+    split_prompts: int = 0
+    first_tokens: int = 0
+    first_token_step_sum: int = 0
     packed: dict[str, int] = field(default_factory=dict)
     """Packed-attention counters, when the attention path runs in this process."""
-    split_req_ids: set[str] = field(default_factory=set)
-    first_token_step: dict[str, int] = field(default_factory=dict)
+    mid_prefill: set[str] = field(default_factory=set)
+    """Requests whose prompt is partly computed (the ones that may get prompt tokens next)."""
     _last_log: float = field(default_factory=time.monotonic)
 
     def record(
@@ -82,31 +85,35 @@ class PackingObserver:
         *,
         prefills: Sequence[ScheduledPrefill],
         scheduled_tokens: int,
-        waiting_before: Sequence[str],
-        waiting_arrivals_after: Iterable[float],
+        oldest_waiting_arrival: float | None,
         num_waiting: int,
         num_running: int,
         now: float,
         planned: Sequence[str] | None = None,
-        aged: int | None = None,
         planner_fault: bool = False,
         throttled: bool = False,
     ) -> StepStats:
+        """One step. ``oldest_waiting_arrival``: the earliest arrival still waiting after it.
+        An admitted request *overtook* if it arrived after that one."""
         self.steps += 1
-        new_ids = [p.req_id for p in prefills if p.new]
-        admitted = set(new_ids)
-        partial = 0
-        prefill_tokens = 0
+        admitted = set()
+        partial = overtakes = prefill_tokens = 0
         for p in prefills:
             prefill_tokens += p.tokens
+            if p.new:
+                admitted.add(p.req_id)
+                if oldest_waiting_arrival is not None and p.arrival > oldest_waiting_arrival:
+                    overtakes += 1
             if p.computed_before + p.tokens < p.prompt_len:
                 partial += 1
-                self.split_req_ids.add(p.req_id)
-            elif p.req_id not in self.first_token_step:
-                self.first_token_step[p.req_id] = self.steps
-        overtakes = _overtakes(waiting_before, admitted)
-        arrivals = list(waiting_arrivals_after)
-        oldest = max(0.0, now - min(arrivals)) if arrivals else 0.0
+                if p.req_id not in self.mid_prefill:
+                    self.mid_prefill.add(p.req_id)
+                    self.split_prompts += 1
+            else:
+                self.mid_prefill.discard(p.req_id)
+                self.first_tokens += 1
+                self.first_token_step_sum += self.steps
+        oldest = 0.0 if oldest_waiting_arrival is None else max(0.0, now - oldest_waiting_arrival)
         stats = StepStats(
             step=self.steps,
             time=now,
@@ -121,8 +128,7 @@ class PackingObserver:
             waiting=num_waiting,
             running=num_running,
             planned=None if planned is None else len(planned),
-            plan_adhered=None if planned is None else set(planned) == admitted,
-            aged_admitted=aged,
+            plan_adhered=None if planned is None else admitted.issuperset(planned),
             planner_fault=planner_fault,
             throttled=throttled,
         )
@@ -166,7 +172,7 @@ class PackingObserver:
             "prefill_tokens": self.prefill_tokens,
             "scheduled_tokens": self.scheduled_tokens,
             "mean_prefill_fill": self.fill_sum / self.prefill_steps if self.prefill_steps else 0.0,
-            "split_prompts": len(self.split_req_ids),
+            "split_prompts": self.split_prompts,
             "overtakes": self.overtakes,
             "planned_steps": self.planned_steps,
             "plan_adherence": (
@@ -178,8 +184,7 @@ class PackingObserver:
             "max_oldest_wait_s": self.max_oldest_wait_s,
             "packed_attention": dict(self.packed),
             "mean_first_token_step": (
-                sum(self.first_token_step.values()) / len(self.first_token_step)
-                if self.first_token_step else None
+                self.first_token_step_sum / self.first_tokens if self.first_tokens else None
             ),
         }
 
@@ -206,18 +211,6 @@ def judges_plan(planned: int | None, admitted: int, throttled: bool) -> bool:
     or admitted. A throttled step that admitted nothing is vLLM deferring prefills (data
     parallelism), not the plan being overridden, so it does not count."""
     return planned is not None and bool(planned or admitted) and not (throttled and not admitted)
-
-
-def _overtakes(waiting_before: Sequence[str], admitted: set[str]) -> int:
-    """Admitted requests that were queued behind a request left waiting this step."""
-    count = 0
-    blocked = False
-    for req_id in waiting_before:
-        if req_id in admitted:
-            count += blocked
-        else:
-            blocked = True
-    return count
 
 
 def reset(observer: PackingObserver) -> None:

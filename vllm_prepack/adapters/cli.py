@@ -20,23 +20,22 @@ from vllm_prepack.config import (
     POLICIES,
     SCHEDULER_QUALNAME,
     SCHEDULERS,
-    SPLITS,
     PrepackConfig,
     PrepackConfigError,
 )
 
 # option name -> (argparse kwargs); the flag is --prepack-<name with dashes>.
 _OPTIONS: dict[str, dict[str, Any]] = {
-    "policy": dict(choices=POLICIES, help="Admission order: ttft (shortest prompts and "
-                   "cheapest prefix groups first) or fcfs (arrival order, skipping prompts "
-                   "that do not fit instead of blocking). Default: ttft."),
-    "split": dict(choices=SPLITS, help="whole: pack whole prompts, split a prompt only when "
-                  "it alone exceeds the step's token budget; fill: also split the next prompt "
-                  "to fill the budget. Default: whole."),
-    "max_wait_s": dict(type=float, metavar="SECONDS", help="Aging bound: a request waiting "
-                       "this long is never overtaken by a younger one. Default: 5.0."),
-    "lookahead": dict(type=int, metavar="N", help="Waiting requests the planner considers "
-                      "each step, in arrival order. Default: 1024."),
+    "policy": dict(choices=POLICIES, help="Admission order: stretch (earliest deadline, "
+                   "deadline = prefill clock at arrival + stretch x uncached prompt tokens), "
+                   "fcfs (arrival order, passing over prompts that do not fit whole), sjf "
+                   "(fewest uncached tokens first) or hrrn (SGLang's highest response ratio "
+                   "next). Every policy fills the step. Default: stretch."),
+    "stretch": dict(type=float, metavar="X", help="For --prepack-policy stretch: a request may "
+                    "be overtaken until the engine has computed X times its uncached prompt "
+                    "tokens since it arrived (0: arrival order). Default: 8."),
+    "lookahead": dict(type=int, metavar="N", help="Waiting requests the planner looks at "
+                      "each step, in queue order. Default: 128."),
     "packed_attention": dict(choices=PACKED_ATTENTION, help="Packed-prefill attention path "
                              "for fresh prompts. Default: auto."),
     "stats_path": dict(metavar="PATH", help="Write per-step packing statistics as JSONL "
@@ -102,11 +101,6 @@ def apply_scheduler_choice(engine_args: Any, scheduler: str, options: dict[str, 
         raise PrepackConfigError(
             f"--scheduler prepack and --scheduler-cls {engine_args.scheduler_cls!r} "
             "both choose a scheduler class; give one of them"
-        )
-    if getattr(engine_args, "scheduling_policy", "fcfs") == "priority":
-        raise PrepackConfigError(
-            "--scheduler prepack orders admission itself and does not support "
-            "--scheduling-policy priority; accepted: --scheduling-policy fcfs"
         )
     PrepackConfig.from_dict(options)  # validate here, before any engine starts
     engine_args.scheduler_cls = SCHEDULER_QUALNAME

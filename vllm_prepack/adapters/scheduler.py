@@ -1,21 +1,27 @@
-"""Scheduler surface: vLLM's own ``Scheduler``/``AsyncScheduler`` with the plan presented.
+"""Scheduler surface: vLLM's own ``Scheduler``/``AsyncScheduler`` over a planned waiting queue.
 
-Each step the pure planner chooses which waiting requests to admit and in what order; the
-waiting queue vLLM sees during ``super().schedule()`` holds exactly those, in plan order
-(plus requests in blocked states, which vLLM itself must keep examining). vLLM keeps
-enforcing budgets, KV allocation, preemption and chunking. Afterwards the queue is restored
-to arrival order, with requests preempted during the step at its head.
+The waiting queue is a :class:`PlanQueue`: vLLM's queue interface, kept in the planner's order
+(``planner.order_key``, fixed when a request enters it). Each step the pure planner walks the
+head of that order and picks the prompts to admit whole; the queue presents them first, then
+the one to chunk, then the rest in order, and vLLM's own ``schedule()`` takes from it as from
+its own queue: vLLM keeps enforcing budgets, KV allocation, preemption, priority and chunking,
+and fills whatever budget the plan leaves.
 """
 
 from __future__ import annotations
 
+import bisect
+import dataclasses
+import heapq
+import itertools
 import multiprocessing
 import time
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 from vllm.v1.core.sched.async_scheduler import AsyncScheduler
 from vllm.v1.core.sched.output import SchedulerOutput
-from vllm.v1.core.sched.request_queue import SchedulingPolicy, create_request_queue
+from vllm.v1.core.sched.request_queue import RequestQueue, SchedulingPolicy
 from vllm.v1.core.sched.scheduler import Scheduler
 from vllm.v1.request import Request, RequestStatus
 
@@ -28,16 +34,23 @@ from vllm_prepack.stats import PackingObserver, ScheduledPrefill
 logger = get_logger(__name__)
 
 _PLANNABLE = (RequestStatus.WAITING, RequestStatus.PREEMPTED)
+_ENTRY = "_prepack_entry"  # a request's place in the PlanQueue (set while it waits)
+_CANDIDATE = "_prepack_candidate"  # the request as the planner last saw it
 
 
-def prefills_of(scheduler: Scheduler, output: SchedulerOutput) -> list[ScheduledPrefill]:
-    """Requests that received prompt tokens in ``output`` (after vLLM's bookkeeping)."""
-    new_ids = {r.req_id for r in output.scheduled_new_reqs}
-    resumed = set(output.scheduled_cached_reqs.resumed_req_ids)
+def prefills_of(scheduler: Scheduler, output: SchedulerOutput,
+                mid_prefill: set[str]) -> list[ScheduledPrefill]:
+    """Requests that received prompt tokens in ``output`` (after vLLM's bookkeeping): the new
+    and resumed ones and those in ``mid_prefill`` (partly prefilled after an earlier step).
+    Decoding requests are never looked at."""
+    scheduled = output.num_scheduled_tokens
+    new = {r.req_id for r in output.scheduled_new_reqs}
+    new.update(output.scheduled_cached_reqs.resumed_req_ids)
     prefills = []
-    for req_id, tokens in output.num_scheduled_tokens.items():
+    for req_id in (*new, *(r for r in mid_prefill if r not in new)):
+        tokens = scheduled.get(req_id)
         request = scheduler.requests.get(req_id)
-        if request is None:
+        if tokens is None or request is None:
             continue
         # _update_after_schedule has already advanced num_computed_tokens.
         before = request.num_computed_tokens - tokens
@@ -49,10 +62,25 @@ def prefills_of(scheduler: Scheduler, output: SchedulerOutput) -> list[Scheduled
                 tokens=min(tokens, request.num_prompt_tokens - before),
                 computed_before=before,
                 prompt_len=request.num_prompt_tokens,
-                new=req_id in new_ids or req_id in resumed,
+                new=req_id in new,
+                arrival=request.arrival_time,
             )
         )
     return prefills
+
+
+def oldest_waiting_arrival(scheduler: Scheduler) -> float | None:
+    """The earliest arrival among waiting requests, without walking the queues: a
+    :class:`PlanQueue` keeps it, and vLLM's FCFS queues hold their oldest at the head."""
+    oldest = []
+    for queue in (scheduler.waiting, scheduler.kv_holding_waiting):
+        if isinstance(queue, PlanQueue):
+            arrival = queue.oldest_arrival()
+        else:
+            arrival = next(iter(queue)).arrival_time if queue else None
+        if arrival is not None:
+            oldest.append(arrival)
+    return min(oldest, default=None)
 
 
 def data_parallel_rank(scheduler: Scheduler) -> int | None:
@@ -87,28 +115,26 @@ def observe_step(
     scheduler: Scheduler,
     observer: PackingObserver,
     output: SchedulerOutput,
-    waiting_before: list[str],
-    planned: list[str] | None = None,
-    aged: int | None = None,
+    planned: list[Request] | None = None,
     planner_fault: bool = False,
     throttled: bool = False,
-) -> None:
-    waiting = list(scheduler.waiting) + list(scheduler.kv_holding_waiting)
+) -> list[ScheduledPrefill]:
+    """Record one step; returns its prefills. Costs O(prefills), whatever waits."""
+    prefills = prefills_of(scheduler, output, observer.mid_prefill)
     # Single-process executors run the worker here: its packed-path counters are visible.
     observer.packed = attention.read_counters()
     observer.record(
-        prefills=prefills_of(scheduler, output),
+        prefills=prefills,
         scheduled_tokens=output.total_num_scheduled_tokens,
-        waiting_before=waiting_before,
-        waiting_arrivals_after=(r.arrival_time for r in waiting),
-        num_waiting=len(waiting),
+        oldest_waiting_arrival=oldest_waiting_arrival(scheduler),
+        num_waiting=len(scheduler.waiting) + len(scheduler.kv_holding_waiting),
         num_running=len(scheduler.running),
         now=time.time(),
-        planned=planned,
-        aged=aged,
+        planned=None if planned is None else [r.request_id for r in planned],
         planner_fault=planner_fault,
         throttled=throttled,
     )
+    return prefills
 
 
 def throttled(args: tuple, kwargs: dict) -> bool:
@@ -123,9 +149,8 @@ def attach_observer(scheduler: Scheduler, config: PrepackConfig | None = None) -
     schedule = scheduler.schedule
 
     def observed_schedule(*args: Any, **kwargs: Any) -> SchedulerOutput:
-        before = [r.request_id for r in scheduler.waiting]
         output = schedule(*args, **kwargs)
-        observe_step(scheduler, observer, output, before, throttled=throttled(args, kwargs))
+        observe_step(scheduler, observer, output, throttled=throttled(args, kwargs))
         return output
 
     scheduler.schedule = observed_schedule  # type: ignore[method-assign]
@@ -133,35 +158,126 @@ def attach_observer(scheduler: Scheduler, config: PrepackConfig | None = None) -
     return observer
 
 
+class PlanQueue(RequestQueue):
+    """vLLM's waiting queue, kept in the planner's order (:func:`planner.order_key`).
+
+    vLLM pops from the head of its waiting queue until the step's budget or slots run out,
+    chunking the request it stops at. During ``schedule()`` this queue presents the step's
+    plan first (the prompts admitted whole, then the one to chunk), then the rest in order.
+    Each operation is a binary search plus a list insert or delete: a step never walks the
+    whole queue."""
+
+    def __init__(self, place: Callable[[Request], tuple]) -> None:
+        self._place = place  # Request -> sort key (computed when it enters the queue)
+        self._order: list[tuple] = []  # sorted (*key, seq)
+        self._by_seq: dict[int, Request] = {}
+        self._arrivals: list[tuple[float, int]] = []  # heap of (arrival, seq), lazy deletion
+        self._seq = itertools.count()
+        self._front: list[Request] = []
+        self._front_at = 0
+
+    def add_request(self, request: Request) -> None:
+        entry = getattr(request, _ENTRY, None)
+        if entry is None:
+            entry = (*self._place(request), next(self._seq))
+            setattr(request, _ENTRY, entry)
+        bisect.insort(self._order, entry)
+        self._by_seq[entry[-1]] = request
+        heapq.heappush(self._arrivals, (request.arrival_time, entry[-1]))
+
+    def prepend_request(self, request: Request) -> None:
+        """vLLM prepends preempted requests (they take a new place, at the head of their
+        priority class) and the requests it passed over this step (they keep theirs)."""
+        if request.status == RequestStatus.PREEMPTED:
+            setattr(request, _ENTRY, None)
+        self.add_request(request)
+
+    def prepend_requests(self, requests: Iterable[Request]) -> None:
+        for request in requests:
+            self.prepend_request(request)
+
+    def remove_request(self, request: Request) -> None:
+        entry = getattr(request, _ENTRY, None)
+        i = bisect.bisect_left(self._order, entry) if entry is not None else len(self._order)
+        if i == len(self._order) or self._order[i] != entry:
+            raise ValueError(f"request {request.request_id} is not in the waiting queue")
+        del self._order[i]
+        del self._by_seq[entry[-1]]
+
+    def remove_requests(self, requests: Iterable[Request]) -> None:
+        for request in requests:
+            self.remove_request(request)
+
+    def peek_request(self) -> Request:
+        while self._front_at < len(self._front):
+            request = self._front[self._front_at]
+            if self._holds(request):
+                return request
+            self._front_at += 1
+        if not self._order:
+            raise IndexError("peek from an empty queue")
+        return self._by_seq[self._order[0][-1]]
+
+    def pop_request(self) -> Request:
+        request = self.peek_request()
+        self.remove_request(request)
+        return request
+
+    def __bool__(self) -> bool:
+        return bool(self._order)
+
+    def __len__(self) -> int:
+        return len(self._order)
+
+    def __iter__(self) -> Iterator[Request]:
+        """The queue in the order vLLM takes it (the presented plan first)."""
+        front = [r for r in self._front[self._front_at:] if self._holds(r)]
+        shown = set(map(id, front))
+        yield from front
+        yield from (r for r in list(self.ordered()) if id(r) not in shown)
+
+    def ordered(self) -> Iterator[Request]:
+        """The queue in planner order, lazily."""
+        for entry in self._order:
+            yield self._by_seq[entry[-1]]
+
+    def present(self, front: list[Request]) -> None:
+        """Put ``front`` (requests of this queue) ahead of the order, until the next call."""
+        self._front, self._front_at = front, 0
+
+    def oldest_arrival(self) -> float | None:
+        """The earliest arrival time among the waiting requests."""
+        arrivals = self._arrivals
+        while arrivals:
+            arrival, seq = arrivals[0]
+            request = self._by_seq.get(seq)
+            if request is not None and getattr(request, _ENTRY)[-1] == seq:
+                return arrival
+            heapq.heappop(arrivals)
+        return None
+
+    def _holds(self, request: Request) -> bool:
+        entry = getattr(request, _ENTRY, None)
+        return entry is not None and self._by_seq.get(entry[-1]) is request
+
+
 class PrepackSchedulerMixin:
-    """Plans each step's admissions, then delegates to vLLM's ``schedule()``."""
+    """Keeps vLLM's waiting queue in the planner's order and presents each step's plan first,
+    then delegates to vLLM's ``schedule()``."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
+        vllm_config = kwargs.get("vllm_config") or args[0]
+        config = PrepackConfig.from_additional_config(vllm_config.additional_config)
         super().__init__(*args, **kwargs)
-        if self.policy != SchedulingPolicy.FCFS:
-            raise ValueError(
-                "--scheduler prepack orders admission itself and does not support "
-                f"--scheduling-policy {self.policy.value}; accepted: --scheduling-policy fcfs"
-            )
-        self.prepack_config = PrepackConfig.from_additional_config(
-            self.vllm_config.additional_config
-        )
-        self.prepack_observer = make_observer(self, self.prepack_config)
-        self._prepack_candidates: dict[str, planner.Candidate] = {}
-        self._prepack_hidden = 0
-        logger.info(
-            "Engine core built %s (%s)", type(self).__name__, self.prepack_config.to_dict()
-        )
+        self.prepack_config = config
+        self.prepack_observer = make_observer(self, config)
+        self.prepack_clock = 0
+        """Prompt tokens this engine has computed: the clock the planner measures waits on."""
+        self._by_key: dict[int, Request] = {}
+        self.waiting = PlanQueue(self._place)
+        logger.info("Engine core built %s (%s)", type(self).__name__, config.to_dict())
 
-    # -- the plan --------------------------------------------------------------------------
-
-    def _running_token_demand(self) -> int:
-        demand = 0
-        for r in self.running:
-            demand += max(
-                0, r.num_tokens_with_spec + r.num_output_placeholders - r.num_computed_tokens
-            )
-        return demand
+    # -- the order ---------------------------------------------------------------------------
 
     def _cached_tokens(self, request: Request) -> int:
         if request.num_computed_tokens or not self.kv_cache_manager.enable_caching:
@@ -173,136 +289,128 @@ class PrepackSchedulerMixin:
         )
         return hit
 
-    def _budget(self) -> planner.Budget:
-        kv = self.kv_cache_manager
-        free_blocks = kv.block_pool.get_num_free_blocks() - getattr(kv, "watermark_blocks", 0)
-        return planner.Budget(
-            tokens=max(0, self.max_num_scheduled_tokens - self._running_token_demand()),
-            slots=max(
-                0,
-                self.max_num_active_reqs - len(self.running)
-                - self.num_waiting_for_streaming_input,
-            ),
-            blocks=max(0, free_blocks - len(self.running)),
-            block_size=self.block_size,
-            max_tokens=self.max_num_scheduled_tokens,
-        )
-
-    def _window(self, waiting: Any) -> tuple[list[Request], list[Request]]:
-        """(plannable, blocked). Plannable: the first ``lookahead`` waiting or preempted
-        requests in queue order, plus every aged or preempted one behind them (the aging rule
-        holds for the whole queue, not only the window). Blocked: requests in vLLM's blocked
-        states, which vLLM itself must keep examining."""
-        cfg = self.prepack_config
-        plannable, blocked = [], []
-        for r in waiting:
-            (plannable if r.status in _PLANNABLE else blocked).append(r)
-        if len(plannable) > cfg.lookahead:
-            oldest = time.time() - cfg.max_wait_s
-            plannable = plannable[: cfg.lookahead] + [
-                r for r in plannable[cfg.lookahead :]
-                if r.arrival_time <= oldest or r.status == RequestStatus.PREEMPTED
-            ]
-        return plannable, blocked
-
-    def _candidate(self, r: Request, previous: planner.Candidate | None) -> planner.Candidate:
-        """The request as the planner sees it; reused across steps while nothing about it
-        changed (with prefix caching on, the hit is looked up again every step)."""
-        preempted = r.status == RequestStatus.PREEMPTED
-        if (
-            previous is not None
-            and not self.kv_cache_manager.enable_caching
-            and previous.cached == r.num_computed_tokens
-            and previous.preempted == preempted
-            and previous.tokens == max(1, r.num_tokens - r.num_computed_tokens)
+    def _candidate(self, request: Request, cap: int = 0) -> planner.Candidate:
+        """The request as the planner sees it. Its prefix-cache hit and the clock are read when
+        it enters the queue; later only a change of its computed tokens or status refreshes it."""
+        c = getattr(request, _CANDIDATE, None)
+        preempted = request.status == RequestStatus.PREEMPTED
+        if c is None or c.preempted != preempted or (
+            request.num_computed_tokens and c.cached != request.num_computed_tokens
         ):
-            return previous
-        cached = self._cached_tokens(r)
-        return planner.Candidate(
-            key=id(r),
-            tokens=max(1, r.num_tokens - cached),
-            cached=cached,
-            arrival=r.arrival_time,
-            preempted=preempted,
-            prefix=hash(r.block_hashes[0]) if r.block_hashes else None,
+            cached = self._cached_tokens(request)
+            c = planner.Candidate(
+                key=id(request),
+                tokens=max(1, request.num_tokens - cached),
+                cached=cached,
+                arrival=request.arrival_time,
+                clock=self.prepack_clock if c is None else c.clock,
+                preempted=preempted,
+                priority=request.priority if self.policy == SchedulingPolicy.PRIORITY else 0,
+            )
+            setattr(request, _CANDIDATE, c)
+        return c if c.cap == cap else dataclasses.replace(c, cap=cap)
+
+    def _place(self, request: Request) -> tuple:
+        cfg = self.prepack_config
+        return planner.order_key(self._candidate(request), cfg.policy, cfg.stretch)
+
+    # -- the plan ----------------------------------------------------------------------------
+
+    def _chunk_cap(self) -> int:
+        """vLLM's per-request chunk cap this step (``long_prefill_token_threshold``)."""
+        sc = self.scheduler_config
+        cap = sc.long_prefill_token_threshold
+        if cap <= 0:
+            return 0
+        running, waiting = self.get_request_counts()
+        if running + waiting <= 1:
+            return 0
+        if getattr(sc, "long_prefill_token_threshold_adaptive", False):
+            cap = max(cap, sc.max_num_batched_tokens // (running + waiting))
+        return cap
+
+    def _budget(self, cap: int) -> planner.Budget:
+        """What vLLM will have left for waiting requests once it has scheduled the running."""
+        tokens = self.max_num_scheduled_tokens
+        blocks_for_running = 0
+        block_size = self.block_size
+        for r in self.running:
+            demand = r.num_tokens_with_spec + r.num_output_placeholders - r.num_computed_tokens
+            if demand <= 0:
+                continue
+            demand = min(demand, cap or demand, tokens)
+            tokens -= demand
+            blocks_for_running += planner.blocks_needed(r.num_computed_tokens, demand,
+                                                        block_size)
+            if tokens <= 0:
+                break
+        kv = self.kv_cache_manager
+        free = kv.block_pool.get_num_free_blocks() - getattr(kv, "watermark_blocks", 0)
+        return planner.Budget(
+            tokens=max(0, tokens),
+            slots=max(0, self.max_num_active_reqs - len(self.running)
+                      - self.num_waiting_for_streaming_input),
+            blocks=max(0, free - blocks_for_running),
+            block_size=block_size,
         )
 
-    def _plan(self, plannable: list[Request]) -> tuple[list[Request], int]:
-        """The requests to admit this step, in the order to present them, and how many of
-        them were admitted as the aged head."""
+    def _walk(self, cap: int) -> Iterator[planner.Candidate]:
+        """Candidates in queue order. A request in one of vLLM's blocked states goes through
+        vLLM's own promotion check (what vLLM does when its scan reaches it) and is passed
+        over while still blocked."""
+        queue = self.waiting
+        requests: Iterable[Request] = queue.ordered()
+        if self.prepack_config.policy == "hrrn" and len(queue) <= planner.HRRN_SORT_LIMIT:
+            order = planner.hrrn_order([self._candidate(r) for r in queue.ordered()],
+                                       self.prepack_clock)
+            by_key = {id(r): r for r in queue.ordered()}
+            requests = [by_key[c.key] for c in order]
+        for r in requests:
+            if r.status not in _PLANNABLE and not self._handle_blocked_waiting_request(r):
+                continue
+            c = self._candidate(r, cap)
+            self._by_key[c.key] = r
+            yield c
+
+    def _plan(self) -> tuple[list[Request], int]:
+        """The requests to present first this step, those admitted whole then the chunk, and
+        how many are admitted whole."""
         cfg = self.prepack_config
-        previous = self._prepack_candidates
-        current = {r.request_id: self._candidate(r, previous.get(r.request_id))
-                   for r in plannable}
-        self._prepack_candidates = current
-        plan = planner.plan(
-            list(current.values()),
-            self._budget(),
-            time.time(),
-            policy=cfg.policy,
-            split=cfg.split,
-            max_wait_s=cfg.max_wait_s,
-            lookahead=max(1, len(current)),  # the window is already taken (_window)
-        )
-        by_key = {id(r): r for r in plannable}
-        return [by_key[k] for k in plan.admit], plan.aged
+        cap = self._chunk_cap()
+        self._by_key.clear()
+        plan = planner.plan(self._walk(cap), self._budget(cap), policy=cfg.policy,
+                            stretch=cfg.stretch, clock=self.prepack_clock,
+                            lookahead=cfg.lookahead)
+        front = [self._by_key[k] for k in plan.admit]
+        if plan.chunk is not None:
+            front.append(self._by_key[plan.chunk])
+        self._by_key.clear()
+        return front, len(plan.admit)
 
     # -- one step ------------------------------------------------------------------------------
 
-    def get_request_counts(self) -> tuple[int, int]:
-        """vLLM's counts, with the requests the plan hides during ``schedule()`` still
-        counted as waiting: vLLM reads them there for its long-prefill fair share and, under
-        data parallelism, to decide whether prefills are capacity-bound (throttling)."""
-        running, waiting = super().get_request_counts()
-        return running, waiting + self._prepack_hidden
-
     def schedule(self, *args: Any, **kwargs: Any) -> SchedulerOutput:
         throttle = throttled(args, kwargs)
-        original = self.waiting
-        waiting_before = [r.request_id for r in original]
-        plannable, blocked = self._window(original)
-        planned = None
+        queue = self.waiting
+        front: list[Request] = []
+        planned: list[Request] | None = None
         fault = False
-        if plannable:
+        if queue:
             try:
-                planned = self._plan(plannable)
-            except Exception:  # fall back to vLLM's own admission for this step
+                front, whole = self._plan()
+                planned = front[:whole]
+            except Exception:  # vLLM takes the queue in order this step
                 fault = True
-                logger.exception("prepack planner failed; vLLM's admission runs this step")
-        if planned is None:
-            output = super().schedule(*args, **kwargs)
-            observe_step(self, self.prepack_observer, output, waiting_before,
-                         planner_fault=fault, throttled=throttle)
-            return output
-
-        admitted, aged = planned
-        presented = create_request_queue(self.policy)
-        for r in (*admitted, *blocked):
-            presented.add_request(r)
-        shown = set(presented)
-        self.waiting = presented
-        self._prepack_hidden = len(original) - len(shown)
+                logger.exception("prepack planner failed; the queue is taken in order")
+        queue.present(front)
         try:
             output = super().schedule(*args, **kwargs)
         finally:
-            self.waiting = original
-            self._prepack_hidden = 0
-            _restore(original, presented, shown)
-        observe_step(self, self.prepack_observer, output, waiting_before,
-                     planned=[r.request_id for r in admitted], aged=aged, throttled=throttle)
+            queue.present([])
+        prefills = observe_step(self, self.prepack_observer, output, planned=planned,
+                                planner_fault=fault, throttled=throttle)
+        self.prepack_clock += sum(p.tokens for p in prefills)
         return output
-
-
-def _restore(original: Any, presented: Any, shown: set[Request]) -> None:
-    """Put back what vLLM left waiting, in the original order: the requests it was not shown,
-    and those it was shown but did not take. Requests preempted during the step (new to the
-    queue) go first."""
-    left = set(presented)
-    before = list(original)
-    preempted_now = [r for r in presented if r not in shown]
-    original.clear()
-    original.extend(preempted_now)
-    original.extend(r for r in before if r in left or r not in shown)
 
 
 class PrepackSyncScheduler(PrepackSchedulerMixin, Scheduler):
