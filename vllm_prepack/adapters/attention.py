@@ -40,7 +40,8 @@ class PackedCounters:
     fallbacks: int = 0
 
     def as_dict(self) -> dict[str, int]:
-        return dataclasses.asdict(self)
+        return {"steps": self.steps, "tokens": self.tokens, "layer_calls": self.layer_calls,
+                "fallbacks": self.fallbacks}
 
 
 COUNTERS = PackedCounters()

@@ -274,6 +274,8 @@ class PrepackSchedulerMixin:
         self.prepack_clock = 0
         """Prompt tokens this engine has computed: the clock the planner measures waits on."""
         self._by_key: dict[int, Request] = {}
+        spec = self.vllm_config.speculative_config
+        self._decode_tokens = 1 + (spec.num_speculative_tokens if spec is not None else 0)
         self.waiting = PlanQueue(self._place)
         logger.info("Engine core built %s (%s)", type(self).__name__, config.to_dict())
 
@@ -330,29 +332,33 @@ class PrepackSchedulerMixin:
         return cap
 
     def _budget(self, cap: int) -> planner.Budget:
-        """What vLLM will have left for waiting requests once it has scheduled the running."""
-        tokens = self.max_num_scheduled_tokens
-        blocks_for_running = 0
+        """What vLLM will have left for waiting requests once it has scheduled the running
+        ones: each decoding request takes one token (plus speculative ones) and a new block
+        every ``block_size`` tokens; the partly prefilled ones (few) are counted exactly.
+        Costs O(partly prefilled requests), not O(running)."""
+        slots = (self.max_num_active_reqs - len(self.running)
+                 - self.num_waiting_for_streaming_input)
+        if slots <= 0:
+            return planner.Budget(tokens=0, slots=0, blocks=0, block_size=self.block_size)
         block_size = self.block_size
-        for r in self.running:
-            demand = r.num_tokens_with_spec + r.num_output_placeholders - r.num_computed_tokens
-            if demand <= 0:
+        tokens = self.max_num_scheduled_tokens
+        blocks = 0
+        prefilling = 0
+        for req_id in self.prepack_observer.mid_prefill:
+            r = self.requests.get(req_id)
+            if r is None or r.status != RequestStatus.RUNNING:
                 continue
-            demand = min(demand, cap or demand, tokens)
+            prefilling += 1
+            demand = min(r.num_tokens - r.num_computed_tokens, cap or tokens, max(tokens, 0))
             tokens -= demand
-            blocks_for_running += planner.blocks_needed(r.num_computed_tokens, demand,
-                                                        block_size)
-            if tokens <= 0:
-                break
+            blocks += planner.blocks_needed(r.num_computed_tokens, demand, block_size)
+        decoding = len(self.running) - prefilling
+        tokens -= decoding * self._decode_tokens
+        blocks += -(-decoding * self._decode_tokens // block_size)
         kv = self.kv_cache_manager
         free = kv.block_pool.get_num_free_blocks() - getattr(kv, "watermark_blocks", 0)
-        return planner.Budget(
-            tokens=max(0, tokens),
-            slots=max(0, self.max_num_active_reqs - len(self.running)
-                      - self.num_waiting_for_streaming_input),
-            blocks=max(0, free - blocks_for_running),
-            block_size=block_size,
-        )
+        return planner.Budget(tokens=max(0, tokens), slots=slots, blocks=max(0, free - blocks),
+                              block_size=block_size)
 
     def _walk(self, cap: int) -> Iterator[planner.Candidate]:
         """Candidates in queue order. A request in one of vLLM's blocked states goes through
