@@ -14,8 +14,17 @@
 #   bash scripts/gpu_runs.sh dp       # 2 GPUs: serving A/B of the 1B shape at DP=2
 #   bash scripts/gpu_runs.sh moe      # 2 GPUs: serving A/B of a MoE (OLMoE-1B-7B shape) at DP=2
 #                                     # with --prefill-schedule-interval 4 (vLLM's throttling)
+#   bash scripts/gpu_runs.sh trace-llm    # 1 GPU: Azure conversation trace replay, Llama-3.1-8B,
+#                                         # LLMEngine (SchedulerConfig defaults), ~8 min
+#
+# Trace phases read the Azure conversation trace (CC-BY 4.0, Patel et al., Splitwise, ISCA
+# 2024; see ../shared/data/README.md) from $TRACE, else ../shared/data/azure_conv_2023.csv,
+# else .data/azure_conv_2023.csv (copy it there and carry .data to a lent GPU machine: the
+# shared folder beside the checkout does not travel). Their sizes can be set from the
+# environment: N (requests), START (first row), REPS, BUDGET (max_num_batched_tokens),
+# COMPRESSION (or LOADS, multiples of stock's saturation rate), ARMS.
 set -uo pipefail
-phase=${1:?usage: gpu_runs.sh paper|nochunk|aging|serve|equiv|pp|tp|dp|moe [tag]}
+phase=${1:?usage: gpu_runs.sh paper|nochunk|aging|serve|equiv|pp|tp|dp|moe|trace-llm [tag]}
 tag=${2:-$(python3 -c "import torch; n=torch.cuda.get_device_name(0).split()[1].lower(); \
 c=torch.cuda.device_count(); print(n if c == 1 else f'{n}x{c}')")}
 out=${OUT:-benchmarks/results}
@@ -108,8 +117,24 @@ print('pynccl: NCCL', L().ncclGetVersion())" || {
     --serve-args "--enforce-eager --max-model-len 4096 --data-parallel-size 2 \
 --prefill-schedule-interval 4" --out "$out/serve_moe_dp2_$tag.json"
   ;;
+trace-llm)
+  # Llama-3.1-8B shape, eager, LLMEngine.from_engine_args: SchedulerConfig's 128 sequences;
+  # prefix caching at vLLM's default (on), fresh prompts each repetition. One engine per arm
+  # (both alive, 0.4 of the GPU each), 3 repetitions of one load, arms alternating.
+  budget=${BUDGET:-2048}
+  if [ -n "${LOADS:-}" ]; then load=(--load-factors "$LOADS"); load_tag=${LOADS//,/_}sat
+  else load=(--compression "${COMPRESSION:-4}"); load_tag=${COMPRESSION:-4}x; fi
+  name="trace_llm_8b_b${budget}_${load_tag}_$tag"
+  run "$name" 570 $py -m benchmarks.ab --model-shape llama-3.1-8b --entry-point llmengine \
+    --workload trace ${TRACE:+--trace "$TRACE"} --trace-start "${START:-0}" --n "${N:-500}" \
+    "${load[@]}" --reps "${REPS:-3}" --arms "${ARMS:-stock,prepack-default}" \
+    --max-num-batched-tokens "$budget" --run-timeout 240 \
+    --engine-args "{$eager, \"gpu_memory_utilization\": 0.4}" --out "$out/$name.json"
+  grep -E "^\[|saturation|^trace" "$out/$name.log" | head -n 40
+  ;;
 *)
-  echo "unknown phase $phase; accepted: paper, nochunk, aging, serve, equiv, pp, tp, dp, moe" >&2
+  echo "unknown phase $phase; accepted: paper, nochunk, aging, serve, equiv, pp, tp, dp, moe," \
+    "trace-llm" >&2
   exit 2
   ;;
 esac
