@@ -15,7 +15,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from benchmarks import common, paper, serve_ab  # noqa: E402
+from benchmarks import ab, common, paper, serve_ab  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
 START, END = "<!-- results:start -->", "<!-- results:end -->"
@@ -50,6 +50,43 @@ def ab_tables(path: Path, d: dict) -> list[str]:
                 f"{pa['split_prompts']['mean']:.0f} | {pa['packed_share']['mean']:.2f} | "
                 f"{common.fmt_ratio(r['prefill_tokens_per_s']) if r else '1'} | "
                 f"{common.fmt_ratio(r['ttft_mean_s']) if r else '1'} |")
+    lines.append("")
+    return lines
+
+
+def trace_table(path: Path, d: dict) -> list[str]:
+    """An offline trace replay: per load and arm, TTFT and throughput, ratios to the
+    baseline with their spreads."""
+    base = d["baseline"]
+    t = d["trace"]
+    resolved = next(iter(d["arms"].values()))["resolved"]
+    sat = d.get("saturation") or {}
+    lines = [f"#### Trace replay, {d.get('model_shape') or Path(d['model']).name}, "
+             f"{d['entry_point']} ({d['device']}, vLLM {d['vllm']}, commit "
+             f"{str(d['git_commit'])[:10]}, {d['repetitions']} reps, `{path.name}`)", "",
+             f"{t['source']} requests {t['start']}..{t['start'] + t['n'] - 1}: prompts "
+             f"{t['mean_len']:.0f} tokens mean ({t['clipped_prompts']} clipped), outputs "
+             f"{t['mean_output_len']:.0f} mean; budget {resolved['max_num_batched_tokens']}, "
+             f"{resolved['max_num_seqs']} sequences, prefix caching "
+             f"{'on' if resolved['enable_prefix_caching'] else 'off'}"
+             + (f"; stock saturation {sat['requests_per_s']:.2f} req/s" if sat else "")
+             + f". Data: {t['attribution']}.", "",
+             "| load | req/s | arm | TTFT mean s | TTFT p50 s | TTFT p99 s | out tok/s | "
+             f"TTFT mean vs {base} | TTFT p99 vs {base} | out tok/s vs {base} |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for w in d["workloads"].values():
+        load = w.get("load") or {}
+        label = (f"{load['load_factor']:g}x sat" if "load_factor" in load
+                 else f"{load.get('compression', 1):g}x time")
+        ratios = w["ratios_vs_" + base]
+        for arm, pa in w["per_arm"].items():
+            r = ratios.get(arm, {})
+            lines.append(
+                f"| {label} | {load.get('rate_req_per_s', 0):.2f} | {arm} | "
+                f"{pa['ttft_mean_s']['mean']:.3f} | {pa['ttft_p50_s']['mean']:.3f} | "
+                f"{pa['ttft_p99_s']['mean']:.3f} | {pa['output_tokens_per_s']['mean']:,.0f} | "
+                + " | ".join(common.fmt_ratio(r.get(m)) if r else "1" for m in
+                             ("ttft_mean_s", "ttft_p99_s", "output_tokens_per_s")) + " |")
     lines.append("")
     return lines
 
@@ -103,6 +140,9 @@ def plots(results: list[tuple[Path, dict]], out_dir: Path = RESULTS) -> list[str
         if not d.get("benchmark", "").startswith("offline A/B"):
             continue
         stem = path.stem
+        if d.get("trace"):
+            made += [p.name for p in ab.plot_trace(d, out_dir / stem)]
+            continue
         names = list(d["workloads"])
         fig, axes = plt.subplots(1, len(names), figsize=(3.2 * len(names), 3), squeeze=False)
         for ax, name in zip(axes[0], names):
@@ -151,7 +191,7 @@ def render(plots_dir: Path = RESULTS) -> str:
             lines += kernel_table(path, d)
     for path, d in results:
         if d.get("benchmark", "").startswith("offline A/B"):
-            lines += ab_tables(path, d)
+            lines += trace_table(path, d) if d.get("trace") else ab_tables(path, d)
     for path, d in results:
         if d.get("benchmark", "").startswith("serving A/B"):
             # Ratios and verdicts from the raw runs with the current rules.

@@ -15,6 +15,14 @@ with ``hash(str)``), so both arms receive identical token ids for a given trace.
 a Poisson process at rate = load factor x saturation: unit-rate arrivals seeded per
 repetition, scaled by 1/rate; each repetition has fresh arrivals and fresh token ids.
 
+Trace replay (``--workload trace``, :mod:`benchmarks.trace`): ``--n`` requests of an
+Azure-format trace from row ``--trace-start`` with their exact prompt (``ContextTokens``,
+clipped to ``--max-model-len`` less the output) and output (``GeneratedTokens``) lengths, at
+the trace's own inter-arrival times with the time axis compressed to rate = load factor x
+saturation (the same arrival pattern at every load; fresh token ids every run). Prefix
+caching stays at vLLM's default (on) for trace replays unless ``--prefix-caching`` says
+otherwise; hash ids never repeat, so no prompt shares a prefix with another.
+
 Saturation. Measured once, on the stock arm after its warm-up: the whole trace sent at t=0
 (every timestamp 0); saturation rate = completed requests / benchmark duration (vLLM's
 ``request_throughput`` of that run). The load factors (``--load-factors``) multiply it.
@@ -73,6 +81,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from benchmarks import common, workloads  # noqa: E402
+from benchmarks.trace import ATTRIBUTION, load_trace  # noqa: E402
 from vllm_prepack.stats import judges_plan  # noqa: E402
 
 ARMS = ("stock", "prepack")
@@ -120,24 +129,29 @@ def output_lengths(spec: str, n: int, seed: int) -> list[int]:
 
 
 def make_trace(lengths: Sequence[int], output_lens: Sequence[int], rate: float | None,
-               seed: int | str, hash_start: int = 0, chunk: int = CHUNK) -> list[dict]:
+               seed: int | str, hash_start: int = 0, chunk: int = CHUNK,
+               unit_arrivals: Sequence[float] | None = None) -> list[dict]:
     """One TimedTrace entry per request, in arrival order.
 
     ``rate`` (requests/s) gives Poisson arrivals (unit-rate gaps seeded by ``seed``, scaled by
     1/rate: the same seed at another rate is the same process, stretched); ``None`` or
-    ``inf`` sends everything at t=0. Request ``i`` gets ``ceil(lengths[i] / chunk)`` hash ids
-    of its own, numbered from ``hash_start``: TimedTrace expands each into ``chunk`` tokens
-    (the last one cut to what is left), so exactly ``lengths[i]`` prompt tokens.
+    ``inf`` sends everything at t=0. ``unit_arrivals`` (offsets at a mean rate of 1 req/s,
+    e.g. a recorded trace's) replace the Poisson process: scaled by 1/rate the same way.
+    Request ``i`` gets ``ceil(lengths[i] / chunk)`` hash ids of its own, numbered from
+    ``hash_start``: TimedTrace expands each into ``chunk`` tokens (the last one cut to what
+    is left), so exactly ``lengths[i]`` prompt tokens.
     """
     if len(lengths) != len(output_lens):
         raise ValueError("one output length per prompt length")
+    if unit_arrivals is not None and len(unit_arrivals) != len(lengths):
+        raise ValueError("one arrival per prompt length")
     rng = random.Random(f"arrivals/{seed}")
     t, next_hash, entries = 0.0, hash_start, []
-    for length, out in zip(lengths, output_lens):
+    for i, (length, out) in enumerate(zip(lengths, output_lens)):
         if length < 1 or out < 1:
             raise ValueError(f"lengths must be >= 1, got input {length}, output {out}")
         if rate is not None and math.isfinite(rate):
-            t += rng.expovariate(1.0)
+            t = unit_arrivals[i] if unit_arrivals is not None else t + rng.expovariate(1.0)
         count = -(-length // chunk)
         entries.append({
             "timestamp": round(t / rate, 6) if rate is not None and math.isfinite(rate) else 0.0,
@@ -158,14 +172,17 @@ def write_trace(path: str | Path, entries: list[dict]) -> Path:
 class TraceBook:
     """Writes traces into ``dir``; hash ids never repeat across traces."""
 
-    def __init__(self, dir: Path, lengths: Sequence[int], output_lens: Sequence[int]):
+    def __init__(self, dir: Path, lengths: Sequence[int], output_lens: Sequence[int],
+                 unit_arrivals: Sequence[float] | None = None):
         self.dir, self.lengths, self.output_lens = dir, list(lengths), list(output_lens)
+        self.unit_arrivals = list(unit_arrivals) if unit_arrivals is not None else None
         self.next_hash = 0
         self.cache: dict[str, tuple[Path, list[dict]]] = {}
 
     def get(self, name: str, rate: float | None, seed: int | str) -> tuple[Path, list[dict]]:
         if name not in self.cache:
-            entries = make_trace(self.lengths, self.output_lens, rate, seed, self.next_hash)
+            entries = make_trace(self.lengths, self.output_lens, rate, seed, self.next_hash,
+                                 unit_arrivals=self.unit_arrivals)
             self.next_hash = entries[-1]["hash_ids"][-1] + 1
             self.cache[name] = (write_trace(self.dir / f"{name}.jsonl", entries), entries)
         return self.cache[name]
@@ -325,7 +342,9 @@ def warmup(url: str, model: str, count: int, lengths: Sequence[int], output_len:
 def serve_args(arm: str, args: argparse.Namespace, gpu_util: float | None,
                stats_path: Path) -> list[str]:
     """``vllm serve`` arguments of one arm (host and port are added per start)."""
-    argv = [args.model, "--no-enable-prefix-caching", *shlex.split(args.serve_args)]
+    caching = {"off": ["--no-enable-prefix-caching"], "on": ["--enable-prefix-caching"],
+               "default": []}[args.prefix_caching]
+    argv = [args.model, *caching, *shlex.split(args.serve_args)]
     if args.model_shape:
         argv += ["--load-format", "dummy", "--tokenizer", args.tokenizer]
     if gpu_util is not None:
@@ -637,6 +656,16 @@ def _per_rank_line(result: dict) -> str:
         "throttled" for rank, r in sorted(ranks.items())) + "."
 
 
+def _workload_words(w: dict) -> str:
+    if w.get("arrival") == "trace":
+        return (f"{w['source']} requests {w['start']}..{w['start'] + w['n'] - 1} ({w['n']} "
+                f"requests, prompts {w['mean_len']:.0f} tokens mean, {w['clipped_prompts']} "
+                f"clipped; outputs {w['mean_output_len']:.0f} mean) at the trace's "
+                f"inter-arrival times, compressed to each load. Data: {w['attribution']}")
+    return (f"{w['name']} mix, {w['n']} requests, padding {w['padding_ratio']:.1f}x, output "
+            f"{w['output_len']} tokens, Poisson arrivals")
+
+
 def render_section(result: dict) -> str:
     """A markdown section: setup line and one row per load factor and arm."""
     w = result["workload"]
@@ -651,9 +680,7 @@ def render_section(result: dict) -> str:
         f"commit {str(result['git_commit'])[:10]}, {result['repetitions']} reps"
         + ("" if result.get("status", "complete") == "complete" else f"; {result['status']}")
         + ")", "",
-        f"`vllm bench serve` timed trace: {w['name']} mix, {w['n']} requests, "
-        f"padding {w['padding_ratio']:.1f}x, output {w['output_len']} tokens, Poisson "
-        f"arrivals. Saturation (stock, all at t=0): "
+        f"`vllm bench serve` timed trace: {_workload_words(w)}. Saturation (stock, all at t=0): "
         f"{sat.get('request_throughput', float('nan')):.2f} req/s. TTFT SLO "
         f"{slo.get('ttft_ms', float('nan')):.0f} ms ({slo.get('source')}). "
         f"Scheduler classes: {classes}.{_per_rank_line(result)}", "",
@@ -711,6 +738,37 @@ def plot(result: dict, path: str | Path) -> Path:
     return common.save_figure(fig, path)
 
 
+def plot_cdf(result: dict, path: str | Path) -> Path:
+    """TTFT CDFs, one panel per load factor, one line per arm (all repetitions pooled)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    loads = sorted({r["load_factor"] for r in result.get("runs", []) if r.get("ok")})
+    fig, axes = plt.subplots(1, max(1, len(loads)), figsize=(3.2 * max(1, len(loads)), 3),
+                             squeeze=False)
+    for ax, lf in zip(axes[0], loads):
+        for arm in ARMS:
+            ttft = sorted(t for r in result["runs"] if r.get("ok") and r["arm"] == arm
+                          and r["load_factor"] == lf for t in r["bench"]["ttfts_s"])
+            if ttft:
+                ax.plot(ttft, [i / len(ttft) for i in range(1, len(ttft) + 1)], label=arm)
+        ax.set_xscale("log")
+        ax.set_title(f"{lf:g}x saturation", fontsize=9)
+        ax.set_xlabel("TTFT (s)", fontsize=8)
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel("share of requests")
+    axes[0][-1].legend(fontsize=7)
+    fig.suptitle(f"Serving TTFT CDF: {result.get('model_shape') or Path(result['model']).name}"
+                 f" ({result['device']})", fontsize=9)
+    if result.get("workload", {}).get("arrival") == "trace":
+        fig.text(0.01, 0.01, "Data: Azure LLM inference trace 2023 (conversation), CC-BY 4.0",
+                 fontsize=6)
+    fig.tight_layout(rect=(0, 0.05, 1, 1))
+    return common.save_figure(fig, path)
+
+
 # -- driver ---------------------------------------------------------------------------------
 
 
@@ -734,15 +792,34 @@ def run(args: argparse.Namespace) -> dict:
 
     t_start = time.monotonic()
     load_factors = [float(x) for x in args.load_factors.split(",")]
-    mix = workloads.make(args.workload, args.n, args.seed, max_len=args.max_len)
-    outs = output_lengths(args.output_len, args.n, args.seed)
     limit = _max_model_len(args.serve_args)
-    if limit is not None and max(a + b for a, b in zip(mix.lengths, outs)) > limit:
-        raise SystemExit(f"longest prompt + output exceeds --max-model-len {limit}: "
-                         "pass --max-len")
+    if args.workload == "trace":
+        mix = load_trace(args.trace, start=args.trace_start, n=args.n, seed=args.seed,
+                         max_model_len=limit, name="trace")
+        outs = list(mix.output_lens)
+        # The window's inter-arrival times at a mean rate of 1 request/s.
+        unit = [a * mix.rate for a in mix.arrivals] if mix.span_s > 0 else None
+        d = mix.describe()
+        print(f"trace {d['source']} requests {d['start']}..{d['start'] + d['n'] - 1}: "
+              f"{d['total_tokens']} prompt tokens ({d['clipped_prompts']} clipped), "
+              f"{d['output_tokens_total']} output tokens, {mix.rate:.2f} req/s at 1x. "
+              f"Data: {ATTRIBUTION}", flush=True)
+        workload = {**d, "arrivals": "the trace window's inter-arrival times, time axis "
+                                     "compressed to load factor x saturation rate",
+                    "output_len": "trace (GeneratedTokens)"}
+    else:
+        mix = workloads.make(args.workload, args.n, args.seed, max_len=args.max_len)
+        outs = output_lengths(args.output_len, args.n, args.seed)
+        unit = None
+        if limit is not None and max(a + b for a, b in zip(mix.lengths, outs)) > limit:
+            raise SystemExit(f"longest prompt + output exceeds --max-model-len {limit}: "
+                             "pass --max-len")
+        workload = {**mix.describe(), "arrival": "poisson", "output_len": args.output_len,
+                    "arrivals": "Poisson at load factor x saturation rate; unit-rate arrivals "
+                                "seeded per repetition, scaled by 1/rate"}
     workdir = Path(args.work_dir or tempfile.mkdtemp(prefix="prepack_serve_ab_"))
     workdir.mkdir(parents=True, exist_ok=True)
-    book = TraceBook(workdir / "traces", mix.lengths, outs)
+    book = TraceBook(workdir / "traces", mix.lengths, outs, unit_arrivals=unit)
     gpu = _cuda_available()
     one_at_a_time = args.one_server_at_a_time or not gpu
     if not gpu and not args.one_server_at_a_time:
@@ -750,7 +827,7 @@ def run(args: argparse.Namespace) -> dict:
     gpu_util = args.gpu_memory_utilization
     if gpu_util is None and gpu and not one_at_a_time:
         gpu_util = 0.4
-    pool = Pool(args, workdir, one_at_a_time, gpu_util, mix.lengths, max(outs))
+    pool = Pool(args, workdir, one_at_a_time, gpu_util, mix.lengths, min(max(outs), 64))
     result: dict = {
         "benchmark": "serving A/B (vllm bench serve, timed_trace)", "status": "running",
         **common.environment(),
@@ -759,10 +836,8 @@ def run(args: argparse.Namespace) -> dict:
         "repetitions": args.reps, "load_factors": load_factors, "baseline": BASELINE,
         "servers": "one at a time" if one_at_a_time else "one per arm, both kept alive",
         "gpu_memory_utilization_per_arm": gpu_util, "warmup_requests": args.warmup,
-        "workload": {**mix.describe(), "arrival": "poisson", "output_len": args.output_len,
-                     "output_tokens_total": sum(outs), "chunk_hash_size": CHUNK,
-                     "arrivals": "Poisson at load factor x saturation rate; unit-rate arrivals "
-                                 "seeded per repetition, scaled by 1/rate",
+        "prefix_caching": args.prefix_caching,
+        "workload": {**workload, "output_tokens_total": sum(outs), "chunk_hash_size": CHUNK,
                      "prompts": "TimedTrace: ceil(input_length/16) hash ids per request, none "
                                 "shared; identical token ids for both arms (PYTHONHASHSEED=0)"},
         "work_dir": str(workdir), "arms": pool.describe(), "saturation": None, "slo": None,
@@ -897,8 +972,15 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--tokenizer", default=None,
                         help="tokenizer path for the server and the client (default: model)")
     parser.add_argument("--workload", default="lognormal",
-                        help=f"prompt-length mix: {', '.join(workloads.MIXES)}")
+                        help=f"prompt-length mix: {', '.join(workloads.MIXES)}; or 'trace': "
+                             "replay an Azure-format trace (--trace)")
     parser.add_argument("--n", type=int, default=400, help="requests per trace")
+    parser.add_argument("--trace", default=None,
+                        help="Azure-format CSV (default: ../shared/data/azure_conv_2023.csv, "
+                             "see benchmarks.trace)")
+    parser.add_argument("--trace-start", type=int, default=0, help="first trace row")
+    parser.add_argument("--prefix-caching", choices=["default", "on", "off"], default=None,
+                        help="default: vLLM's own (on) for --workload trace, off otherwise")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--max-len", type=int, default=None, help="cap prompt lengths")
     parser.add_argument("--output-len", default="32",
@@ -943,10 +1025,14 @@ def main(argv: list[str] | None = None) -> dict:
         args.model = str(config_dir(args.model_shape))
     if args.reps < 1 or args.n < 1:
         parser.error("--reps and --n must be >= 1")
+    if args.prefix_caching is None:
+        args.prefix_caching = "default" if args.workload == "trace" else "off"
     result = run(args)
     plot_path = args.plot or (str(Path(args.out).with_suffix(".png")) if args.out else None)
     if plot_path and result["per_load"]:
         print("wrote", plot(result, plot_path))
+        cdf = Path(plot_path).with_name(Path(plot_path).stem + "_ttft_cdf.png")
+        print("wrote", plot_cdf(result, cdf))
     if args.out:
         print("wrote", args.out)
     print(render_section(result))

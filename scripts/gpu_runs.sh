@@ -14,8 +14,19 @@
 #   bash scripts/gpu_runs.sh dp       # 2 GPUs: serving A/B of the 1B shape at DP=2
 #   bash scripts/gpu_runs.sh moe      # 2 GPUs: serving A/B of a MoE (OLMoE-1B-7B shape) at DP=2
 #                                     # with --prefill-schedule-interval 4 (vLLM's throttling)
+#   bash scripts/gpu_runs.sh trace-llm    # 1 GPU: Azure conversation trace replay, Llama-3.1-8B,
+#                                         # LLMEngine (SchedulerConfig defaults), ~8 min
+#   bash scripts/gpu_runs.sh trace-serve  # 1 GPU: the same trace through vllm serve, ~8-9 min
+#
+# Trace phases read the Azure conversation trace (CC-BY 4.0, Patel et al., Splitwise, ISCA
+# 2024; see ../shared/data/README.md) from $TRACE, else ../shared/data/azure_conv_2023.csv,
+# else .data/azure_conv_2023.csv (copy it there and carry .data to a lent GPU machine: the
+# shared folder beside the checkout does not travel). Their sizes can be set from the
+# environment: N (requests), START (first row), REPS, BUDGET (max_num_batched_tokens),
+# COMPRESSION (trace-llm; or LOADS, multiples of stock's saturation rate), LOADS (trace-serve),
+# ARMS (trace-llm), PREPACK_ARGS (trace-serve: more --prepack-* options).
 set -uo pipefail
-phase=${1:?usage: gpu_runs.sh paper|nochunk|aging|serve|equiv|pp|tp|dp|moe [tag]}
+phase=${1:?usage: gpu_runs.sh paper|nochunk|aging|serve|equiv|pp|tp|dp|moe|trace-llm|trace-serve [tag]}
 tag=${2:-$(python3 -c "import torch; n=torch.cuda.get_device_name(0).split()[1].lower(); \
 c=torch.cuda.device_count(); print(n if c == 1 else f'{n}x{c}')")}
 out=${OUT:-benchmarks/results}
@@ -108,8 +119,41 @@ print('pynccl: NCCL', L().ncclGetVersion())" || {
     --serve-args "--enforce-eager --max-model-len 4096 --data-parallel-size 2 \
 --prefill-schedule-interval 4" --out "$out/serve_moe_dp2_$tag.json"
   ;;
+trace-llm)
+  # Llama-3.1-8B shape, eager, LLMEngine.from_engine_args: SchedulerConfig's 128 sequences;
+  # prefix caching at vLLM's default (on), fresh prompts each repetition. One engine per arm
+  # (both alive, 0.4 of the GPU each), 3 repetitions of one load, arms alternating.
+  budget=${BUDGET:-2048}
+  if [ -n "${LOADS:-}" ]; then load=(--load-factors "$LOADS"); load_tag=${LOADS//,/_}sat
+  else load=(--compression "${COMPRESSION:-4}"); load_tag=${COMPRESSION:-4}x; fi
+  name="trace_llm_8b_b${budget}_${load_tag}_$tag"
+  run "$name" 570 $py -m benchmarks.ab --model-shape llama-3.1-8b --entry-point llmengine \
+    --workload trace ${TRACE:+--trace "$TRACE"} --trace-start "${START:-0}" --n "${N:-500}" \
+    "${load[@]}" --reps "${REPS:-3}" --arms "${ARMS:-stock,prepack-default}" \
+    --max-num-batched-tokens "$budget" --run-timeout 240 \
+    --engine-args "{$eager, \"gpu_memory_utilization\": 0.4}" --out "$out/$name.json"
+  grep -E "^\[|saturation|^trace" "$out/$name.log" | head -n 40
+  ;;
+trace-serve)
+  # vllm serve with and without --scheduler prepack (both alive, 0.4 of the GPU each),
+  # vLLM's default max_num_seqs (1024 on an H200), budget BUDGET, loads LOADS x stock's
+  # saturation rate on the window (measured first), exact input/output lengths, fixed TTFT
+  # SLO for goodput (no calibration run). Pairs that would end past the time budget are
+  # skipped (status "partial"); run the rest with LOADS=... in another call.
+  budget=${BUDGET:-2048}
+  loads=${LOADS:-1.0,1.5}
+  name="trace_serve_8b_b${budget}_${loads//,/_}_$tag"
+  run "$name" 580 $py -m benchmarks.serve_ab --model-shape llama-3.1-8b \
+    --tokenizer .models/tiny-llama --workload trace ${TRACE:+--trace "$TRACE"} \
+    --trace-start "${START:-0}" --n "${N:-300}" --load-factors "$loads" --reps "${REPS:-3}" \
+    --ttft-slo-ms "${SLO_MS:-2000}" --time-budget-s 540 --max-duration-s 200 \
+    --serve-args "--enforce-eager --max-model-len 8192 --max-num-batched-tokens $budget" \
+    ${PREPACK_ARGS:+--prepack-args "$PREPACK_ARGS"} --out "$out/$name.json"
+  grep -E "server ready|saturation|FAILED|partial" "$out/$name.log" | head -n 20
+  ;;
 *)
-  echo "unknown phase $phase; accepted: paper, nochunk, aging, serve, equiv, pp, tp, dp, moe" >&2
+  echo "unknown phase $phase; accepted: paper, nochunk, aging, serve, equiv, pp, tp, dp, moe," \
+    "trace-llm, trace-serve" >&2
   exit 2
   ;;
 esac

@@ -121,3 +121,125 @@ def test_ab_refuses_reordering_arms_with_timed_arrivals():
     assert proc.returncode != 0
     assert "['stock-sorted'] reorder the prompts" in proc.stderr
     assert "prepack-packed" in proc.stderr
+
+
+TRACE_CSV = """TIMESTAMP,ContextTokens,GeneratedTokens
+2023-11-16 18:15:46.0000000,374,4
+2023-11-16 18:15:46.5000000,96,9
+2023-11-16 18:15:47.0000000,1879,5
+2023-11-16 18:15:48.0000000,91,0
+2023-11-16 18:15:48.5000000,500,12
+2023-11-16 18:15:50.0000000,40,3
+"""
+
+
+def _trace_file(tmp_path):
+    path = tmp_path / "trace.csv"
+    path.write_text(TRACE_CSV)
+    return path
+
+
+def test_trace_loader_windows_compresses_and_clips(tmp_path):
+    from benchmarks import trace
+
+    path = _trace_file(tmp_path)
+    full = trace.load(path)
+    assert full.arrivals == (0.0, 0.5, 1.0, 2.0, 2.5, 4.0) and full.raw_span_s == 4.0
+    assert full.lengths == (374, 96, 1879, 91, 500, 40)
+    assert full.output_lens == (4, 9, 5, 1, 12, 3)  # at least one output token
+    assert full.clipped == 0 and full.rate == pytest.approx(5 / 4.0)
+    # Window: rows 1..3, arrivals relative to the window's first request.
+    w = trace.load(path, start=1, n=3)
+    assert w.arrivals == (0.0, 0.5, 1.5) and w.lengths == (96, 1879, 91)
+    assert w.describe()["start"] == 1 and w.describe()["n"] == 3
+    # Compression divides the arrival offsets; a rate picks the compression.
+    c = trace.load(path, start=1, n=3, compression=4)
+    assert c.arrivals == pytest.approx((0.0, 0.125, 0.375)) and c.span_s == pytest.approx(0.375)
+    r = trace.load(path, start=1, n=3, rate=8.0)
+    assert r.rate == pytest.approx(8.0) and r.compression == pytest.approx(6.0)
+    assert r.compressed(2.0).arrivals == pytest.approx((0.0, 0.25, 0.75))
+    assert set(full.compressed(float("inf")).arrivals) == {0.0}
+    # Clipping: a prompt longer than max_model_len - output is cut, and counted.
+    clip = trace.load(path, max_model_len=1024)
+    assert clip.lengths[2] == 1024 - 5 and clip.clipped == 1
+    assert clip.describe()["clipped_prompts"] == 1
+    assert all(p + o <= 1024 for p, o in zip(clip.lengths, clip.output_lens))
+    # Fresh prompts per repetition, the same for a given repetition; exact lengths.
+    assert [len(p) for p in clip.prompts(500, rep=0)] == list(clip.lengths)
+    assert clip.prompts(500, rep=0) == clip.prompts(500, rep=0)
+    assert clip.prompts(500, rep=0)[0] != clip.prompts(500, rep=1)[0]
+    d = clip.describe()
+    assert d["arrival"] == "trace" and "CC-BY 4.0" in d["attribution"]
+    assert d["output_tokens_total"] == sum(clip.output_lens)
+    with pytest.raises(ValueError, match="asked 10"):
+        trace.load(path, start=2, n=10)
+    with pytest.raises(ValueError, match="not both"):
+        trace.load(path, compression=2, rate=3)
+
+
+def test_azure_conversation_trace_loads_when_present():
+    from benchmarks import trace
+
+    try:
+        path = trace.default_path()
+    except FileNotFoundError:
+        pytest.skip("no azure_conv_2023.csv here")
+    w = trace.load(path, start=0, n=500, compression=4, max_model_len=8192)
+    assert len(w.lengths) == 500 and w.arrivals[0] == 0.0 and w.clipped == 0
+    assert w.rate == pytest.approx(4 * trace.load(path, n=500).rate)
+
+
+@pytest.mark.engine
+def test_ab_trace_replay_llmengine_saturation_and_step_timing(tiny_model, tmp_path, engine_lock):
+    """Offline trace replay through LLMEngine: a saturation run on stock, one load at 1x of
+    it, per-request output lengths from the trace, prefix caching at vLLM's default, and a
+    step-timing file with a row per engine step."""
+    import subprocess
+
+    out = tmp_path / "trace.json"
+    cmd = [sys.executable, "-m", "benchmarks.ab", "--model", tiny_model, "--workload", "trace",
+           "--trace", str(_trace_file(tmp_path)), "--n", "6", "--load-factors", "1.0",
+           "--reps", "1", "--entry-point", "llmengine", "--arms", "stock,prepack",
+           "--isolate", "--max-num-batched-tokens", "1024", "--engine-args", ENGINE,
+           "--out", str(out)]
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=900,
+                          env=subprocess_env())
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    d = json.loads(out.read_text())
+    assert d["benchmark"] == "offline A/B, trace replay" and d["entry_point"] == "llmengine"
+    assert d["prefix_caching"] == "default" and d["arrivals"] == "trace"
+    t = d["trace"]
+    assert t["n"] == 6 and t["clipped_prompts"] == 1 and t["max_model_len"] == 1024
+    assert "CC-BY 4.0" in t["attribution"]
+    sat = d["saturation"]
+    assert sat["arm"] == "stock" and sat["requests_per_s"] > 0
+    for arm in ("stock", "prepack"):
+        resolved = d["arms"][arm]["resolved"]
+        assert resolved["enable_prefix_caching"] is True  # vLLM's default
+        assert resolved["max_num_seqs"] == 128  # LLMEngine: SchedulerConfig's default
+        assert "enable_prefix_caching" not in d["arms"][arm]["engine_kwargs"]
+    (name,) = d["workloads"]
+    w = d["workloads"][name]
+    assert w["load"]["load_factor"] == 1.0
+    assert w["load"]["rate_req_per_s"] == pytest.approx(sat["requests_per_s"])
+    for arm in ("stock", "prepack"):
+        (run,) = w["runs"][arm]
+        assert run["output_lengths_as_trace"] and run["output_tokens"] == t["output_tokens_total"]
+        assert len(run["ttft_s"]) == 6 and run["prefix_cache_hit_tokens"] == 0
+        for key in ("ttft_mean_s", "ttft_p50_s", "ttft_p99_s", "output_tokens_per_s",
+                    "requests_per_s", "wall_s"):
+            assert run[key] > 0, (arm, key)
+        assert run["step_timing"]["steps"] >= 1 and run["step_timing"]["sched_ms_mean"] > 0
+    ratios = w["ratios_vs_stock"]["prepack"]
+    for metric in ("ttft_mean_s", "ttft_p99_s", "output_tokens_per_s", "wall_s"):
+        assert ratios[metric]["n"] == 1
+    steps = json.loads((tmp_path / "trace_steps.json").read_text())
+    assert d["step_timing_file"] == "trace_steps.json"
+    rows = steps["steps"][name]["stock"][0]
+    n = len(rows["t"])
+    assert n >= 2 and all(len(rows[c]) == n for c in steps["columns"])
+    assert sum(rows["prefill"]) == t["total_tokens"]  # every prompt token, once
+    assert all(x >= 0 for x in rows["t_out"]) and all(x > 0 for x in rows["sched_cpu_s"])
+    assert "trace_saturation" in steps["steps"]
+    assert (tmp_path / "trace_ttft_load.png").stat().st_size > 0
+    assert (tmp_path / "trace_ttft_cdf.png").stat().st_size > 0

@@ -202,3 +202,69 @@ def test_per_rank_line_sums_each_data_parallel_rank_over_runs():
     line = _per_rank_line({"runs": [run(3, 5, 6), run(4, 4, 7)]})
     assert "dp0 admitted 7, 20 steps, 13 throttled" in line
     assert "dp1 admitted 9, 18 steps, 13 throttled" in line
+
+
+TRACE_CSV = """TIMESTAMP,ContextTokens,GeneratedTokens
+2023-11-16 18:15:46.0000000,374,4
+2023-11-16 18:15:46.5000000,96,9
+2023-11-16 18:15:47.0000000,1879,5
+2023-11-16 18:15:48.0000000,91,0
+2023-11-16 18:15:48.5000000,500,12
+2023-11-16 18:15:50.0000000,40,3
+"""
+
+
+def test_trace_arrivals_keep_their_pattern_at_every_rate(tmp_path):
+    from benchmarks.trace import load
+
+    path = tmp_path / "trace.csv"
+    path.write_text(TRACE_CSV)
+    w = load(path)
+    unit = [a * w.rate for a in w.arrivals]
+    entries = serve_ab.make_trace(w.lengths, w.output_lens, rate=2.5, seed=0,
+                                  unit_arrivals=unit)
+    stamps = [e["timestamp"] for e in entries]
+    # Mean rate 2.5 req/s: the trace compressed by 2.5 / (5 / 4 s).
+    assert stamps == pytest.approx([a / 2.0 for a in w.arrivals], abs=1e-5)
+    assert [e["input_length"] for e in entries] == list(w.lengths)
+    assert [e["output_length"] for e in entries] == [4, 9, 5, 1, 12, 3]
+    assert {e["timestamp"] for e in serve_ab.make_trace(
+        w.lengths, w.output_lens, rate=None, seed=0, unit_arrivals=unit)} == {0.0}
+    with pytest.raises(ValueError, match="one arrival per prompt"):
+        serve_ab.make_trace([1, 2], [1, 1], rate=1.0, seed=0, unit_arrivals=[0.0])
+
+
+@pytest.mark.engine
+def test_serve_ab_trace_replay_completes(tiny_model, tmp_path, engine_lock):
+    """A trace window through vllm serve: exact lengths (one prompt clipped to
+    --max-model-len), prefix caching at vLLM's default, a saturation run and one load."""
+    path = tmp_path / "trace.csv"
+    path.write_text(TRACE_CSV)
+    out = tmp_path / "serve_trace.json"
+    cmd = [sys.executable, "-m", "benchmarks.serve_ab", "--model", tiny_model,
+           "--workload", "trace", "--trace", str(path), "--n", "6", "--load-factors", "1.0",
+           "--reps", "1", "--one-server-at-a-time", "--ttft-slo-ms", "5000",
+           "--serve-args", SERVE_ARGS + " --max-num-batched-tokens 1024",
+           "--work-dir", str(tmp_path / "work"), "--out", str(out)]
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600,
+                          env=subprocess_env())
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    d = json.loads(out.read_text())
+    assert d["status"] == "complete" and d["all_runs_complete"]
+    assert d["prefix_caching"] == "default"
+    w = d["workload"]
+    assert w["arrival"] == "trace" and w["n"] == 6 and w["clipped_prompts"] == 1
+    assert "CC-BY 4.0" in w["attribution"] and w["output_tokens_total"] == 34
+    for arm in ("stock", "prepack"):
+        args = d["arms"][arm]["serve_args"]
+        assert "--no-enable-prefix-caching" not in args and "1024" in args
+    assert d["saturation"]["request_throughput"] > 0
+    assert d["slo"]["source"] == "fixed (--ttft-slo-ms)"
+    runs = {r["arm"]: r for r in d["runs"]}
+    assert set(runs) == {"stock", "prepack"}
+    for r in runs.values():
+        assert r["ok"] and r["bench"]["completed"] == 6 and len(r["bench"]["ttfts_s"]) == 6
+        assert r["bench"]["total_output_tokens"] == 34
+    assert "CC-BY 4.0" in serve_ab.render_section(d)
+    assert (tmp_path / "serve_trace.png").stat().st_size > 0
+    assert (tmp_path / "serve_trace_ttft_cdf.png").stat().st_size > 0

@@ -1,0 +1,179 @@
+"""Per-step timing of an in-process engine core, for calibrating a step-time model.
+
+:func:`attach` wraps, on the instances (the classes stay untouched, so it works for vLLM's
+scheduler and ours alike), the scheduler's ``schedule`` and ``update_from_output`` and the
+executor's ``execute_model`` and ``sample_tokens``. One row per ``schedule()`` call:
+
+    t            schedule() start, seconds since :meth:`StepTimer.reset`
+    sched_s      schedule() wall time (for prepack: planning, presentation and vLLM's pass)
+    sched_cpu_s  schedule() CPU time of the calling thread (``time.thread_time``)
+    prefill      prompt tokens scheduled (requests still in their prompt)
+    prefill_reqs requests that received prompt tokens
+    decode_reqs  scheduled requests past their prompt
+    tokens       all tokens scheduled
+    ctx          context of the scheduled requests: sum of their computed tokens after
+                 this step (what attention reads)
+    waiting      requests waiting after the step was scheduled (``waiting_before``: before)
+    running      requests running after the step was scheduled
+    exec_s       wall time inside the executor's execute_model + sample_tokens calls for
+                 this step (host side: input preparation and kernel launches, plus the wait
+                 where the call blocks)
+    t_out        when update_from_output was called with this step's model output (the
+                 output is ready), seconds since reset; -1 if it never came
+    update_s     update_from_output wall time
+
+With synchronous scheduling a step is ``t .. t_out + update_s``; with asynchronous scheduling
+(two batches in flight) steps overlap, and the step period is the gap between consecutive
+``t_out``. The feature bookkeeping runs outside the timed calls. Columns are lists (compact
+JSON); :func:`summarize` gives the few numbers a run's record carries.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+COLUMNS = ("t", "sched_s", "sched_cpu_s", "prefill", "prefill_reqs", "decode_reqs", "tokens",
+           "ctx", "waiting_before", "waiting", "running", "exec_s", "t_out", "update_s")
+_FLOAT = {"t", "sched_s", "sched_cpu_s", "exec_s", "t_out", "update_s"}
+
+
+class StepTimer:
+    def __init__(self, scheduler: Any, executor: Any | None = None) -> None:
+        self.scheduler, self.executor = scheduler, executor
+        self.rows: list[list[float]] = []
+        self._by_output: dict[int, list[float]] = {}
+        self._current: list[float] | None = None
+        self.t0 = time.perf_counter()
+        self.enabled = True
+
+    def reset(self) -> None:
+        self.rows.clear()
+        self._by_output.clear()
+        self._current = None
+        self.t0 = time.perf_counter()
+
+    def _features(self, output: Any) -> tuple[int, int, int, int, int]:
+        requests = self.scheduler.requests
+        prefill = prefill_reqs = decode = ctx = 0
+        for req_id, tokens in output.num_scheduled_tokens.items():
+            r = requests.get(req_id)
+            if r is None:
+                continue
+            # vLLM has advanced num_computed_tokens by this step's tokens already.
+            before = r.num_computed_tokens - tokens
+            ctx += r.num_computed_tokens
+            if before < r.num_prompt_tokens:
+                prefill += min(tokens, r.num_prompt_tokens - before)
+                prefill_reqs += 1
+            else:
+                decode += 1
+        return prefill, prefill_reqs, decode, ctx, output.total_num_scheduled_tokens
+
+    def schedule(self, inner: Any, *args: Any, **kwargs: Any) -> Any:
+        waiting_before = len(self.scheduler.waiting)
+        t, c = time.perf_counter(), time.thread_time()
+        output = inner(*args, **kwargs)
+        c1, t1 = time.thread_time(), time.perf_counter()
+        if not self.enabled:
+            return output
+        prefill, prefill_reqs, decode, ctx, tokens = self._features(output)
+        row = [t - self.t0, t1 - t, c1 - c, prefill, prefill_reqs, decode, tokens, ctx,
+               waiting_before, len(self.scheduler.waiting), len(self.scheduler.running),
+               0.0, -1.0, 0.0]
+        self.rows.append(row)
+        self._by_output[id(output)] = row
+        self._current = row
+        return output
+
+    def executor_call(self, inner: Any, *args: Any, **kwargs: Any) -> Any:
+        t = time.perf_counter()
+        try:
+            return inner(*args, **kwargs)
+        finally:
+            if self._current is not None:
+                self._current[11] += time.perf_counter() - t
+
+    def update(self, inner: Any, scheduler_output: Any, *args: Any, **kwargs: Any) -> Any:
+        t = time.perf_counter()
+        out = inner(scheduler_output, *args, **kwargs)
+        row = self._by_output.pop(id(scheduler_output), None)
+        if row is not None:
+            row[12], row[13] = t - self.t0, time.perf_counter() - t
+        return out
+
+    def columns(self) -> dict[str, list]:
+        """Rows as columns; times rounded to the microsecond."""
+        cols: dict[str, list] = {}
+        for i, name in enumerate(COLUMNS):
+            if name in _FLOAT:
+                cols[name] = [round(row[i], 6) for row in self.rows]
+            else:
+                cols[name] = [int(row[i]) for row in self.rows]
+        return cols
+
+
+def _wrap(obj: Any, name: str, hook: Any) -> None:
+    inner = getattr(obj, name)
+
+    def wrapped(*args: Any, **kwargs: Any) -> Any:
+        return hook(inner, *args, **kwargs)
+
+    setattr(obj, name, wrapped)
+
+
+def attach(engine_core: Any) -> StepTimer:
+    """Time every step of an in-process ``EngineCore`` (``VLLM_ENABLE_V1_MULTIPROCESSING=0``).
+    Attach after any other instance-level wrapper of ``schedule`` (the packing observer), so
+    that the scheduler's time includes it, as it does in a prepack scheduler's own
+    ``schedule``."""
+    scheduler, executor = engine_core.scheduler, engine_core.model_executor
+    timer = StepTimer(scheduler, executor)
+    _wrap(scheduler, "schedule", timer.schedule)
+    _wrap(scheduler, "update_from_output", timer.update)
+    for name in ("execute_model", "sample_tokens"):
+        _wrap(executor, name, timer.executor_call)
+    return timer
+
+
+def _mean(xs: list[float]) -> float | None:
+    return sum(xs) / len(xs) if xs else None
+
+
+def summarize(cols: dict[str, list]) -> dict:
+    """A run's step statistics: counts, mean scheduler wall/CPU time, mean step period
+    (gap between consecutive model outputs), and the decode-only step period by how many
+    requests were waiting (the scheduler's cost growing with its queue shows here)."""
+    n = len(cols.get("t", []))
+    if not n:
+        return {"steps": 0}
+    outs = sorted(t for t in cols["t_out"] if t >= 0)
+    gaps = [b - a for a, b in zip(outs, outs[1:])]
+    # Decode-only steps: period = this output's time minus the previous output's.
+    prev: dict[int, float] = {}
+    order = sorted(range(n), key=lambda i: cols["t_out"][i])
+    last = None
+    for i in order:
+        if cols["t_out"][i] < 0:
+            continue
+        if last is not None:
+            prev[i] = cols["t_out"][i] - last
+        last = cols["t_out"][i]
+    buckets = ((0, 50), (50, 150), (150, 300), (300, 10 ** 9))
+    decode_gap = {}
+    for lo, hi in buckets:
+        xs = [prev[i] for i in prev if cols["prefill"][i] == 0
+              and lo <= cols["waiting_before"][i] < hi]
+        label = f"{lo}-{hi}" if hi < 10 ** 9 else f">={lo}"
+        decode_gap[label] = {"steps": len(xs), "mean_ms": round(1000 * _mean(xs), 3)
+                             if xs else None}
+    return {
+        "steps": n,
+        "prefill_steps": sum(1 for x in cols["prefill"] if x),
+        "sched_ms_mean": round(1000 * _mean(cols["sched_s"]), 4),
+        "sched_cpu_ms_mean": round(1000 * _mean(cols["sched_cpu_s"]), 4),
+        "sched_ms_total": round(1000 * sum(cols["sched_s"]), 1),
+        "exec_ms_mean": round(1000 * _mean(cols["exec_s"]), 4),
+        "step_period_ms_mean": round(1000 * _mean(gaps), 4) if gaps else None,
+        "decode_only_step_period_by_waiting": decode_gap,
+    }
