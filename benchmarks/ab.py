@@ -51,9 +51,9 @@ ARMS = {
     "prepack": ("prepack", "off", "arrival", {}),
     "prepack-packed": ("prepack", "on", "arrival", {}),
     "prepack-default": ("prepack", "auto", "arrival", {}),  # every option at its default
-    "prepack-fill": ("prepack", "on", "arrival", {"split": "fill"}),
-    "prepack-fcfs": ("prepack", "on", "arrival", {"policy": "fcfs"}),
-    "prepack-wait1": ("prepack", "on", "arrival", {"max_wait_s": 1.0}),
+    "prepack-fcfs": ("prepack", "auto", "arrival", {"policy": "fcfs"}),
+    "prepack-sjf": ("prepack", "auto", "arrival", {"policy": "sjf"}),
+    "prepack-hrrn": ("prepack", "auto", "arrival", {"policy": "hrrn"}),
 }
 
 

@@ -1,18 +1,14 @@
 """Scheduler simulation: vLLM's real scheduler and KV cache manager, no model.
 
 ``schedule()`` -> a synthetic ``ModelRunnerOutput`` (one sampled token per request whose
-prompt is complete) -> ``update_from_output()``; counts come from ``SchedulerOutput``. The
-tests drive it; as a command it compares stock with the prepack policies and split modes on
-the workload mixes, in engine steps (not seconds: the numbers are the same on any machine):
-
-    python -m benchmarks.sched_sim --out benchmarks/results/sched_sim.json
+prompt is complete) -> ``update_from_output()``; counts come from ``SchedulerOutput``, in
+engine steps. The tests drive it; :mod:`benchmarks.trace_sim` puts it on a virtual clock.
 """
 
 from __future__ import annotations
 
 import itertools
 import random
-import time
 from dataclasses import dataclass, field
 
 import torch
@@ -139,97 +135,3 @@ def bimodal_prompts(seed: int, n: int = 96, *, short=(8, 96), long=(300, 1000),
         lo, hi = long if rng.random() < long_share else short
         prompts.append([rng.randrange(3, 500) for _ in range(rng.randint(lo, hi))])
     return prompts
-
-
-def compare(model: str, mixes: list[str], n: int, seeds: list[int], budget: int,
-            max_len: int) -> dict:
-    """Stock vs every prepack policy/split, chunked prefill on and off, per mix and seed."""
-    from benchmarks import workloads
-    from vllm_prepack.adapters.scheduler import PrepackSyncScheduler
-
-    arms = {"stock": (Scheduler, {})}
-    for policy in ("ttft", "fcfs"):
-        for split in ("whole", "fill"):
-            arms[f"prepack-{policy}-{split}"] = (PrepackSyncScheduler,
-                                                 {"policy": policy, "split": split})
-    rows = []
-    for chunked in (True, False):
-        for mix in mixes:
-            for seed in seeds:
-                w = workloads.make(mix, n, seed, max_len=max_len - 16)
-                prompts = w.prompts(500)
-                for arm, (cls, options) in arms.items():
-                    scheduler = make_scheduler(
-                        cls, model, budget=budget, max_num_seqs=256, num_blocks=1 << 15,
-                        chunked=chunked, max_model_len=max_len,
-                        additional_config={"prepack": options})
-                    now = time.time()
-                    d = drain(scheduler, [make_request(p, arrival=now + i * 1e-6,
-                                                       req_id=f"q{i}")
-                                          for i, p in enumerate(prompts)])
-                    rows.append({"chunked_prefill": chunked, "mix": mix, "seed": seed,
-                                 "arm": arm, "steps": d.steps,
-                                 "mean_first_token_step": d.mean_first_token_step,
-                                 "split_prompts": len(d.split_prompts),
-                                 "finished": len(d.finished)})
-    return {"rows": rows, "arms": list(arms)}
-
-
-def summarize(rows: list[dict], arms: list[str]) -> dict:
-    out: dict = {}
-    for chunked in (True, False):
-        for arm in arms[1:]:
-            key = f"{arm}, chunked {'on' if chunked else 'off'}"
-            pairs = []
-            for r in rows:
-                if r["arm"] == arm and r["chunked_prefill"] == chunked:
-                    base = next(b for b in rows if b["arm"] == "stock"
-                                and b["chunked_prefill"] == chunked and b["mix"] == r["mix"]
-                                and b["seed"] == r["seed"])
-                    pairs.append((r, base))
-            out[key] = {
-                "steps_ratio": sum(r["steps"] / b["steps"] for r, b in pairs) / len(pairs),
-                "first_token_step_ratio": sum(r["mean_first_token_step"]
-                                              / b["mean_first_token_step"]
-                                              for r, b in pairs) / len(pairs),
-                "split_prompts": sum(r["split_prompts"] for r, _ in pairs),
-                "stock_split_prompts": sum(b["split_prompts"] for _, b in pairs),
-                "runs": len(pairs),
-            }
-    return out
-
-
-if __name__ == "__main__":
-    import argparse
-    import sys
-    from pathlib import Path
-
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-    from benchmarks import common
-
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default=".models/tiny-llama",
-                        help="any local config: only its shape is read")
-    parser.add_argument("--mixes", default="lognormal,mmlu,wikitext512,alpaca,hh_rlhf")
-    parser.add_argument("--n", type=int, default=256)
-    parser.add_argument("--seeds", default="0,1,2")
-    parser.add_argument("--budget", type=int, default=2048)
-    parser.add_argument("--max-len", type=int, default=2048)
-    parser.add_argument("--out", default=None)
-    args = parser.parse_args()
-    result = compare(args.model, args.mixes.split(","), args.n,
-                     [int(s) for s in args.seeds.split(",")], args.budget, args.max_len)
-    summary = summarize(result["rows"], result["arms"])
-    for key, v in summary.items():
-        print(f"{key:>36}: steps x{v['steps_ratio']:.3f}  first-token step "
-              f"x{v['first_token_step_ratio']:.3f}  split prompts {v['split_prompts']} "
-              f"(stock {v['stock_split_prompts']})")
-    if args.out:
-        common.write_json(args.out, {
-            "benchmark": "scheduler simulation (steps, no model)", **common.environment(),
-            "device": "CPU (scheduler only; counts, not seconds)",
-            "budget": args.budget, "max_model_len": args.max_len, "n": args.n,
-            "mixes": args.mixes.split(","), "seeds": args.seeds, "summary": summary,
-            **result})
-        print("wrote", args.out)

@@ -7,7 +7,6 @@
 #   bash scripts/gpu_runs.sh paper    # 1 GPU: paper reproduction, Poisson offline A/B
 #   bash scripts/gpu_runs.sh nochunk  # 1 GPU: Llama-3.1-8B offline A/B, chunking off
 #   bash scripts/gpu_runs.sh serve    # 1 GPU: serving A/B (vllm bench serve)
-#   bash scripts/gpu_runs.sh aging    # 1 GPU: overload, aging bound 5 s (default) vs 1 s
 #   bash scripts/gpu_runs.sh equiv    # 2 GPUs: TP=2 greedy equivalence (Llama-3.1-8B)
 #   bash scripts/gpu_runs.sh pp       # 2 GPUs: PP=2 greedy equivalence (Llama-3.2-1B)
 #   bash scripts/gpu_runs.sh tp       # 2 GPUs: Llama-3.1-8B offline A/B at TP=2
@@ -26,7 +25,7 @@
 # COMPRESSION (trace-llm; or LOADS, multiples of stock's saturation rate), LOADS (trace-serve),
 # ARMS (trace-llm), PREPACK_ARGS (trace-serve: more --prepack-* options).
 set -uo pipefail
-phase=${1:?usage: gpu_runs.sh paper|nochunk|aging|serve|equiv|pp|tp|dp|moe|trace-llm|trace-serve [tag]}
+phase=${1:?usage: gpu_runs.sh paper|nochunk|serve|equiv|pp|tp|dp|moe|trace-llm|trace-serve [tag]}
 tag=${2:-$(python3 -c "import torch; n=torch.cuda.get_device_name(0).split()[1].lower(); \
 c=torch.cuda.device_count(); print(n if c == 1 else f'{n}x{c}')")}
 out=${OUT:-benchmarks/results}
@@ -61,12 +60,6 @@ nochunk)
     --workload lognormal,mmlu,sharegpt --n 512 --max-len 8000 --reps 3 \
     --arms stock,prepack,prepack-packed --chunked off --max-num-batched-tokens 8192 \
     --engine-args "{$eager, \"gpu_memory_utilization\": 0.3}" --out "$out/ab_8b_nochunk_$tag.json"
-  ;;
-aging)
-  run "ab_1b_aging_$tag" 330 $py -m benchmarks.ab --model-shape llama-3.2-1b \
-    --workload sharegpt --n 1024 --max-len 8000 --rate 400 --reps 3 \
-    --arms stock,prepack-packed,prepack-wait1 \
-    --engine-args "{$eager, \"gpu_memory_utilization\": 0.25}" --out "$out/ab_1b_aging_$tag.json"
   ;;
 serve)
   run "serve_1b_$tag" 420 $py -m benchmarks.serve_ab --model-shape llama-3.2-1b \
@@ -152,7 +145,7 @@ trace-serve)
   grep -E "server ready|saturation|FAILED|partial" "$out/$name.log" | head -n 20
   ;;
 *)
-  echo "unknown phase $phase; accepted: paper, nochunk, aging, serve, equiv, pp, tp, dp, moe," \
+  echo "unknown phase $phase; accepted: paper, nochunk, serve, equiv, pp, tp, dp, moe," \
     "trace-llm, trace-serve" >&2
   exit 2
   ;;

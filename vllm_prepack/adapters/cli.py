@@ -33,7 +33,7 @@ _OPTIONS: dict[str, dict[str, Any]] = {
                    "next). Every policy fills the step. Default: stretch."),
     "stretch": dict(type=float, metavar="X", help="For --prepack-policy stretch: a request may "
                     "be overtaken until the engine has computed X times its uncached prompt "
-                    "tokens since it arrived (0: arrival order). Default: 8."),
+                    "tokens since it arrived (0: arrival order). Default: 4."),
     "lookahead": dict(type=int, metavar="N", help="Waiting requests the planner looks at "
                       "each step, in queue order. Default: 128."),
     "packed_attention": dict(choices=PACKED_ATTENTION, help="Packed-prefill attention path "
