@@ -403,6 +403,7 @@ def parent(args: argparse.Namespace, argv: list[str]) -> dict:
         t0 = time.monotonic()
         try:
             row = arm.wait(f"{cmd['workload']}-rep{cmd['rep']}", args.run_timeout)
+            elapsed = time.monotonic() - t0
         finally:
             if args.isolate:
                 arm.stop()
@@ -411,7 +412,7 @@ def parent(args: argparse.Namespace, argv: list[str]) -> dict:
             state["steps"].setdefault(cmd["workload"], {}).setdefault(name, []).append(
                 {"rep": cmd["rep"], **steps})
         print(f"[{time.strftime('%H:%M:%S')}] {cmd['workload']} rep {cmd['rep']} {name}: "
-              f"wall {row['wall_s']:.1f}s (run {time.monotonic() - t0:.1f}s), TTFT mean "
+              f"wall {row['wall_s']:.1f}s (run {elapsed:.1f}s), TTFT mean "
               f"{row['ttft_mean_s'] or 0:.3f}s p99 {row['ttft_p99_s'] or 0:.3f}s, "
               f"{row['output_tokens_per_s']:.0f} out tok/s, {row['engine_steps']} steps",
               flush=True)
@@ -422,15 +423,22 @@ def parent(args: argparse.Namespace, argv: list[str]) -> dict:
             started = {name: start(name, "shared") for name in arms}
         if base is not None and args.load_factors:
             baseline = "stock" if "stock" in arms else arms[0]
-            sat = run_one(baseline, "saturation", {"rep": 0, "workload": "trace_saturation",
-                                                    "compression": None})
-            state["saturation"] = {
-                "definition": f"{baseline} arm, after warm-up: the trace window with every "
-                              "request at t=0; saturation rate = requests / wall time",
-                "arm": baseline, "requests_per_s": sat["requests_per_s"],
-                "output_tokens_per_s": sat["output_tokens_per_s"], "run": sat}
-            print(f"saturation ({baseline}): {sat['requests_per_s']:.2f} req/s", flush=True)
-            for w, load in trace_loads(args, base, sat["requests_per_s"]):
+            definition = (f"{baseline} arm, after warm-up: the trace window with every "
+                          "request at t=0; saturation rate = requests / wall time")
+            if args.saturation_rate:
+                state["saturation"] = {"definition": definition, "arm": baseline,
+                                       "requests_per_s": args.saturation_rate,
+                                       "source": "given (--saturation-rate)"}
+            else:
+                sat = run_one(baseline, "saturation", {
+                    "rep": 0, "workload": "trace_saturation", "compression": None})
+                state["saturation"] = {
+                    "definition": definition, "arm": baseline, "source": "measured",
+                    "requests_per_s": sat["requests_per_s"],
+                    "output_tokens_per_s": sat["output_tokens_per_s"], "run": sat}
+            rate = state["saturation"]["requests_per_s"]
+            print(f"saturation ({baseline}): {rate:.2f} req/s", flush=True)
+            for w, load in trace_loads(args, base, rate):
                 mixes.append(w)
                 state["loads"][w.name] = load
                 _print_workload(args, w)
@@ -620,6 +628,9 @@ def main(argv: list[str] | None = None) -> dict | None:
     parser.add_argument("--load-factors", default=None,
                         help="trace: loads as multiples of the stock arm's saturation rate on "
                              "the window (measured first, every request at t=0)")
+    parser.add_argument("--saturation-rate", type=float, default=None,
+                        help="trace: stock's saturation rate (req/s) from an earlier run on "
+                             "the same window and settings, instead of measuring it")
     parser.add_argument("--entry-point", choices=["llm", "llmengine"], default="llm",
                         help="LLM(...) or LLMEngine.from_engine_args (their defaults differ)")
     parser.add_argument("--prefix-caching", choices=["default", "on", "off"], default=None,

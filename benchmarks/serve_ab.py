@@ -856,20 +856,28 @@ def run(args: argparse.Namespace) -> dict:
     total = 1 + calibrate + 2 * len(pairs)
     try:
         with tqdm(total=total, desc="serve A/B", unit="run") as bar:
-            trace, entries = book.get("saturation", None, f"{args.seed}/saturation")
-            sat_run = run_bench(pool, "stock", trace, entries, None, "saturation", args)
-            bar.update()
-            if not sat_run["ok"]:
-                raise RuntimeError(f"saturation run failed: {sat_run['problems']}")
-            saturation = sat_run["bench"]["request_throughput"]
-            overhead = max(0.0, sat_run["wall_s"] - sat_run["bench"]["duration"])
-            result["saturation"] = {
-                "definition": SATURATION_DEFINITION, "arm": "stock",
-                "request_throughput": saturation,
-                "output_throughput": sat_run["bench"]["output_throughput"],
-                "total_token_throughput": sat_run["bench"]["total_token_throughput"],
-                "duration_s": sat_run["bench"]["duration"],
-                "client_overhead_s": round(overhead, 2), "run": sat_run}
+            if args.saturation_rate:  # measured before (a grid measured in parts)
+                saturation, overhead = args.saturation_rate, 0.0
+                result["saturation"] = {
+                    "definition": SATURATION_DEFINITION, "arm": "stock",
+                    "request_throughput": saturation,
+                    "source": "given (--saturation-rate), not measured in this run"}
+                bar.update()
+            else:
+                trace, entries = book.get("saturation", None, f"{args.seed}/saturation")
+                sat_run = run_bench(pool, "stock", trace, entries, None, "saturation", args)
+                bar.update()
+                if not sat_run["ok"]:
+                    raise RuntimeError(f"saturation run failed: {sat_run['problems']}")
+                saturation = sat_run["bench"]["request_throughput"]
+                overhead = max(0.0, sat_run["wall_s"] - sat_run["bench"]["duration"])
+                result["saturation"] = {
+                    "definition": SATURATION_DEFINITION, "arm": "stock",
+                    "request_throughput": saturation, "source": "measured",
+                    "output_throughput": sat_run["bench"]["output_throughput"],
+                    "total_token_throughput": sat_run["bench"]["total_token_throughput"],
+                    "duration_s": sat_run["bench"]["duration"],
+                    "client_overhead_s": round(overhead, 2), "run": sat_run}
             result["rates"] = {f"{lf:g}": lf * saturation for lf in load_factors}
             _print_estimates(args, load_factors, saturation, overhead, pool, calibrate)
             save()
@@ -912,6 +920,7 @@ def run(args: argparse.Namespace) -> dict:
                                        f"{arm}_lf{lf:g}_rep{rep}", args)
                     record.update(load_factor=lf, rate=rate, rep=rep, position=position)
                     result["runs"].append(record)
+                    _progress(record)
                     # Re-estimate the client overhead from the measured runs (the
                     # saturation run's includes the client's own start).
                     measured = [r["wall_s"] - r["bench"]["duration"] for r in result["runs"]
@@ -935,6 +944,16 @@ def run(args: argparse.Namespace) -> dict:
             result["status"] = "complete"
         save()
     return result
+
+
+def _progress(record: dict) -> None:
+    """One line per run."""
+    b = record.get("bench") or {}
+    line = (f"TTFT mean {b['mean_ttft_ms']:.0f} ms p99 {b['p99_ttft_ms']:.0f} ms, "
+            f"{b['request_throughput']:.2f} req/s, {b['output_throughput']:.0f} out tok/s"
+            if record.get("ok") else f"FAILED: {record.get('problems')}")
+    print(f"[{time.strftime('%H:%M:%S')}] {record['name']} (rate {record['rate']:.2f} req/s):"
+          f" {line}, wall {record['wall_s']:.1f}s", flush=True)
 
 
 def _cuda_available() -> bool:
@@ -988,6 +1007,10 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--load-factors", default="0.5,0.8,1.0,1.2",
                         help="request rates as multiples of the stock saturation rate")
     parser.add_argument("--reps", type=int, default=2)
+    parser.add_argument("--saturation-rate", type=float, default=None,
+                        help="stock's saturation rate (req/s) measured by an earlier run on "
+                             "the same trace and settings: skip measuring it (a load grid "
+                             "measured in parts shares one saturation rate)")
     parser.add_argument("--ttft-slo-ms", type=float, default=None,
                         help="fixed TTFT SLO (default: --slo-factor x stock median TTFT at "
                              "the lowest load factor, from a calibration run)")

@@ -142,27 +142,22 @@ def _mean(xs: list[float]) -> float | None:
 
 def summarize(cols: dict[str, list]) -> dict:
     """A run's step statistics: counts, mean scheduler wall/CPU time, mean step period
-    (gap between consecutive model outputs), and the decode-only step period by how many
-    requests were waiting (the scheduler's cost growing with its queue shows here)."""
+    (gap between consecutive model outputs, over steps that decode: no idle time), and the
+    decode-only step period by how many requests were waiting (the scheduler's cost growing
+    with its queue shows here)."""
     n = len(cols.get("t", []))
     if not n:
         return {"steps": 0}
-    outs = sorted(t for t in cols["t_out"] if t >= 0)
-    gaps = [b - a for a, b in zip(outs, outs[1:])]
-    # Decode-only steps: period = this output's time minus the previous output's.
-    prev: dict[int, float] = {}
-    order = sorted(range(n), key=lambda i: cols["t_out"][i])
-    last = None
-    for i in order:
-        if cols["t_out"][i] < 0:
-            continue
-        if last is not None:
-            prev[i] = cols["t_out"][i] - last
-        last = cols["t_out"][i]
+    # Step period: each model output's time minus the previous output's, for steps that
+    # decode (requests were running before them, so the engine was not idle in between).
+    done = sorted((t, i) for i, t in enumerate(cols["t_out"]) if t >= 0)
+    period = {i: t - t_prev for (t_prev, _), (t, i) in zip(done, done[1:])
+              if cols["decode_reqs"][i] > 0}
+    gaps = list(period.values())
     buckets = ((0, 50), (50, 150), (150, 300), (300, 10 ** 9))
     decode_gap = {}
     for lo, hi in buckets:
-        xs = [prev[i] for i in prev if cols["prefill"][i] == 0
+        xs = [p for i, p in period.items() if cols["prefill"][i] == 0
               and lo <= cols["waiting_before"][i] < hi]
         label = f"{lo}-{hi}" if hi < 10 ** 9 else f">={lo}"
         decode_gap[label] = {"steps": len(xs), "mean_ms": round(1000 * _mean(xs), 3)

@@ -23,7 +23,8 @@
 # shared folder beside the checkout does not travel). Their sizes can be set from the
 # environment: N (requests), START (first row), REPS, BUDGET (max_num_batched_tokens),
 # COMPRESSION (trace-llm; or LOADS, multiples of stock's saturation rate), LOADS (trace-serve),
-# ARMS (trace-llm), PREPACK_ARGS (trace-serve: more --prepack-* options).
+# ARMS (trace-llm), PREPACK_ARGS (trace-serve: more --prepack-* options), SATURATION (stock's
+# saturation rate in req/s from an earlier part of the same grid: not measured again).
 set -uo pipefail
 phase=${1:?usage: gpu_runs.sh paper|nochunk|serve|equiv|pp|tp|dp|moe|trace-llm|trace-serve [tag]}
 tag=${2:-$(python3 -c "import torch; n=torch.cuda.get_device_name(0).split()[1].lower(); \
@@ -40,6 +41,12 @@ run() {  # run NAME TIMEOUT_S CMD...: one benchmark, its log next to its JSON
   timeout "$limit" "$@" > "$out/$name.log" 2>&1
   echo "== $name exit $? ($(date -u +%H:%M:%S))"
   tail -n 12 "$out/$name.log"
+}
+
+progress() {  # the per-run lines of a log (tqdm's bar shares their lines)
+  local cr=$'\r'
+  grep -aoE "\[[0-9]{2}:[0-9]{2}:[0-9]{2}\] [^$cr]*|(saturation|FAILED|partial|trace )[^$cr]*" "$1" |
+    head -n 60
 }
 
 [ -f .models/tiny-llama/tokenizer.json ] || $py -m vllm_prepack.tiny_model .models/tiny-llama
@@ -124,8 +131,9 @@ trace-llm)
     --workload trace ${TRACE:+--trace "$TRACE"} --trace-start "${START:-0}" --n "${N:-500}" \
     "${load[@]}" --reps "${REPS:-3}" --arms "${ARMS:-stock,prepack-default}" \
     --max-num-batched-tokens "$budget" --run-timeout 240 \
+    ${SATURATION:+--saturation-rate "$SATURATION"} \
     --engine-args "{$eager, \"gpu_memory_utilization\": 0.4}" --out "$out/$name.json"
-  grep -E "^\[|saturation|^trace" "$out/$name.log" | head -n 40
+  progress "$out/$name.log"
   ;;
 trace-serve)
   # vllm serve with and without --scheduler prepack (both alive, 0.4 of the GPU each),
@@ -139,10 +147,11 @@ trace-serve)
   run "$name" 580 $py -m benchmarks.serve_ab --model-shape llama-3.1-8b \
     --tokenizer .models/tiny-llama --workload trace ${TRACE:+--trace "$TRACE"} \
     --trace-start "${START:-0}" --n "${N:-300}" --load-factors "$loads" --reps "${REPS:-3}" \
-    --ttft-slo-ms "${SLO_MS:-2000}" --time-budget-s 540 --max-duration-s 200 \
+    --ttft-slo-ms "${SLO_MS:-2000}" --time-budget-s 520 --max-duration-s 200 \
     --serve-args "--enforce-eager --max-model-len 8192 --max-num-batched-tokens $budget" \
+    ${SATURATION:+--saturation-rate "$SATURATION"} \
     ${PREPACK_ARGS:+--prepack-args "$PREPACK_ARGS"} --out "$out/$name.json"
-  grep -E "server ready|saturation|FAILED|partial" "$out/$name.log" | head -n 20
+  progress "$out/$name.log"
   ;;
 *)
   echo "unknown phase $phase; accepted: paper, nochunk, serve, equiv, pp, tp, dp, moe," \
