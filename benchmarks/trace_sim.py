@@ -32,10 +32,23 @@ ARMS: dict[str, dict | None] = {
     # name: prepack options (None: stock vLLM)
     "stock": None,
     "stretch": {},
-    "fcfs": {"policy": "fcfs"},
-    "sjf": {"policy": "sjf"},
+    "fcfs": {"policy": "fcfs", "tail_quantile": 0},
+    "sjf": {"policy": "sjf", "tail_quantile": 0},
     "hrrn": {"policy": "hrrn"},
 }
+
+
+def arm_options(arm: str) -> dict | None:
+    """An arm's prepack options: a name of :data:`ARMS`, or ``stretch<X>`` (stretch = X)."""
+    if arm in ARMS:
+        return ARMS[arm]
+    if arm.startswith("stretch"):  # stretch<X>[q<Q>]: stretch X, tail quantile Q
+        x, _, q = arm[len("stretch"):].partition("q")
+        try:
+            return {"stretch": float(x), **({"tail_quantile": float(q)} if q else {})}
+        except ValueError:
+            pass
+    raise ValueError(f"unknown arm {arm!r}; accepted: {', '.join(ARMS)}, stretch<X>[q<Q>]")
 
 
 @dataclass(frozen=True)
@@ -57,10 +70,46 @@ class StepModel:
 
 
 STEP_MODELS = {
-    # Priors until fitted to GPU step timings (benchmarks.trace_replay): eager, one GPU.
-    "llama-3.1-8b": StepModel(base=0.020, per_token=5.0e-5, per_decode=5.0e-5),
-    "llama-3.2-1b": StepModel(base=0.008, per_token=8.0e-6, per_decode=1.5e-5),
+    # Fitted by fit_step_model() to benchmarks/results/trace_llm_8b_b2048_4x_h200_steps.json
+    # (H200, eager, bf16, vLLM 0.32.0, async scheduling): step period against its features.
+    "llama-3.1-8b": StepModel(base=0.0167, per_token=4.95e-6, per_decode=5.96e-5),
+    # Llama-3.2-1B: the 8B fit scaled by the ratio of their weights (1.24B / 8.03B) above the
+    # eager launch floor; not fitted to a GPU run.
+    "llama-3.2-1b": StepModel(base=0.0090, per_token=0.77e-6, per_decode=0.92e-5),
 }
+CPU_SCALE = 1.6
+"""Scheduler CPU time on the H200 host over this machine's, for the same steps (the steps
+file's ``sched_cpu_s`` + ``update_s`` against :func:`simulate`'s measurement)."""
+
+
+def fit_step_model(steps: dict, skip_reps: tuple[int, ...] = (0,)) -> tuple[StepModel, dict]:
+    """Least-squares fit of the step period (gap between consecutive ``schedule()`` calls)
+    to prefill tokens, decode requests and context, over every arm and repetition of a
+    ``benchmarks.ab`` steps file (``*_steps.json``), warm-up repetitions left out."""
+    import numpy as np
+
+    xs, ys = [], []
+    for arms in steps["steps"].values():
+        for runs in arms.values():
+            for run in runs:
+                if run["rep"] in skip_reps:
+                    continue
+                t = np.asarray(run["t"])
+                period = np.diff(t)
+                keep = period < 1.0  # idle gaps between arrivals are not steps
+                f = [np.asarray(run[c][:-1], dtype=float) for c in ("prefill", "decode_reqs")]
+                x = np.stack([np.ones_like(period), f[0], f[1]], 1)[keep]
+                xs.append(x)
+                ys.append(period[keep])
+    x, y = np.concatenate(xs), np.concatenate(ys)
+    coef, *_ = np.linalg.lstsq(x, y, rcond=None)
+    pred = x @ coef
+    model = StepModel(base=float(coef[0]), per_token=float(coef[1]),
+                      per_decode=float(coef[2]))
+    fit = {"steps": int(len(y)), "mean_period_s": float(y.mean()),
+           "mean_abs_error_s": float(np.abs(pred - y).mean()),
+           "total_time_error": float(pred.sum() / y.sum() - 1)}
+    return model, fit
 
 
 def step_features(scheduler: Scheduler, out) -> dict:
@@ -111,7 +160,7 @@ def simulate(arm: str, requests: Sequence[Request], *, model: str, budget: int,
              cpu_scale: float, seed: int, async_scheduling: bool = True,
              prefix_caching: bool = True, options: dict | None = None) -> Run:
     """One arm over ``requests`` (sorted by arrival); fresh random prompts per ``seed``."""
-    opts = ARMS[arm] if options is None else options
+    opts = arm_options(arm) if options is None else options
     cls = Scheduler if opts is None else PrepackSyncScheduler
     clock = _Clock()
     rng = random.Random(seed)
@@ -184,3 +233,130 @@ def compressed(window: Sequence[Request], rate: float) -> list[Request]:
     factor = native / rate
     t0 = window[0].arrival
     return [dataclasses.replace(r, arrival=(r.arrival - t0) * factor) for r in window]
+
+
+METRICS = {"ttft_mean_s": False, "ttft_p50_s": False, "ttft_p99_s": False,
+           "throughput_tok_s": True}
+"""Metric -> higher is better."""
+
+
+def window_requests(w) -> list[Request]:
+    """A :class:`benchmarks.trace.TraceWorkload` as simulator requests."""
+    return [Request(a, p, o) for a, p, o in zip(w.arrivals, w.lengths, w.output_lens)]
+
+
+def saturation(requests: Sequence[Request], **kw) -> float:
+    """Stock's completed requests per second with the whole window sent at once."""
+    run = simulate("stock", [dataclasses.replace(r, arrival=0.0) for r in requests], **kw)
+    return len(run.ttft) / run.makespan
+
+
+def ratios(per_arm: dict[str, list[dict]], baseline: str = "stock") -> dict:
+    """Per arm and metric: the spread of the per-seed ratios over the baseline's."""
+    from benchmarks import common
+
+    out = {}
+    for arm, rows in per_arm.items():
+        if arm == baseline:
+            continue
+        out[arm] = {}
+        for metric, higher in METRICS.items():
+            r = common.spread([a[metric] / b[metric] for a, b in zip(rows, per_arm[baseline])])
+            r["verdict"] = common.verdict(r, higher)
+            out[arm][metric] = r
+    return out
+
+
+def grid(args, bar) -> list[dict]:
+    """Every (budget, load) point: arms side by side on the same seeds."""
+    from benchmarks import trace
+    from benchmarks.models import config_dir
+
+    model = str(config_dir(args.shape))
+    step_model = STEP_MODELS[args.shape]
+    windows = {seed: window_requests(trace.load(
+        args.trace, start=args.start + seed * args.n, n=args.n,
+        max_model_len=args.max_model_len)) for seed in args.seeds}
+    requests = windows[args.seeds[0]]
+    points = []
+    for budget in args.budgets:
+        kw = dict(model=model, budget=budget, max_num_seqs=args.max_num_seqs,
+                  num_blocks=args.num_blocks, max_model_len=args.max_model_len,
+                  step_model=step_model, cpu_scale=args.cpu_scale)
+        sat = saturation(requests, seed=0, **kw)
+        native = (len(requests) - 1) / (requests[-1].arrival - requests[0].arrival)
+        loads = [native * args.compression / sat] if args.compression else args.loads
+        for load in loads:
+            per_arm: dict[str, list[dict]] = {arm: [] for arm in args.arms}
+            for seed in args.seeds:
+                window = compressed(windows[seed], load * sat)
+                for arm in args.arms:
+                    bar.set_postfix(budget=budget, load=load, seed=seed, arm=arm)
+                    per_arm[arm].append(metrics(simulate(arm, window, seed=seed, **kw)))
+                    bar.update()
+            points.append({"budget": budget, "load": load, "compression": args.compression,
+                           "saturation_req_s": sat,
+                           "rate_req_s": load * sat, "per_arm": per_arm,
+                           "ratios": ratios(per_arm)})
+    return points
+
+
+def main(argv: list[str] | None = None) -> dict:
+    import argparse
+
+    from tqdm import tqdm
+
+    from benchmarks import common, trace
+
+    p = argparse.ArgumentParser(description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    csv = lambda f: lambda s: [f(x) for x in s.split(",")]  # noqa: E731
+    p.add_argument("--shape", default="llama-3.1-8b", choices=sorted(STEP_MODELS))
+    p.add_argument("--trace", default=None, help="Azure-format CSV (default: the shared one)")
+    p.add_argument("--start", type=int, default=0)
+    p.add_argument("--n", type=int, default=500)
+    p.add_argument("--budgets", type=csv(int), default=[2048, 8192])
+    p.add_argument("--max-num-seqs", type=int, default=1024,
+                   help="1024: vllm serve / LLM on an H200; 128: LLMEngine's SchedulerConfig")
+    p.add_argument("--loads", type=csv(float), default=[0.5, 0.8, 1.0, 1.2, 1.5],
+                   help="multiples of stock's saturation rate on the window")
+    p.add_argument("--compression", type=float, default=None,
+                   help="one load: the trace's time axis divided by this (instead of --loads)")
+    p.add_argument("--arms", type=csv(str), default=list(ARMS))
+    p.add_argument("--seeds", type=csv(int), default=[0, 1, 2],
+                   help="seed k replays the window of --n requests from row start + k * n, "
+                   "at the load measured on the first seed's window")
+    p.add_argument("--num-blocks", type=int, default=40_000)
+    p.add_argument("--max-model-len", type=int, default=8192)
+    p.add_argument("--cpu-scale", type=float, default=CPU_SCALE)
+    p.add_argument("--out", default=None)
+    args = p.parse_args(argv)
+    try:
+        [arm_options(a) for a in args.arms]
+    except ValueError as e:
+        p.error(str(e))
+    if "stock" not in args.arms:
+        p.error(f"--arms {args.arms}: stock (the baseline) must be one of them")
+    loads = 1 if args.compression else len(args.loads)
+    with tqdm(total=len(args.budgets) * loads * len(args.seeds) * len(args.arms),
+              desc="trace sim", unit="run") as bar:
+        points = grid(args, bar)
+    for pt in points:
+        for arm, r in pt["ratios"].items():
+            print(f"budget {pt['budget']:5d} load {pt['load']:.1f} {arm:>8}: " + "  ".join(
+                f"{m} {common.fmt_ratio(v)}" for m, v in r.items()))
+    result = {"benchmark": "trace simulation: vLLM's schedulers on a virtual clock (CPU)",
+              **common.environment(), "shape": args.shape,
+              "step_model": dataclasses.asdict(STEP_MODELS[args.shape]),
+              "cpu_scale": args.cpu_scale, "max_num_seqs": args.max_num_seqs,
+              "num_blocks": args.num_blocks, "max_model_len": args.max_model_len,
+              "workload": {"trace": trace.ATTRIBUTION, "start": args.start, "n": args.n},
+              "arms": {a: arm_options(a) for a in args.arms}, "seeds": args.seeds, "points": points}
+    if args.out:
+        common.write_json(args.out, result)
+        print("wrote", args.out)
+    return result
+
+
+if __name__ == "__main__":
+    main()

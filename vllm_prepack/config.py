@@ -41,6 +41,11 @@ class PrepackConfig:
     """For ``policy=stretch``: how long a request may be overtaken, in multiples of its own
     uncached prompt tokens computed by the engine since it arrived (0: arrival order)."""
 
+    tail_quantile: float = 0.9
+    """Tail bound: a request that has waited longer than this quantile of the engine's recent
+    times to first token is taken in arrival order before every other one, and never passed
+    over (0: off). It keeps the longest waits near those of arrival order."""
+
     lookahead: int = 128
     """How many waiting requests (in queue order) the planner looks at each step."""
 
@@ -61,6 +66,11 @@ class PrepackConfig:
         ):
             raise PrepackConfigError(
                 f"prepack stretch must be a finite number >= 0, got {self.stretch!r}"
+            )
+        if isinstance(self.tail_quantile, bool) or not isinstance(
+            self.tail_quantile, (int, float)) or not 0 <= self.tail_quantile < 1:
+            raise PrepackConfigError(
+                f"prepack tail_quantile must be a number in [0, 1), got {self.tail_quantile!r}"
             )
         lookahead = self.lookahead
         if isinstance(lookahead, bool) or not isinstance(lookahead, int) or lookahead < 1:

@@ -60,6 +60,8 @@ class Candidate:
     """vLLM's request priority (lower first); 0 for every request under FCFS."""
     cap: int = 0
     """vLLM's per-step chunk cap for this request (``long_prefill_token_threshold``; 0: none)."""
+    due: bool = False
+    """Waited past the tail bound: never passed over (the caller puts it first)."""
 
     def __post_init__(self) -> None:
         if self.tokens < 1:
@@ -87,9 +89,13 @@ class Budget:
     """Free KV-cache blocks, >= 0."""
     block_size: int
     """Tokens per KV block, >= 1."""
+    step_tokens: int = 0
+    """Tokens a prefill can get in a later step (the token budget less the decoding
+    requests' tokens); 0: as ``tokens``."""
 
     def __post_init__(self) -> None:
-        for name, low in (("tokens", 0), ("slots", 0), ("blocks", 0), ("block_size", 1)):
+        for name, low in (("tokens", 0), ("slots", 0), ("blocks", 0), ("block_size", 1),
+                          ("step_tokens", 0)):
             if getattr(self, name) < low:
                 raise ValueError(f"Budget.{name} must be >= {low}, got {getattr(self, name)!r}")
 
@@ -134,7 +140,7 @@ def order_key(c: Candidate, policy: str, stretch: float) -> tuple:
 
 def is_due(c: Candidate, policy: str, stretch: float, clock: int) -> bool:
     """A due candidate is never passed over: if it does not fit whole, it is chunked next."""
-    if c.preempted or policy == "hrrn":
+    if c.due or c.preempted or policy == "hrrn":
         return True
     if policy == "stretch":
         return clock >= c.clock + stretch * c.tokens
@@ -156,6 +162,15 @@ def blocks_needed(cached: int, new_tokens: int, block_size: int) -> int:
     return -(-(cached + new_tokens) // block_size) + (-cached // block_size)
 
 
+def chunk_floor(c: Candidate, tokens: int, step_tokens: int) -> int:
+    """The fewest tokens ``c`` must get now (``tokens`` free) to finish its prompt in as few
+    steps as taking all it can now would, given ``step_tokens`` per later step (>= 1)."""
+    per_step = max(1, min(step_tokens, c.cap) if c.cap else step_tokens)
+    now = min(tokens, per_step)
+    later_steps = -(-(c.tokens - now) // per_step)
+    return max(1, c.tokens - later_steps * per_step)
+
+
 def plan(
     ordered: Iterable[Candidate],
     budget: Budget,
@@ -166,18 +181,22 @@ def plan(
     lookahead: int = 128,
 ) -> Plan:
     """Walk ``ordered`` (the queue order) and admit each candidate that fits whole; the first
-    one that does not is the chunk. A due candidate that does not fit ends the walk, so
-    nothing behind it is admitted before it. At most ``lookahead`` candidates are looked at."""
+    one that does not is the chunk. The candidates behind it are admitted only within its
+    slack: they leave it a slot and :func:`chunk_floor` tokens, so it completes in as few
+    steps as if it had taken the whole budget. A due candidate that does not fit ends the
+    walk. At most ``lookahead`` candidates are looked at."""
     tokens, slots, blocks = budget.tokens, budget.slots, budget.blocks
     admit: list[int] = []
     chunk: Candidate | None = None
     used = used_blocks = scanned = 0
+    slot_reserve = token_reserve = 0  # kept for the chunk, once there is one
     for c in ordered:
-        if slots < 1 or tokens < 1 or scanned >= lookahead:
+        if slots <= slot_reserve or tokens <= token_reserve or scanned >= lookahead:
             break
         scanned += 1
         charge = c.charge
-        need = blocks_needed(c.cached, charge, budget.block_size) if charge <= tokens else -1
+        fits = charge <= tokens - token_reserve
+        need = blocks_needed(c.cached, charge, budget.block_size) if fits else -1
         if 0 <= need <= blocks:
             admit.append(c.key)
             tokens -= charge
@@ -187,7 +206,8 @@ def plan(
             used_blocks += need
             continue
         if chunk is None:
-            chunk = c
+            chunk, slot_reserve = c, 1
+            token_reserve = chunk_floor(c, tokens, budget.step_tokens or budget.tokens)
         if is_due(c, policy, stretch, clock):
             break
     return Plan(tuple(admit), None if chunk is None else chunk.key, used, used_blocks, scanned)

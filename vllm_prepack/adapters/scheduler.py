@@ -11,9 +11,10 @@ and fills whatever budget the plan leaves.
 from __future__ import annotations
 
 import bisect
+import collections
 import dataclasses
-import heapq
 import itertools
+import math
 import multiprocessing
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -171,7 +172,7 @@ class PlanQueue(RequestQueue):
         self._place = place  # Request -> sort key (computed when it enters the queue)
         self._order: list[tuple] = []  # sorted (*key, seq)
         self._by_seq: dict[int, Request] = {}
-        self._arrivals: list[tuple[float, int]] = []  # heap of (arrival, seq), lazy deletion
+        self._arrivals: list[tuple[float, int]] = []  # sorted (arrival, seq)
         self._seq = itertools.count()
         self._front: list[Request] = []
         self._front_at = 0
@@ -183,7 +184,7 @@ class PlanQueue(RequestQueue):
             setattr(request, _ENTRY, entry)
         bisect.insort(self._order, entry)
         self._by_seq[entry[-1]] = request
-        heapq.heappush(self._arrivals, (request.arrival_time, entry[-1]))
+        bisect.insort(self._arrivals, (request.arrival_time, entry[-1]))
 
     def prepend_request(self, request: Request) -> None:
         """vLLM prepends preempted requests (they take a new place, at the head of their
@@ -203,6 +204,8 @@ class PlanQueue(RequestQueue):
             raise ValueError(f"request {request.request_id} is not in the waiting queue")
         del self._order[i]
         del self._by_seq[entry[-1]]
+        j = bisect.bisect_left(self._arrivals, (request.arrival_time, entry[-1]))
+        del self._arrivals[j]
 
     def remove_requests(self, requests: Iterable[Request]) -> None:
         for request in requests:
@@ -247,14 +250,14 @@ class PlanQueue(RequestQueue):
 
     def oldest_arrival(self) -> float | None:
         """The earliest arrival time among the waiting requests."""
-        arrivals = self._arrivals
-        while arrivals:
-            arrival, seq = arrivals[0]
-            request = self._by_seq.get(seq)
-            if request is not None and getattr(request, _ENTRY)[-1] == seq:
-                return arrival
-            heapq.heappop(arrivals)
-        return None
+        return self._arrivals[0][0] if self._arrivals else None
+
+    def arrived_by(self, cutoff: float) -> Iterator[Request]:
+        """The waiting requests that arrived at or before ``cutoff``, oldest first, lazily."""
+        for arrival, seq in self._arrivals:
+            if arrival > cutoff:
+                return
+            yield self._by_seq[seq]
 
     def _holds(self, request: Request) -> bool:
         entry = getattr(request, _ENTRY, None)
@@ -274,6 +277,9 @@ class PrepackSchedulerMixin:
         self.prepack_clock = 0
         """Prompt tokens this engine has computed: the clock the planner measures waits on."""
         self._by_key: dict[int, Request] = {}
+        self._first_token_waits: collections.deque[float] = collections.deque(maxlen=512)
+        self._tail_wait = math.inf
+        """Waiting longer than this (seconds) makes a request due (``tail_quantile``)."""
         spec = self.vllm_config.speculative_config
         self._decode_tokens = 1 + (spec.num_speculative_tokens if spec is not None else 0)
         self.waiting = PlanQueue(self._place)
@@ -357,8 +363,9 @@ class PrepackSchedulerMixin:
         blocks += -(-decoding * self._decode_tokens // block_size)
         kv = self.kv_cache_manager
         free = kv.block_pool.get_num_free_blocks() - getattr(kv, "watermark_blocks", 0)
+        step = self.max_num_scheduled_tokens - decoding * self._decode_tokens
         return planner.Budget(tokens=max(0, tokens), slots=slots, blocks=max(0, free - blocks),
-                              block_size=block_size)
+                              block_size=block_size, step_tokens=max(1, step))
 
     def _walk(self, cap: int) -> Iterator[planner.Candidate]:
         """Candidates in queue order. A request in one of vLLM's blocked states goes through
@@ -366,15 +373,25 @@ class PrepackSchedulerMixin:
         over while still blocked."""
         queue = self.waiting
         requests: Iterable[Request] = queue.ordered()
-        if self.prepack_config.policy == "hrrn" and len(queue) <= planner.HRRN_SORT_LIMIT:
-            order = planner.hrrn_order([self._candidate(r) for r in queue.ordered()],
-                                       self.prepack_clock)
-            by_key = {id(r): r for r in queue.ordered()}
-            requests = [by_key[c.key] for c in order]
+        overdue: set[int] = set()
+        if self.prepack_config.policy == "hrrn":
+            if len(queue) <= planner.HRRN_SORT_LIMIT:
+                order = planner.hrrn_order([self._candidate(r) for r in queue.ordered()],
+                                           self.prepack_clock)
+                by_key = {id(r): r for r in queue.ordered()}
+                requests = [by_key[c.key] for c in order]
+        elif self._tail_wait < math.inf:  # the tail bound: overdue requests first, by arrival
+            first = list(queue.arrived_by(time.time() - self._tail_wait))
+            if first:
+                overdue = set(map(id, first))
+                requests = itertools.chain(first, (r for r in queue.ordered()
+                                                   if id(r) not in overdue))
         for r in requests:
             if r.status not in _PLANNABLE and not self._handle_blocked_waiting_request(r):
                 continue
             c = self._candidate(r, cap)
+            if id(r) in overdue:
+                c = dataclasses.replace(c, due=True)
             self._by_key[c.key] = r
             yield c
 
@@ -415,8 +432,20 @@ class PrepackSchedulerMixin:
             queue.present([])
         prefills = observe_step(self, self.prepack_observer, output, planned=planned,
                                 planner_fault=fault, throttled=throttle)
-        self.prepack_clock += sum(p.tokens for p in prefills)
+        self._advance(prefills)
         return output
+
+    def _advance(self, prefills: list[ScheduledPrefill]) -> None:
+        """Move the prefill clock and the tail bound on by this step's prefills."""
+        now = time.time()
+        waits = self._first_token_waits
+        for p in prefills:
+            self.prepack_clock += p.tokens
+            if p.computed_before + p.tokens >= p.prompt_len:
+                waits.append(now - p.arrival)
+        q = self.prepack_config.tail_quantile
+        if q and len(waits) >= 64 and self.prepack_observer.steps % 16 == 0:
+            self._tail_wait = sorted(waits)[int(q * (len(waits) - 1))]
 
 
 class PrepackSyncScheduler(PrepackSchedulerMixin, Scheduler):
