@@ -92,15 +92,48 @@ def test_chunking_on_no_more_splits_and_steps(tiny_model, seed, policy):
     prompts = bimodal_prompts(seed)
     _, stock = _run(Scheduler, tiny_model, prompts, chunked=True, budget=512,
                     max_model_len=1024)
-    _, ours = _run(PrepackSyncScheduler, tiny_model, prompts, chunked=True, budget=512,
-                   max_model_len=1024, options={"policy": policy})
+    scheduler, ours = _run(PrepackSyncScheduler, tiny_model, prompts, chunked=True,
+                           budget=512, max_model_len=1024, options={"policy": policy})
     assert len(ours.finished) == len(stock.finished) == len(prompts)
+    assert scheduler.prepack_observer.summary()["plan_adherence"] == 1.0
     if policy == "fcfs":
         assert len(ours.split_prompts) < len(stock.split_prompts)
     else:
         assert len(ours.split_prompts) <= len(stock.split_prompts) + 1
     assert ours.steps <= stock.steps * 1.02, (ours.steps, stock.steps)
     assert ours.mean_first_token_step < stock.mean_first_token_step
+
+
+@pytest.mark.parametrize("adaptive", [False, True])
+def test_chunk_cap_is_charged_as_vllm_applies_it(tiny_model, adaptive):
+    """With long_prefill_token_threshold vLLM schedules at most the cap of a prompt per step:
+    the plan charges that, so long prompts are admitted for their capped share next to the
+    short ones and vLLM takes exactly what was planned."""
+    prompts = bimodal_prompts(6, n=40)
+    cap = max(128, 512 // 40) if adaptive else 128
+
+    def capped(cls):
+        scheduler = make_scheduler(cls, tiny_model, chunked=True, budget=512)
+        scheduler.scheduler_config.long_prefill_token_threshold = 128
+        scheduler.scheduler_config.long_prefill_token_threshold_adaptive = adaptive
+        scheduler.adaptive_long_prefill_threshold = adaptive
+        now = time.time()
+        return scheduler, [make_request(p, arrival=now + i * 1e-6, req_id=f"q{i}")
+                           for i, p in enumerate(prompts)]
+
+    scheduler, requests = capped(PrepackSyncScheduler)
+    for r in requests:
+        scheduler.add_request(r)
+    out, admitted = _step(scheduler)
+    assert max(out.num_scheduled_tokens.values()) <= cap
+    assert out.total_num_scheduled_tokens == 512  # filled, the long prompts at their cap
+    assert len(admitted) > 512 // cap
+    stock = drain(*capped(Scheduler))
+    scheduler, requests = capped(PrepackSyncScheduler)
+    ours = drain(scheduler, requests)
+    assert ours.finished == stock.finished and len(ours.finished) == len(prompts)
+    summary = scheduler.prepack_observer.summary()
+    assert summary["admitted"] == len(prompts) and summary["plan_adherence"] == 1.0
 
 
 def test_shared_prefix_under_kv_pressure_completes_like_stock(tiny_model):
