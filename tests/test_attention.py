@@ -278,7 +278,7 @@ def test_engine_token_identical_with_packed_path(tiny_model, engine_lock):
     assert counters["steps"] == counters["layer_calls"] == counters["tokens"] == 0
     ours, counters, impls, observer_packed = _engine_run(
         tiny_model, prompts, 8, max_num_batched_tokens=4096,
-        **vllm_prepack.engine_kwargs(packed_attention="on", split="whole"))
+        **vllm_prepack.engine_kwargs(packed_attention="on"))
     assert impls == ["vllm_prepack.adapters.attention.cpu_backend.<locals>.PackedCPUAttentionImpl"]
     assert counters["steps"] > 0 and counters["tokens"] > 0
     assert counters["layer_calls"] == 2 * counters["steps"]  # two attention layers

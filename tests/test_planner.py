@@ -3,18 +3,33 @@
 from __future__ import annotations
 
 import ast
+import bisect
+import itertools
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from fractions import Fraction
 from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from vllm_prepack.planner import SWITCH_FILL, Budget, Candidate, Plan, blocks_needed, plan
+from vllm_prepack.config import PrepackConfig, PrepackConfigError
+from vllm_prepack.planner import (
+    HRRN_SORT_LIMIT,
+    POLICIES,
+    Budget,
+    Candidate,
+    Plan,
+    blocks_needed,
+    check_policy,
+    hrrn_order,
+    is_due,
+    order_key,
+    plan,
+)
 
 PROPERTY = settings(derandomize=True, max_examples=300, deadline=None)
-NOW = 100.0
 BIG = 10**9
 
 
@@ -26,301 +41,505 @@ class Scenario:
     candidates: list[Candidate]
     budget: Budget
     policy: str
-    split: str
-    max_wait_s: float
+    stretch: float
+    clock: int
     lookahead: int
+    queue: bool
+    """True: ``candidates`` is the waiting queue's order (order_key, or hrrn_order)."""
 
     @property
     def kwargs(self) -> dict:
-        return {"policy": self.policy, "split": self.split, "max_wait_s": self.max_wait_s,
+        return {"policy": self.policy, "stretch": self.stretch, "clock": self.clock,
                 "lookahead": self.lookahead}
 
-    @property
-    def window(self) -> list[Candidate]:
-        return self.candidates[: self.lookahead]
+    def run(self, ordered=None) -> Plan:
+        return plan(self.candidates if ordered is None else ordered, self.budget, **self.kwargs)
 
-    def run(self) -> Plan:
-        return plan(self.candidates, self.budget, NOW, **self.kwargs)
+    def due(self, c: Candidate) -> bool:
+        """The spec of a due candidate: preempted; every one under hrrn; under stretch once
+        the clock reached its deadline (clock at arrival + stretch x uncached tokens)."""
+        if c.preempted or self.policy == "hrrn":
+            return True
+        return self.policy == "stretch" and self.clock >= c.clock + self.stretch * c.tokens
 
-    def aged(self, c: Candidate) -> bool:
-        return c.preempted or NOW - c.arrival >= self.max_wait_s
+
+def queue_order(candidates: list[Candidate], policy: str, stretch: float,
+                clock: int) -> list[Candidate]:
+    """The order the scheduler adapter walks: its queue sorted by order_key (and each step
+    re-sorted by hrrn_order under hrrn)."""
+    ordered = sorted(candidates, key=lambda c: order_key(c, policy, stretch))
+    return hrrn_order(ordered, clock) if policy == "hrrn" else ordered
 
 
 @st.composite
-def scenarios(draw, aged: bool = True, prefixes: bool = True, monotonic: bool | None = None):
-    """Queues of short and long prompts with prefix groups, aged and preempted requests."""
+def scenarios(draw, queue: bool | None = None, priorities: bool = True):
+    """Short and long prompts, prefix-cache hits, chunk caps, preempted requests, priority
+    classes, arrivals spread over the prefill clock."""
     n = draw(st.integers(0, 40))
     keys = draw(st.lists(st.integers(-1000, 1000), unique=True, min_size=n, max_size=n))
-    max_wait_s = draw(st.sampled_from([1.0, 5.0]))
-    young = st.sampled_from([0.0, 0.0, max_wait_s / 2]) | st.floats(0.0, max_wait_s * 0.99)
-    old = st.sampled_from([max_wait_s, max_wait_s + 1]) | st.floats(max_wait_s, 3 * max_wait_s)
-    aged_percent = draw(st.sampled_from([0, 5, 30])) if aged else 0
+    clock = draw(st.sampled_from([0, 0, 1000]) | st.integers(0, 50_000))
     short = st.integers(1, 64)
-    candidates = [
-        Candidate(
+    candidates = []
+    for i, key in enumerate(keys):
+        tokens = draw(short | short | st.integers(200, 3000))
+        candidates.append(Candidate(
             key=key,
-            tokens=draw(short | short | st.integers(200, 3000)),
+            tokens=tokens,
             cached=draw(st.sampled_from([0, 0, 16]) | st.integers(0, 100)),
-            arrival=NOW - draw(old if draw(st.integers(0, 99)) < aged_percent else young),
-            preempted=draw(st.integers(0, 99)) < aged_percent // 5,
-            prefix=draw(st.none() | st.integers(0, 3)) if prefixes else None,
-        )
-        for key in keys
-    ]
-    if monotonic is None:
-        monotonic = draw(st.booleans())
-    if monotonic:  # the engine's queue: preempted at the front, then arrival order
-        candidates.sort(key=lambda c: (not c.preempted, c.arrival))
-    tokens = draw(st.integers(0, 4000) | st.integers(500, 4000))
+            arrival=float(i) if draw(st.booleans()) else draw(st.floats(0, 100)),
+            clock=draw(st.sampled_from([0, clock]) | st.integers(0, clock)),
+            preempted=draw(st.integers(0, 99)) < 5,
+            priority=draw(st.sampled_from([0, 0, 0, 1, -1])) if priorities else 0,
+            cap=draw(st.sampled_from([0, 0, 0, 256]) | st.integers(1, 600)),
+        ))
+    policy = draw(st.sampled_from(POLICIES))
+    stretch = draw(st.sampled_from([0.0, 0.5, 1.0, 8.0]) | st.floats(0, 20))
+    if queue is None:
+        queue = draw(st.booleans())
+    if queue:
+        candidates = queue_order(candidates, policy, stretch, clock)
     budget = Budget(
-        tokens=tokens,
+        tokens=draw(st.integers(0, 4000) | st.integers(500, 4000)),
         slots=draw(st.integers(0, 12) | st.just(64)),
         blocks=draw(st.integers(0, 300) | st.just(BIG)),
         block_size=draw(st.sampled_from([1, 3, 16, 32])),
-        max_tokens=tokens + draw(st.sampled_from([0, 0, 500]) | st.integers(0, 3000)),
     )
-    return Scenario(
-        candidates=candidates,
-        budget=budget,
-        policy=draw(st.sampled_from(["ttft", "fcfs"])),
-        split=draw(st.sampled_from(["whole", "fill"])),
-        max_wait_s=max_wait_s,
-        lookahead=draw(st.integers(1, n + 3) | st.just(1024)),
-    )
+    return Scenario(candidates, budget, policy, stretch, clock,
+                    lookahead=draw(st.integers(1, n + 3) | st.just(128)), queue=queue)
 
 
 # -- helpers -----------------------------------------------------------------------------------
 
 
-def planned_tokens(p: Plan, by_key: dict[int, Candidate]) -> dict[int, int]:
-    return {k: p.partial_tokens if k == p.partial else by_key[k].tokens for k in p.admit}
-
-
 def fits(c: Candidate, tokens: int, slots: int, blocks: int, block_size: int) -> bool:
-    return (c.tokens <= tokens and slots >= 1
-            and blocks_needed(c.cached, c.tokens, block_size) <= blocks)
+    return (slots >= 1 and c.charge <= tokens
+            and blocks_needed(c.cached, c.charge, block_size) <= blocks)
 
 
-def whole_remainder(s: Scenario, p: Plan) -> tuple[int, int, int]:
-    """(tokens, slots, blocks) left after the whole admissions, before the partial one."""
-    by_key = {c.key: c for c in s.window}
-    whole = [by_key[k] for k in p.admit if k != p.partial]
+def walk(s: Scenario, p: Plan):
+    """Each scanned candidate with the room left (tokens, slots, blocks) when the walk came
+    to it, after the candidates admitted before it."""
+    admitted = set(p.admit)
+    tokens, slots, blocks = s.budget.tokens, s.budget.slots, s.budget.blocks
+    for c in s.candidates[: p.scanned]:
+        yield c, (tokens, slots, blocks)
+        if c.key in admitted:
+            tokens -= c.charge
+            slots -= 1
+            blocks -= blocks_needed(c.cached, c.charge, s.budget.block_size)
+
+
+def room_left(s: Scenario, p: Plan) -> tuple[int, int, int]:
+    by_key = {c.key: c for c in s.candidates}
+    taken = [by_key[k] for k in p.admit]
     bs = s.budget.block_size
-    return (s.budget.tokens - sum(c.tokens for c in whole),
-            s.budget.slots - len(whole),
-            s.budget.blocks - sum(blocks_needed(c.cached, c.tokens, bs) for c in whole))
+    return (s.budget.tokens - sum(c.charge for c in taken), s.budget.slots - len(taken),
+            s.budget.blocks - sum(blocks_needed(c.cached, c.charge, bs) for c in taken))
 
 
-def shortest_first(young: list[Candidate]) -> list[Candidate]:
-    return sorted(young, key=lambda c: (c.tokens, c.arrival, c.key))
-
-
-def first_fit(order: list[Candidate], room: tuple[int, int, int], bs: int):
-    """Reference greedy: (admitted, left out, room left) taking each of ``order`` that fits."""
-    tokens, slots, blocks = room
-    admitted, left_out = [], []
-    for c in order:
-        if fits(c, tokens, slots, blocks, bs):
-            admitted.append(c)
-            tokens, slots, blocks = (tokens - c.tokens, slots - 1,
-                                     blocks - blocks_needed(c.cached, c.tokens, bs))
-        else:
-            left_out.append(c)
-    return admitted, left_out, (tokens, slots, blocks)
-
-
-def has_room(c: Candidate, room: tuple[int, int, int], bs: int) -> bool:
-    tokens, slots, blocks = room
-    return tokens >= 1 and slots >= 1 and blocks_needed(c.cached, 1, bs) <= blocks
-
-
-def head_blocked(s: Scenario, p: Plan) -> bool:
-    whole = set(p.admit) - {p.partial}
-    return any(s.aged(c) and c.key not in whole for c in s.window)
-
-
-# -- properties --------------------------------------------------------------------------------
+# -- (b) the budget ------------------------------------------------------------------------------
 
 
 @PROPERTY
 @given(scenarios())
 def test_never_over_budget(s: Scenario) -> None:
     p = s.run()
-    by_key = {c.key: c for c in s.window}
-    used = planned_tokens(p, by_key)
+    by_key = {c.key: c for c in s.candidates}
+    admitted = [by_key[k] for k in p.admit]
     bs = s.budget.block_size
-    blocks = sum(blocks_needed(by_key[k].cached, n, bs) for k, n in used.items())
-    assert p.tokens == sum(used.values()) <= s.budget.tokens
-    assert p.blocks == blocks <= s.budget.blocks
+    assert p.tokens == sum(c.charge for c in admitted) <= s.budget.tokens
+    assert p.blocks == sum(blocks_needed(c.cached, c.charge, bs) for c in admitted)
+    assert p.blocks <= s.budget.blocks
     assert len(p.admit) <= s.budget.slots
 
 
 @PROPERTY
+@given(st.integers(1, 5000), st.integers(0, 5000))
+def test_charge_is_vllms_chunk_cap(tokens: int, cap: int) -> None:
+    c = Candidate(1, tokens, cap=cap)
+    assert c.charge == (min(tokens, cap) if cap else tokens)
+
+
+def test_a_capped_prompt_is_admitted_for_its_capped_share() -> None:
+    """vLLM schedules at most ``long_prefill_token_threshold`` tokens of a prompt per step: the
+    planner charges that, so a prompt longer than the free budget is admitted for its cap."""
+    long = Candidate(1, 1000, cap=256)
+    short = Candidate(2, 40)
+    p = plan([long, short], Budget(tokens=300, slots=8, blocks=BIG, block_size=16),
+             policy="fcfs")
+    assert (p.admit, p.chunk, p.tokens, p.blocks) == ((1, 2), None, 296, 16 + 3)
+    p = plan([Candidate(1, 1000)], Budget(tokens=300, slots=8, blocks=BIG, block_size=16),
+             policy="fcfs")
+    assert (p.admit, p.chunk, p.tokens) == ((), 1, 0)
+
+
+# -- (c) nothing lost or duplicated, (d) order ---------------------------------------------------
+
+
+@PROPERTY
 @given(scenarios())
-def test_keys_unique_and_from_the_window(s: Scenario) -> None:
+def test_keys_unique_from_the_scanned_window_in_input_order(s: Scenario) -> None:
     p = s.run()
     assert len(set(p.admit)) == len(p.admit)
-    assert set(p.admit) <= {c.key for c in s.window}
-    # Candidates past the lookahead window make no difference.
-    assert plan(s.window, s.budget, NOW, **s.kwargs) == p
+    assert p.scanned <= min(len(s.candidates), s.lookahead)
+    scanned = [c.key for c in s.candidates[: p.scanned]]
+    assert set(p.admit) <= set(scanned)
+    positions = [scanned.index(k) for k in p.admit]
+    assert positions == sorted(positions)  # admit keeps the input order
+    if p.chunk is not None:
+        assert p.chunk in scanned and p.chunk not in p.admit
 
 
 @PROPERTY
 @given(scenarios())
-def test_partial_is_last_and_single(s: Scenario) -> None:
+def test_deterministic_and_blind_past_the_lookahead(s: Scenario) -> None:
     p = s.run()
-    by_key = {c.key: c for c in s.window}
-    if p.partial is None:
-        assert p.partial_tokens == 0
+    assert p == s.run(tuple(s.candidates)) == s.run(iter(s.candidates))
+    assert s.run(s.candidates[: s.lookahead]) == p
+    assert s.run(s.candidates[: p.scanned]) == p
+
+
+# -- (a) work conservation -----------------------------------------------------------------------
+
+
+@PROPERTY
+@given(scenarios())
+def test_nothing_that_fits_whole_is_left_out(s: Scenario) -> None:
+    """Every scanned candidate left out did not fit whole in what the ones admitted before it
+    left; the chunk is the first one left out."""
+    p = s.run()
+    admitted = set(p.admit)
+    left_out = []
+    for c, room in walk(s, p):
+        if c.key not in admitted:
+            assert not fits(c, *room, s.budget.block_size), (c, room)
+            left_out.append(c.key)
+        else:
+            assert fits(c, *room, s.budget.block_size)
+    assert p.chunk == (left_out[0] if left_out else None)
+
+
+@PROPERTY
+@given(scenarios())
+def test_the_walk_ends_only_at_a_due_candidate_or_when_the_step_is_full(s: Scenario) -> None:
+    p = s.run()
+    admitted = set(p.admit)
+    scanned = s.candidates[: p.scanned]
+    # A due candidate that does not fit is the last one looked at: nothing behind it jumps it.
+    for c in scanned[:-1]:
+        assert c.key in admitted or not s.due(c), c
+    tokens, slots, _ = room_left(s, p)
+    ended_at_due = bool(scanned) and scanned[-1].key not in admitted and s.due(scanned[-1])
+    if p.scanned < min(len(s.candidates), s.lookahead):
+        assert ended_at_due or tokens < 1 or slots < 1
+    if ended_at_due:
+        # The queue puts due requests first within a priority class: the one that ended the
+        # walk is the chunk, unless a request of a higher class was passed over.
+        last = scanned[-1]
+        if s.queue:
+            chunk = next(c for c in scanned if c.key == p.chunk)
+            assert chunk is last or chunk.priority < last.priority, (chunk, last)
+
+
+@PROPERTY
+@given(scenarios(queue=True, priorities=False))
+def test_in_the_queue_a_due_candidate_that_does_not_fit_is_the_chunk(s: Scenario) -> None:
+    p = s.run()
+    admitted = set(p.admit)
+    for c in s.candidates[: p.scanned]:
+        if c.key not in admitted and s.due(c):
+            assert p.chunk == c.key
+            assert c is s.candidates[p.scanned - 1]
+            break
+
+
+@PROPERTY
+@given(scenarios())
+def test_is_due_matches_the_spec(s: Scenario) -> None:
+    for c in s.candidates:
+        assert is_due(c, s.policy, s.stretch, s.clock) == s.due(c)
+        if s.policy in ("fcfs", "sjf"):
+            assert is_due(c, s.policy, s.stretch, s.clock) == c.preempted
+
+
+# -- (f) the order -------------------------------------------------------------------------------
+
+
+candidates_st = st.builds(
+    Candidate,
+    key=st.integers(0, 10**6),
+    tokens=st.integers(1, 4000),
+    cached=st.integers(0, 200),
+    arrival=st.floats(0, 1000),
+    clock=st.integers(0, 10**6),
+    preempted=st.booleans(),
+    priority=st.integers(-2, 2),
+)
+
+
+@PROPERTY
+@given(candidates_st, candidates_st, st.sampled_from(POLICIES), st.floats(0, 50))
+def test_order_key_priority_class_then_preempted_then_policy(a, b, policy, stretch) -> None:
+    ka, kb = order_key(a, policy, stretch), order_key(b, policy, stretch)
+    if a.priority != b.priority:
+        assert (ka < kb) == (a.priority < b.priority)
+    elif a.preempted != b.preempted:
+        assert (ka < kb) == a.preempted
     else:
-        assert p.admit[-1] == p.partial
-        assert 1 <= p.partial_tokens < by_key[p.partial].tokens
+        place = {
+            "stretch": lambda c: c.clock + stretch * c.tokens,
+            "sjf": lambda c: c.tokens,
+            "fcfs": lambda c: c.arrival,
+            "hrrn": lambda c: c.arrival,
+        }[policy]
+        if place(a) != place(b):
+            assert (ka < kb) == (place(a) < place(b))
+        elif a.arrival != b.arrival:
+            assert (ka < kb) == (a.arrival < b.arrival)
 
 
 @PROPERTY
-@given(scenarios())
-def test_aging_order(s: Scenario) -> None:
-    p = s.run()
-    by_key = {c.key: c for c in s.window}
-    admitted = [by_key[k] for k in p.admit]
-    whole = set(p.admit) - {p.partial}
-    # The first `aged` entries are exactly the aged/preempted ones admitted.
-    assert all(s.aged(c) for c in admitted[: p.aged])
-    assert not any(s.aged(c) for c in admitted[p.aged:])
-    # Preempted ones come first, in queue order, none overtaken by another.
-    preempted = [c.key for c in s.window if c.preempted]
-    got = [c.key for c in admitted if c.preempted]
-    assert list(p.admit[: len(got)]) == got == preempted[: len(got)]
-    # Nothing admitted arrived later than an aged candidate left out (or only split) ...
-    blockers = [c for c in s.window if s.aged(c) and c.key not in whole]
-    for c in admitted:
-        if not c.preempted:
-            assert all(c.arrival <= b.arrival for b in blockers), (c, blockers)
-    # ... and a preempted one left out lets no one else in.
-    if any(b.preempted for b in blockers):
-        assert all(c.preempted for c in admitted)
-    # Aged ones (not preempted) go oldest first.
-    arrivals = [c.arrival for c in admitted[: p.aged] if not c.preempted]
-    assert arrivals == sorted(arrivals)
+@given(st.lists(st.tuples(st.integers(0, 100), st.integers(1, 4000)), max_size=30),
+       st.integers(0, 10_000))
+def test_stretch_zero_is_arrival_order_on_the_clock(steps, start) -> None:
+    """Arrivals at a non-decreasing clock: stretch=0 keeps them in arrival order (fcfs),
+    whatever their lengths."""
+    clock, queue = start, []
+    for i, (advance, tokens) in enumerate(steps):
+        clock += advance
+        queue.append(Candidate(i, tokens, arrival=float(i), clock=clock))
+    by_key = sorted(queue, key=lambda c: order_key(c, "stretch", 0.0))
+    assert [c.key for c in by_key] == list(range(len(steps)))
+    fcfs = sorted(queue, key=lambda c: order_key(c, "fcfs", 0.0))
+    assert by_key == fcfs
+
+
+def test_stretch_lets_a_short_prompt_overtake_for_a_bounded_while() -> None:
+    long = Candidate(1, 1000, arrival=0.0, clock=0)  # deadline 8000
+    key = order_key(long, "stretch", 8.0)
+    early = Candidate(2, 100, arrival=1.0, clock=7000)  # deadline 7800: overtakes
+    late = Candidate(3, 100, arrival=2.0, clock=7950)  # deadline 8750: stays behind
+    assert order_key(early, "stretch", 8.0) < key < order_key(late, "stretch", 8.0)
+    assert not is_due(long, "stretch", 8.0, 7999) and is_due(long, "stretch", 8.0, 8000)
+    # Uncached tokens set the deadline: a prefix-cache hit makes a request cheaper.
+    warm = Candidate(4, 100, cached=900, arrival=3.0, clock=7100)
+    assert order_key(warm, "stretch", 8.0) < key
 
 
 @PROPERTY
-@given(scenarios())
-def test_deterministic(s: Scenario) -> None:
-    assert s.run() == s.run() == plan(tuple(s.candidates), s.budget, NOW, **s.kwargs)
+@given(st.lists(candidates_st, max_size=30, unique_by=lambda c: c.key))
+def test_sjf_is_fewest_uncached_tokens_first(cs) -> None:
+    cs = [Candidate(c.key, c.tokens, c.cached, c.arrival, c.clock) for c in cs]
+    ordered = sorted(cs, key=lambda c: order_key(c, "sjf", 8.0))
+    assert [(c.tokens, c.arrival) for c in ordered] == sorted((c.tokens, c.arrival) for c in cs)
+
+
+def sglang_ratio(c: Candidate, clock: int) -> Fraction:
+    """SGLang's response ratio: 1 + waited / uncached, waited in prefill-clock tokens."""
+    return 1 + Fraction(max(0, clock - c.clock), c.tokens)
 
 
 @PROPERTY
-@given(scenarios())
-def test_whole_mode_splits_only_what_alone_exceeds_the_step(s: Scenario) -> None:
-    p = s.run()
-    if s.split == "whole" and p.partial is not None:
-        c = next(c for c in s.window if c.key == p.partial)
-        assert c.tokens > s.budget.max_tokens
+@given(st.lists(candidates_st, max_size=HRRN_SORT_LIMIT, unique_by=lambda c: c.key),
+       st.integers(0, 2 * 10**6))
+def test_hrrn_order_is_sglangs_ratio_rule(cs, clock) -> None:
+    arrival_order = sorted(cs, key=lambda c: order_key(c, "hrrn", 8.0))
+    got = hrrn_order(arrival_order, clock)
+    assert sorted(map(id, got)) == sorted(map(id, cs))
+    for a, b in itertools.pairwise(got):
+        group_a, group_b = (a.priority, not a.preempted), (b.priority, not b.preempted)
+        assert group_a <= group_b
+        if group_a == group_b:
+            ra, rb = sglang_ratio(a, clock), sglang_ratio(b, clock)
+            assert ra >= rb, (a, b)
+            if ra == rb:
+                assert a.arrival <= b.arrival
 
 
-@PROPERTY
-@given(scenarios())
-def test_no_head_of_line_blocking(s: Scenario) -> None:
-    """Every young candidate left out (or only split) did not fit whole in what remained."""
-    p = s.run()
-    if head_blocked(s, p):
-        return
-    whole = set(p.admit) - {p.partial}
-    tokens, slots, blocks = whole_remainder(s, p)
-    for c in s.window:
-        if c.key not in whole:
-            assert not fits(c, tokens, slots, blocks, s.budget.block_size), c
+def test_hrrn_worked_example() -> None:
+    """SGLang's own example: after 100,000 prefill tokens an old 100-token request (ratio
+    1 + 1000) goes before a new 10-token one (ratio 1); with the same prompt, the request
+    with more of it cached has fewer uncached tokens and a higher ratio."""
+    long_old = Candidate(1, 100, arrival=0.0, clock=0)
+    short_new = Candidate(2, 10, arrival=1.0, clock=100_000)
+    assert [c.key for c in hrrn_order([long_old, short_new], 0)] == [1, 2]  # tie: arrival
+    assert [c.key for c in hrrn_order([short_new, long_old], 100_000)] == [1, 2]
+    more_cached = Candidate(3, 10, cached=90, arrival=2.0, clock=99_000)
+    less_cached = Candidate(4, 100, cached=0, arrival=0.5, clock=99_000)
+    tie = Candidate(5, 100, cached=0, arrival=0.7, clock=99_000)
+    got = hrrn_order([less_cached, tie, more_cached], 100_000)
+    assert [c.key for c in got] == [3, 4, 5]
 
 
-@PROPERTY
-@given(scenarios())
-def test_prefix_group_members_are_admitted_consecutively(s: Scenario) -> None:
-    p = s.run()
-    by_key = {c.key: c for c in s.window}
-    young = [by_key[k].prefix for k in p.admit[p.aged:] if k != p.partial]
-    runs = [g for i, g in enumerate(young) if g is not None and (i == 0 or young[i - 1] != g)]
-    assert len(runs) == len(set(runs)), young
+def test_hrrn_keeps_arrival_order_above_the_sort_limit() -> None:
+    n = HRRN_SORT_LIMIT + 1
+    queue = [Candidate(i, 1000 - i, arrival=float(i), clock=i) for i in range(n)]
+    assert hrrn_order(queue, 10**6) == queue  # arrival order, as SGLang falls back to FCFS
+    assert [c.key for c in hrrn_order(queue[:-1], 10**6)][0] == n - 2  # sorted at the limit
 
 
-@PROPERTY
-@given(scenarios())
-def test_a_young_split_uses_the_rest(s: Scenario) -> None:
-    """A young prompt that is split gets all the tokens, or all the KV blocks, left."""
-    p = s.run()
-    if p.partial is None or head_blocked(s, p):
-        return
-    tokens, _, blocks = whole_remainder(s, p)
-    bs = s.budget.block_size
-    c = next(c for c in s.window if c.key == p.partial)
-    n = p.partial_tokens
-    assert blocks_needed(c.cached, n, bs) <= blocks
-    assert n == tokens or blocks_needed(c.cached, n + 1, bs) > blocks
+# -- (e) bounded wait under sustained overload (a simulation over the pure planner) --------------
 
 
-@PROPERTY
-@given(scenarios(prefixes=False))
-def test_young_ones_are_first_fit_in_policy_order(s: Scenario) -> None:
-    """Without prefix groups the young part of a plan is the reference first fit: ``fcfs`` in
-    queue order; ``ttft`` shortest first, or largest first when shortest first leaves more than
-    ``1 - SWITCH_FILL`` of the free tokens, ``whole`` does not split to fill it, and largest
-    first (oldest first among equal lengths) packs more. Then the split: ``fill``
-    the first one left out, ``whole`` the shortest prompt larger than the step."""
-    p = s.run()
-    if head_blocked(s, p):
-        return
-    by_key = {c.key: c for c in s.window}
-    bs = s.budget.block_size
-    head = [by_key[k] for k in p.admit[: p.aged]]
-    room = (s.budget.tokens - sum(c.tokens for c in head), s.budget.slots - len(head),
-            s.budget.blocks - sum(blocks_needed(c.cached, c.tokens, bs) for c in head))
-    young = [c for c in s.window if not s.aged(c)]
-    order = shortest_first(young) if s.policy == "ttft" else young
-    admitted, left_out, rest = first_fit(order, room, bs)
-    if (s.policy == "ttft" and s.split == "whole"
-            and room[0] - rest[0] < SWITCH_FILL * room[0]):
-        largest = sorted(young, key=lambda c: (-c.tokens, c.arrival, c.key))
-        fuller = first_fit(largest, room, bs)
-        if room[0] - fuller[2][0] > room[0] - rest[0]:
-            admitted, left_out, rest = fuller
-    whole = [k for k in p.admit[p.aged:] if k != p.partial]
-    assert whole == [c.key for c in admitted]
-    if s.split == "fill":
-        target = left_out[0] if left_out else None
-    else:
-        target = next((c for c in order if c.tokens > s.budget.max_tokens
-                       and c.key not in whole), None)
-    expected = target.key if target is not None and has_room(target, rest, bs) else None
-    assert p.partial == expected
+@dataclass
+class Sim:
+    """A waiting queue sorted by order_key; each step vLLM first computes what is left of the
+    prompt started as a chunk, then gives the budget to the plan: the admitted prompts whole,
+    then the chunk with the rest. The prefill clock advances by the tokens computed."""
+
+    budget: int
+    policy: str
+    stretch: float
+    clock: int = 0
+    step: int = 0
+    queue: list = field(default_factory=list)  # sorted (order_key, key)
+    by_key: dict = field(default_factory=dict)
+    chunk_left: list = field(default_factory=list)  # [key, tokens left] of started chunks
+    started: dict = field(default_factory=dict)  # key -> (step, position in the step)
+    seq: itertools.count = field(default_factory=itertools.count)
+
+    def arrive(self, tokens: int) -> Candidate:
+        key = next(self.seq)
+        c = Candidate(key, tokens, arrival=float(key), clock=self.clock)
+        self.by_key[key] = c
+        bisect.insort(self.queue, (order_key(c, self.policy, self.stretch), key))
+        return c
+
+    def pending(self) -> int:
+        return sum(left for _, left in self.chunk_left) + sum(
+            self.by_key[k].tokens for _, k in self.queue)
+
+    def run_step(self) -> tuple[list[Candidate], int]:
+        """One step; returns the requests started (in vLLM's order) and the tokens computed."""
+        free = self.budget
+        for entry in self.chunk_left:
+            take = min(free, entry[1])
+            entry[1] -= take
+            free -= take
+        self.chunk_left = [e for e in self.chunk_left if e[1]]
+        ordered = [self.by_key[k] for _, k in self.queue]
+        p = plan(ordered, Budget(tokens=free, slots=BIG, blocks=BIG, block_size=16),
+                 policy=self.policy, stretch=self.stretch, clock=self.clock, lookahead=BIG)
+        front = [self.by_key[k] for k in p.admit]
+        free -= p.tokens
+        if p.chunk is not None and free > 0:
+            chunk = self.by_key[p.chunk]
+            front.append(chunk)
+            self.chunk_left.append([chunk.key, chunk.tokens - free])
+            free = 0
+        gone = {c.key for c in front}
+        self.queue = [e for e in self.queue if e[1] not in gone]
+        for i, c in enumerate(front):
+            self.started[c.key] = (self.step, i)
+        computed = self.budget - free
+        self.clock += computed
+        self.step += 1
+        return front, computed
 
 
-@PROPERTY
-@given(scenarios(aged=False, prefixes=False))
-def test_ttft_serves_the_shortest_unless_a_fuller_pack_exists(s: Scenario) -> None:
-    """ttft passes a shorter prompt over for a longer one only on KV blocks, or when the
-    shortest-first pack leaves more than ``1 - SWITCH_FILL`` of the step and it packs more."""
-    s = Scenario(s.candidates, s.budget, "ttft", s.split, s.max_wait_s, s.lookahead)
-    p = s.run()
-    by_key = {c.key: c for c in s.window}
-    bs = s.budget.block_size
-    whole = [by_key[k] for k in p.admit if k != p.partial]
-    room = (s.budget.tokens, s.budget.slots, s.budget.blocks)
-    shortest, _, rest = first_fit(shortest_first(s.window), room, bs)
-    packed, packed_shortest = sum(c.tokens for c in whole), room[0] - rest[0]
-    assert packed >= packed_shortest
-    if packed > packed_shortest:  # switched to the fuller pack: only when worth it
-        assert s.split == "whole" and packed_shortest < SWITCH_FILL * room[0]
-        return
-    lengths = [c.tokens for c in whole]
-    assert lengths == sorted(lengths)
-    for a in whole:
-        for b in s.window:
-            if b not in whole and (b.tokens, b.arrival, b.key) < (a.tokens, a.arrival, a.key):
-                assert blocks_needed(b.cached, b.tokens, bs) > blocks_needed(
-                    a.cached, a.tokens, bs), (a, b)
+def deadline(c: Candidate, stretch: float) -> float:
+    return c.clock + stretch * c.tokens
 
 
-# -- examples ----------------------------------------------------------------------------------
+def check_stretch_bounds(sim: Sim, arrivals, first_phase: int, max_steps: int = 5000) -> Sim:
+    """Run ``sim`` with ``arrivals(step)`` each step until every request that arrived in the
+    first ``first_phase`` steps has started, checking at every step:
+
+    - the step is full while enough work waits (work conservation);
+    - no request that arrived once the clock had passed a waiting request's deadline starts
+      before it;
+    - a request starts before the clock passes ``deadline + budget + longest prompt + the
+      tokens of every request ahead of it in the order`` (all of which arrived before its
+      deadline, since later arrivals are behind it).
+    """
+    stretch, budget = sim.stretch, sim.budget
+    order = []  # (order_key, tokens) of every request so far, sorted
+    bound: dict[int, float] = {}
+    longest = 0
+    watched: set[int] = set()
+    while sim.step < first_phase or watched:
+        assert sim.step < max_steps, "did not start every request"
+        for tokens in arrivals(sim.step):
+            c = sim.arrive(tokens)
+            longest = max(longest, tokens)
+            bisect.insort(order, (order_key(c, sim.policy, stretch), tokens))
+            if sim.step < first_phase:
+                watched.add(c.key)
+        # Bounds: once the clock passed a deadline nothing can arrive ahead of that request.
+        waiting = [sim.by_key[k] for _, k in sim.queue]
+        for c in waiting:
+            if c.key not in bound and sim.clock > deadline(c, stretch):
+                ahead = bisect.bisect_left(order, (order_key(c, sim.policy, stretch),))
+                bound[c.key] = (deadline(c, stretch) + budget + longest
+                                + sum(t for _, t in order[:ahead]))
+            if c.key in bound:
+                assert sim.clock <= bound[c.key], (c, sim.clock, bound[c.key])
+        pending = sim.pending()
+        front, computed = sim.run_step()
+        assert computed == min(budget, pending), (computed, pending)
+        # Nothing that arrived after a request's deadline starts before it.
+        still = {c.key for c in waiting} - {c.key for c in front}
+        for i, q in enumerate(front):
+            behind = [c for c in front[i + 1:]] + [sim.by_key[k] for k in still]
+            for r in behind:
+                assert not (r.arrival < q.arrival and deadline(r, stretch) <= q.clock), (r, q)
+        watched -= {c.key for c in front}
+    return sim
+
+
+@settings(derandomize=True, max_examples=60, deadline=None)
+@given(
+    budget=st.integers(16, 256),
+    stretch=st.sampled_from([0.0, 0.5, 1.0, 2.0, 8.0]) | st.floats(0, 10),
+    pattern=st.lists(st.lists(st.integers(0, 6), min_size=0, max_size=3), min_size=1,
+                     max_size=6),
+    first_phase=st.integers(1, 12),
+)
+def test_stretch_bounds_every_wait_under_sustained_overload(budget, stretch, pattern,
+                                                            first_phase) -> None:
+    """Arrivals of mixed lengths (up to two budgets long) fill more than the budget every
+    step, so the queue grows without end; every request still starts, within its bound."""
+
+    def arrivals(step: int) -> list[int]:
+        sizes = [budget * k // 3 + step % 7 + 1 for k in pattern[step % len(pattern)]]
+        while sum(sizes) <= budget:
+            sizes.append(budget // 4 + 1)  # short prompts keep coming
+        return sizes
+
+    check_stretch_bounds(Sim(budget, "stretch", stretch), arrivals, first_phase)
+
+
+def starvation_workload(step: int) -> list[int]:
+    """A 600-token prompt first, then 3 x 100 tokens every step (the budget is 256)."""
+    return ([600] if step == 0 else []) + [100, 100, 100]
+
+
+def test_stretch_starts_a_long_prompt_overtaken_by_short_ones_sjf_starves_it() -> None:
+    sim = check_stretch_bounds(Sim(256, "stretch", 2.0), starvation_workload, first_phase=1)
+    long_start = sim.started[0][0]
+    assert 1 < long_start < 20  # overtaken for a while (deadline 1200), then started
+    overtook = [k for k, (step, _) in sim.started.items() if k > 3 and step < long_start]
+    assert overtook  # later short prompts went first
+    sjf = Sim(256, "sjf", 2.0)
+    for step in range(300):
+        for tokens in starvation_workload(step):
+            sjf.arrive(tokens)
+        sjf.run_step()
+    assert 0 not in sjf.started  # shortest-first without aging never starts it
+    fcfs = Sim(256, "fcfs", 2.0)
+    for tokens in starvation_workload(0):
+        fcfs.arrive(tokens)
+    front, _ = fcfs.run_step()
+    assert [c.key for c in front] == [1, 2, 0]  # passed over, then chunked at once
+
+
+def test_stretch_zero_starts_in_arrival_order_under_overload() -> None:
+    sim = check_stretch_bounds(Sim(256, "stretch", 0.0), starvation_workload, first_phase=5)
+    starts = sorted(sim.started, key=lambda k: sim.started[k])
+    assert starts == sorted(starts)
+
+
+# -- worked examples -----------------------------------------------------------------------------
 
 
 def test_blocks_needed() -> None:
@@ -335,175 +554,172 @@ def test_blocks_needed() -> None:
 
 
 def bimodal() -> list[Candidate]:
-    long = Candidate(key=0, tokens=7000, cached=0, arrival=0.0)
-    return [long] + [Candidate(key=i, tokens=100, cached=0, arrival=i / 100) for i in range(1, 21)]
+    """A 7000-token prompt, then 20 of 100 tokens, all on the same clock."""
+    long = Candidate(key=0, tokens=7000, arrival=0.0)
+    return [long] + [Candidate(key=i, tokens=100, arrival=i / 100) for i in range(1, 21)]
 
 
-STEP = Budget(tokens=8192, slots=256, blocks=BIG, block_size=16, max_tokens=8192)
+STEP = Budget(tokens=8192, slots=256, blocks=BIG, block_size=16)
 
 
-@pytest.mark.parametrize(
-    ("policy", "split", "admit", "partial_tokens", "tokens"),
-    [
-        ("fcfs", "fill", tuple(range(13)), 92, 8192),
-        ("fcfs", "whole", tuple(range(12)), 0, 8100),
-    ],
-)
-def test_bimodal_queue_fcfs(policy, split, admit, partial_tokens, tokens) -> None:
-    p = plan(bimodal(), STEP, now=1.0, policy=policy, split=split)
-    assert p.admit == admit
-    assert p.partial == (admit[-1] if partial_tokens else None)
-    assert (p.partial_tokens, p.tokens, p.aged) == (partial_tokens, tokens, 0)
+def walk_queue(cs, policy="stretch", stretch=8.0, clock=0, budget=STEP, **kw) -> Plan:
+    return plan(queue_order(cs, policy, stretch, clock), budget, policy=policy,
+                stretch=stretch, clock=clock, **kw)
 
 
-def test_bimodal_queue_ttft_whole_takes_the_fuller_pack() -> None:
-    """The 20 short prompts alone fill 2000 of 8192 tokens and ``whole`` will not split the
-    long one to fill the rest: ttft packs largest first instead (the long prompt whole plus
-    11 short ones, the oldest of them)."""
-    p = plan(bimodal(), STEP, now=1.0, policy="ttft", split="whole")
-    assert p.admit == tuple(range(12))
-    assert (p.partial, p.partial_tokens, p.tokens, p.aged) == (None, 0, 8100, 0)
+def test_bimodal_queue_fcfs_passes_over_and_chunks_the_first_left_out() -> None:
+    """The long prompt and 11 short ones fill 8100 tokens; the 12th short one is the chunk
+    (vLLM gives it the 92 tokens left): the step is full."""
+    p = walk_queue(bimodal(), "fcfs")
+    assert p == Plan(tuple(range(12)), 12, 8100, 7000 // 16 + 1 + 11 * 7, 21)
 
 
-def test_bimodal_queue_ttft_fill_serves_every_short_prompt() -> None:
-    """With ``fill`` the split fills the step anyway: all 20 short prompts go whole and the
-    long one gets the rest as a chunk."""
-    p = plan(bimodal(), STEP, now=1.0, policy="ttft", split="fill")
-    assert p.admit == (*range(1, 21), 0)
-    assert (p.partial, p.partial_tokens, p.tokens, p.aged) == (0, 6192, 8192, 0)
+def test_bimodal_queue_stretch_serves_every_short_prompt_then_chunks_the_long_one() -> None:
+    p = walk_queue(bimodal())
+    assert (p.admit, p.chunk, p.tokens, p.scanned) == (tuple(range(1, 21)), 0, 2000, 21)
+    assert walk_queue(bimodal(), "sjf").admit == tuple(range(1, 21))
+    # hrrn: nothing has waited, equal ratios go in arrival order; every request is due, so
+    # the first one that does not fit whole ends the walk as the chunk.
+    p = walk_queue(bimodal(), "hrrn", clock=0)
+    assert (p.admit, p.chunk, p.scanned) == (tuple(range(12)), 12, 13)
 
 
-def test_ttft_packs_shortest_first_when_that_fills_the_step() -> None:
-    q = [Candidate(0, 7000, 0, arrival=0.0)]
-    q += [Candidate(k, 400, 0, arrival=k / 100) for k in range(1, 21)]
-    p = plan(q, STEP, now=1.0, policy="ttft", split="whole")
-    assert p.admit == tuple(range(1, 21))  # 20 x 400 = 8000 tokens: >= 95% of the step
+def test_a_due_prompt_is_not_overtaken() -> None:
+    """Once the clock passes the long prompt's deadline (arrived at 0, 1000 tokens, stretch
+    8: 8000) it is due: a later short prompt is behind it, and when it does not fit whole it is
+    the chunk and nothing behind it is admitted."""
+    long = Candidate(1, 1000, arrival=0.0, clock=0)
+    shorts = [Candidate(k, 10, arrival=float(k), clock=8000) for k in range(2, 6)]
+    busy = Budget(tokens=600, slots=8, blocks=BIG, block_size=16)
+    p = walk_queue([long, *shorts], clock=8000, budget=busy)
+    assert p == Plan((), 1, 0, 0, 1)
+    # Before its deadline the short ones (arrived earlier on the clock) go first.
+    early = [Candidate(k, 10, arrival=float(k), clock=5000) for k in range(2, 6)]
+    p = walk_queue([long, *early], clock=7999, budget=busy)
+    assert (p.admit, p.chunk) == ((2, 3, 4, 5), 1)
+    # Not due and not fitting: passed over, the prompts behind it still go.
+    p = walk_queue([long, *early], clock=7999, budget=busy, policy="fcfs")
+    assert (p.admit, p.chunk) == ((2, 3, 4, 5), 1)
 
 
-def grouped_queue() -> list[Candidate]:
-    spec = [(1, 50, None), (2, 300, 7), (3, 20, 7), (4, 100, None), (5, 10, None), (6, 200, 7)]
-    return [Candidate(k, t, 0, arrival=k / 10, prefix=g) for k, t, g in spec]
+def test_preempted_go_first_and_are_due() -> None:
+    q = [
+        Candidate(1, 100, arrival=9.5, clock=900, preempted=True),  # preempted, arrived late
+        Candidate(2, 10, arrival=3.0, clock=0),
+        Candidate(3, 300, arrival=9.6, clock=900, preempted=True),
+        Candidate(4, 10, arrival=9.9, clock=900),
+    ]
+    assert walk_queue(q, clock=1000).admit == (1, 3, 2, 4)
+    room = Budget(tokens=250, slots=8, blocks=BIG, block_size=16)
+    p = walk_queue(q, clock=1000, budget=room)
+    assert p == Plan((1,), 3, 100, 7, 2)  # 3 does not fit whole: it is chunked, nothing jumps
+    for policy in ("fcfs", "sjf", "hrrn"):
+        assert walk_queue(q, policy, clock=1000, budget=room).admit == (1,)
 
 
-def test_prefix_groups_are_admitted_together() -> None:
-    q = grouped_queue()
-    # ttft: the group sits at its smallest member (20 tokens), members by length.
-    assert plan(q, STEP, now=1.0, policy="ttft").admit == (5, 3, 6, 2, 1, 4)
-    # fcfs: the group follows its first member in queue order.
-    assert plan(q, STEP, now=1.0, policy="fcfs").admit == (1, 2, 3, 6, 4, 5)
-    tight = Budget(tokens=560, slots=8, blocks=BIG, block_size=16, max_tokens=8192)
-    p = plan(q, tight, now=1.0, policy="ttft", split="whole")
-    assert p.admit == (5, 3, 6, 2)  # 10 + 20 + 200 + 300: the whole group, then no room
+def test_priority_class_comes_first() -> None:
+    """vLLM's priority classes (lower first) come before every policy's order."""
+    q = [Candidate(1, 10, arrival=0.0, priority=1),
+         Candidate(2, 500, arrival=1.0, priority=0),
+         Candidate(3, 20, arrival=2.0, priority=0, preempted=True),
+         Candidate(4, 5, arrival=3.0, priority=-1)]
+    for policy in POLICIES:
+        assert walk_queue(q, policy).admit == (4, 3, 2, 1), policy
 
 
-def test_ttft_ties_go_by_arrival_then_key() -> None:
-    q = [Candidate(9, 5, 0, arrival=0.3), Candidate(4, 5, 0, arrival=0.1),
-         Candidate(7, 5, 0, arrival=0.1), Candidate(1, 6, 0, arrival=0.0)]
-    assert plan(q, STEP, now=1.0).admit == (4, 7, 9, 1)
+def test_kv_blocks_limit_admission() -> None:
+    c = Candidate(1, 1000, cached=10, arrival=0.0)
+    small = Candidate(2, 6, cached=10, arrival=1.0)  # fills block 1: no new block
+    one_block = Budget(tokens=8192, slots=8, blocks=1, block_size=16)
+    p = plan([c, small], one_block, policy="fcfs")
+    assert p == Plan((2,), 1, 6, 0, 2)
 
 
-@pytest.mark.parametrize(("bad", "accepted"), [
-    ({"policy": "sjf"}, ["'sjf'", "ttft", "fcfs"]),
-    ({"split": "chunk"}, ["'chunk'", "whole", "fill"]),
-    ({"max_wait_s": 0}, ["max_wait_s", "> 0"]),
-    ({"max_wait_s": float("nan")}, ["max_wait_s", "> 0"]),
-    ({"lookahead": 0}, ["lookahead", ">= 1"]),
+def test_no_slot_or_no_tokens_admits_nothing() -> None:
+    no_slots = Budget(tokens=8192, slots=0, blocks=BIG, block_size=16)
+    no_tokens = Budget(tokens=0, slots=8, blocks=BIG, block_size=16)
+    for budget in (no_slots, no_tokens):
+        for policy in POLICIES:
+            assert walk_queue(bimodal(), policy, budget=budget) == Plan((), None, 0, 0, 0)
+
+
+def test_lookahead_limits_the_window() -> None:
+    q = queue_order(bimodal(), "fcfs", 8.0, 0)
+    p = plan(q, STEP, policy="fcfs", lookahead=3)
+    assert (p.admit, p.scanned) == ((0, 1, 2), 3)
+    p = plan(q, Budget(tokens=150, slots=8, blocks=BIG, block_size=16), policy="fcfs",
+             lookahead=3)
+    assert (p.admit, p.chunk, p.scanned) == ((1,), 0, 3)
+
+
+# -- (g) options ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("policy", "stretch", "words"), [
+    ("ttft", 8.0, ["'ttft'", "stretch, fcfs, sjf, hrrn"]),
+    ("split", 8.0, ["'split'", "stretch, fcfs, sjf, hrrn"]),
+    ("stretch", -1, ["stretch", "-1", ">= 0"]),
+    ("stretch", float("nan"), ["stretch", "nan", ">= 0"]),
+    ("stretch", float("inf"), ["stretch", "inf", "finite"]),
+    ("stretch", True, ["stretch", "True"]),
+    ("stretch", "8", ["stretch", "'8'"]),
 ])
-def test_bad_options_name_the_value_and_the_accepted_ones(bad, accepted) -> None:
+def test_check_policy_names_the_value_and_the_accepted_ones(policy, stretch, words) -> None:
     with pytest.raises(ValueError) as err:
-        plan(bimodal(), STEP, now=1.0, **bad)
-    for word in accepted:
+        check_policy(policy, stretch)
+    for word in words:
         assert word in str(err.value)
+
+
+def test_check_policy_accepts_every_policy() -> None:
+    for policy in POLICIES:
+        for stretch in (0, 0.0, 8, 1e6):
+            check_policy(policy, stretch)
+
+
+@pytest.mark.parametrize(("options", "words"), [
+    ({"policy": "ttft"}, ["policy", "'ttft'", "stretch, fcfs, sjf, hrrn"]),
+    ({"stretch": -1}, ["stretch", "-1", ">= 0"]),
+    ({"stretch": float("nan")}, ["stretch", "nan"]),
+    ({"stretch": float("inf")}, ["stretch", "inf", "finite"]),
+    ({"stretch": True}, ["stretch", "True"]),
+    ({"lookahead": 0}, ["lookahead", "0", ">= 1"]),
+    ({"lookahead": 2.5}, ["lookahead", "2.5", "integer"]),
+    ({"lookahead": True}, ["lookahead", "True"]),
+    ({"packed_attention": "yes"}, ["packed_attention", "'yes'", "auto, on, off"]),
+    ({"split": "whole"}, ["'split'", "policy", "stretch", "lookahead"]),
+    ({"max_wait_s": 5.0}, ["'max_wait_s'", "policy", "stretch", "lookahead"]),
+])
+def test_bad_options_name_the_value_and_the_accepted_ones(options, words) -> None:
+    with pytest.raises(PrepackConfigError) as err:
+        PrepackConfig.from_dict(options)
+    for word in words:
+        assert word in str(err.value)
+
+
+def test_options_defaults_and_round_trip() -> None:
+    config = PrepackConfig()
+    assert (config.policy, config.stretch, config.lookahead) == ("stretch", 8.0, 128)
+    given = PrepackConfig.from_dict({"policy": "hrrn", "stretch": 0, "lookahead": 1})
+    assert PrepackConfig.from_dict(given.to_dict()) == given
+    assert PrepackConfig.from_additional_config({"prepack": {"policy": "sjf"}}).policy == "sjf"
+    assert PrepackConfig.from_additional_config(None) == config
 
 
 def test_bad_values() -> None:
     with pytest.raises(ValueError, match="tokens must be >= 1, got 0"):
-        Candidate(1, 0, 0, arrival=0.0)
+        Candidate(1, 0)
     with pytest.raises(ValueError, match="cached must be >= 0, got -1"):
-        Candidate(1, 1, -1, arrival=0.0)
+        Candidate(1, 1, -1)
+    with pytest.raises(ValueError, match="cap must be >= 0, got -1"):
+        Candidate(1, 1, cap=-1)
     with pytest.raises(ValueError, match="block_size must be >= 1, got 0"):
-        Budget(tokens=1, slots=1, blocks=1, block_size=0, max_tokens=1)
-    with pytest.raises(ValueError, match="max_tokens"):
-        Budget(tokens=10, slots=1, blocks=1, block_size=1, max_tokens=5)
-    with pytest.raises(ValueError, match="duplicate candidate key 3"):
-        plan([Candidate(3, 1, 0, 0.0), Candidate(3, 2, 0, 0.0)], STEP, now=1.0)
+        Budget(tokens=1, slots=1, blocks=1, block_size=0)
+    with pytest.raises(ValueError, match="tokens must be >= 0, got -1"):
+        Budget(tokens=-1, slots=1, blocks=1, block_size=1)
 
 
-def test_aged_head_is_not_overtaken() -> None:
-    aged = Candidate(1, 6000, 0, arrival=0.0)
-    young = [Candidate(k, 10, 0, arrival=9.0 + k / 10) for k in range(2, 6)]
-    busy = Budget(tokens=4000, slots=8, blocks=BIG, block_size=16, max_tokens=8192)
-    # whole: the aged prompt waits for a step with room, and so does everyone behind it.
-    p = plan([aged, *young], busy, now=10.0, split="whole", max_wait_s=5.0)
-    assert p == Plan((), None, 0, 0, 0, 0)
-    # fill: the aged prompt takes what there is.
-    p = plan([aged, *young], busy, now=10.0, split="fill", max_wait_s=5.0)
-    assert p == Plan((1,), 1, 4000, 4000, 250, 1)
-    # Not aged yet: the young ones overtake it.
-    p = plan([aged, *young], busy, now=4.0, split="whole", max_wait_s=5.0)
-    assert p.admit == (2, 3, 4, 5) and p.aged == 0
-
-
-def test_aged_prompt_larger_than_the_step_is_split_even_in_whole_mode() -> None:
-    huge = Candidate(1, 10000, 0, arrival=0.0)
-    p = plan([huge, Candidate(2, 10, 0, arrival=9.0)], STEP, now=10.0, split="whole")
-    assert (p.admit, p.partial, p.partial_tokens, p.aged) == ((1,), 1, 8192, 1)
-
-
-def test_preempted_keep_the_head_and_the_oldest_aged_goes_first() -> None:
-    q = [
-        Candidate(1, 100, 0, arrival=9.5, preempted=True),  # preempted, arrived late
-        Candidate(2, 100, 0, arrival=3.0),  # aged, queue order and arrival disagree
-        Candidate(3, 100, 0, arrival=1.0),  # aged, the oldest
-        Candidate(4, 10, 0, arrival=9.9),  # young
-    ]
-    assert plan(q, STEP, now=10.0).admit == (1, 3, 2, 4)
-    room_for_two = Budget(tokens=250, slots=8, blocks=BIG, block_size=16, max_tokens=8192)
-    p = plan(q, room_for_two, now=10.0, split="whole")
-    assert (p.admit, p.aged) == ((1, 3), 2)  # 2 does not fit whole: nothing overtakes it
-    p = plan(q, room_for_two, now=10.0, split="fill")
-    assert (p.admit, p.partial, p.partial_tokens, p.aged) == ((1, 3, 2), 2, 50, 3)
-
-
-def test_huge_young_prompt_is_split_into_the_gap_in_whole_mode() -> None:
-    huge = Candidate(1, 20000, 0, arrival=0.0)
-    short = Candidate(2, 100, 0, arrival=0.1)
-    busy = Budget(tokens=3000, slots=8, blocks=BIG, block_size=16, max_tokens=8192)
-    p = plan([huge], busy, now=1.0, split="whole")
-    assert (p.admit, p.partial, p.partial_tokens) == ((1,), 1, 3000)
-    p = plan([huge, short], busy, now=1.0, split="whole")
-    assert (p.admit, p.partial, p.partial_tokens) == ((2, 1), 1, 2900)
-    medium = Candidate(3, 5000, 0, arrival=0.0)  # > free tokens but fits an empty step
-    assert plan([medium], busy, now=1.0, split="whole").admit == ()
-
-
-def test_fcfs_skips_what_does_not_fit_and_packs_to_the_last_token() -> None:
-    q = [Candidate(1, 100, 0, 0.0), Candidate(2, 50, 0, 0.1), Candidate(3, 1, 0, 0.2)]
-    budget = Budget(tokens=101, slots=8, blocks=BIG, block_size=16, max_tokens=8192)
-    p = plan(q, budget, now=1.0, policy="fcfs", split="whole")
-    assert (p.admit, p.tokens) == ((1, 3), 101)
-
-
-def test_split_is_limited_by_kv_blocks() -> None:
-    c = Candidate(1, 1000, cached=10, arrival=0.0)
-    one_block = Budget(tokens=8192, slots=8, blocks=1, block_size=16, max_tokens=8192)
-    p = plan([c], one_block, now=1.0, split="fill")
-    assert (p.partial, p.partial_tokens, p.blocks) == (1, 22, 1)  # fills blocks 1 and 2
-
-
-def test_no_slot_or_no_tokens_admits_nothing() -> None:
-    q = bimodal()
-    no_slots = Budget(tokens=8192, slots=0, blocks=BIG, block_size=16, max_tokens=8192)
-    no_tokens = Budget(tokens=0, slots=8, blocks=BIG, block_size=16, max_tokens=8192)
-    for budget in (no_slots, no_tokens):
-        for split in ("fill", "whole"):
-            assert plan(q, budget, now=100.0, split=split).admit == ()
-
-
-def test_lookahead_limits_the_window() -> None:
-    q = bimodal()
-    assert plan(q, STEP, now=1.0, lookahead=3).admit == (1, 2, 0)
-    assert plan(q, STEP, now=1.0, lookahead=3, split="whole").admit == (1, 2, 0)
+# -- purity --------------------------------------------------------------------------------------
 
 
 def test_planner_imports_only_the_standard_library() -> None:

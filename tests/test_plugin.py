@@ -100,7 +100,9 @@ def test_help_lists_scheduler_and_bogus_value_fails(tiny_model):
     out = run_vllm(["serve", "--help=all"])
     assert out.returncode == 0, out.stderr
     assert "--scheduler {default,prepack}" in out.stdout
-    assert "--prepack-policy" in out.stdout and "--prepack-split" in out.stdout
+    assert "--prepack-policy {stretch,fcfs,sjf,hrrn}" in out.stdout
+    assert "--prepack-stretch" in out.stdout and "--prepack-lookahead" in out.stdout
+    assert "--prepack-split" not in out.stdout and "--prepack-max-wait-s" not in out.stdout
     bad = run_vllm(["serve", tiny_model, "--scheduler", "bogus"])
     assert bad.returncode != 0
     assert "invalid choice: 'bogus'" in bad.stderr and "default" in bad.stderr
@@ -111,16 +113,24 @@ def test_help_lists_scheduler_and_bogus_value_fails(tiny_model):
 @pytest.mark.parametrize(
     "args, message",
     [
-        (["--scheduler", "prepack", "--prepack-max-wait-s", "-1"], "max_wait_s"),
-        (["--scheduler", "prepack", "--prepack-policy", "lifo"], "invalid choice: 'lifo'"),
-        (["--scheduler", "prepack", "--scheduling-policy", "priority"], "priority"),
-        (["--prepack-policy", "fcfs"], "only apply with --scheduler prepack"),
+        (["--scheduler", "prepack", "--prepack-stretch", "-1"],
+         ["prepack stretch must be a finite number >= 0, got -1"]),
+        (["--scheduler", "prepack", "--prepack-stretch", "nan"], ["stretch", "nan"]),
+        (["--scheduler", "prepack", "--prepack-lookahead", "0"],
+         ["prepack lookahead must be an integer >= 1, got 0"]),
+        (["--scheduler", "prepack", "--prepack-policy", "ttft"],
+         ["invalid choice: 'ttft'", "stretch", "fcfs", "sjf", "hrrn"]),
+        (["--scheduler", "prepack", "--prepack-policy", "lifo"], ["invalid choice: 'lifo'"]),
+        (["--scheduler", "prepack", "--prepack-split", "whole"], ["--prepack-split"]),
+        (["--scheduler", "prepack", "--prepack-max-wait-s", "5"], ["--prepack-max-wait-s"]),
+        (["--prepack-policy", "fcfs"], ["only apply with --scheduler prepack"]),
     ],
 )
 def test_bad_prepack_options_fail_clearly(tiny_model, args, message):
     out = run_vllm(["serve", tiny_model, *args], timeout=240)
     assert out.returncode != 0
-    assert message in out.stdout + out.stderr
+    for words in message:
+        assert words in out.stdout + out.stderr, (words, (out.stdout + out.stderr)[-3000:])
 
 
 @pytest.mark.cli
@@ -170,7 +180,7 @@ def test_serve_prepack_and_default_multiprocess(tiny_model, tmp_path, engine_loc
     prompts = random_prompts(12, seed=3, max_len=MAX_MODEL_LEN - 8)
     env = dict(VLLM_ENABLE_V1_MULTIPROCESSING="1")
     with serve([tiny_model, *SERVE_ARGS, "--scheduler", "prepack",
-                "--prepack-policy", "ttft"], tmp_path / "prepack.log", **env) as s:
+                "--prepack-policy", "stretch"], tmp_path / "prepack.log", **env) as s:
         prepack = _completion_texts(s, prompts, tiny_model)
         chat = s.post("/v1/chat/completions", {
             "model": tiny_model, "max_tokens": 5, "temperature": 0,

@@ -20,13 +20,15 @@ from vllm.v1.request import RequestStatus
 from benchmarks.sched_sim import make_request, make_scheduler
 from vllm_prepack.adapters.scheduler import PrepackAsyncScheduler, PrepackSyncScheduler
 
+PREPACK = (PrepackSyncScheduler, PrepackAsyncScheduler)
+
 STEPS = int(os.environ.get("PREPACK_SOAK_STEPS", "2000"))
 MAX_MODEL_LEN = 512
-MAX_WAIT_S = 30.0
+STRETCH = 2.0
 
 
 def make_trace(seed: int, steps: int) -> list[list[tuple]]:
-    """Per step, the events before it: ('add', id, prompt, max_tokens, age_s), ('abort', id)."""
+    """Per step, the events before it: ('add', id, prompt, max_tokens), ('abort', id)."""
     rng = random.Random(seed)
     prefixes = [[rng.randrange(3, 500) for _ in range(64)] for _ in range(3)]
     trace, n = [], 0
@@ -45,8 +47,7 @@ def make_trace(seed: int, steps: int) -> list[list[tuple]]:
                 else:
                     prompt = [rng.randrange(3, 500) for _ in range(rng.randint(2, 300))]
                 max_tokens = 1 if len(prompt) == MAX_MODEL_LEN - 1 else rng.randint(1, 8)
-                age = 100.0 if rng.random() < 0.05 else 0.0  # some arrive already aged
-                events.append(("add", f"s{n}", prompt, max_tokens, age))
+                events.append(("add", f"s{n}", prompt, max_tokens))
                 n += 1
         if n and rng.random() < 0.05:
             events.append(("abort", f"s{rng.randrange(n)}"))
@@ -54,18 +55,35 @@ def make_trace(seed: int, steps: int) -> list[list[tuple]]:
     return trace
 
 
-def soak(cls, trace, *, async_scheduling: bool):
+def queued_clock(request) -> int:
+    """The prefill clock when the request entered the prepack queue."""
+    return request._prepack_candidate.clock
+
+
+def deadline(request) -> float:
+    c = request._prepack_candidate
+    return c.clock + STRETCH * c.tokens
+
+
+def soak(cls, trace, *, async_scheduling: bool, options: dict | None = None,
+         scheduling_policy: str = "fcfs"):
+    options = {"stretch": STRETCH} if options is None else options
     scheduler = make_scheduler(
         cls, os.environ["PREPACK_TEST_MODEL_PATH"], budget=256, max_num_seqs=16,
         num_blocks=48, chunked=True, prefix_caching=True, max_model_len=MAX_MODEL_LEN,
-        async_scheduling=async_scheduling,
-        additional_config={"prepack": {"max_wait_s": MAX_WAIT_S}},
+        async_scheduling=async_scheduling, policy=scheduling_policy,
+        additional_config={"prepack": options} if cls in PREPACK else None,
     )
+    # The deadline rule holds within a priority class, for the stretch policy.
+    check_deadlines = (cls in PREPACK and options.get("policy", "stretch") == "stretch"
+                       and options.get("stretch", 8.0) == STRETCH
+                       and scheduling_policy == "fcfs")
     free_at_start = scheduler.kv_cache_manager.block_pool.get_num_free_blocks()
     arrivals, max_tokens, aborted = {}, {}, set()
     outputs: dict[str, int] = {}
     finished: dict[str, str] = {}
-    stats = {"steps": 0, "preemptions": 0, "aborts": 0, "admissions": 0, "overtaken": 0}
+    stats = {"steps": 0, "preemptions": 0, "aborts": 0, "admissions": 0, "overtaken": 0,
+             "due_waiting": 0}
     in_flight: deque = deque()
     now0 = time.time()
 
@@ -88,33 +106,37 @@ def soak(cls, trace, *, async_scheduling: bool):
         assert step < len(trace) + 20_000, "did not drain"
         for event in trace[step] if step < len(trace) else ():
             if event[0] == "add":
-                _, rid, prompt, mt, age = event
-                arrivals[rid] = now0 - age
+                _, rid, prompt, mt = event
+                arrivals[rid] = now0 + step
                 max_tokens[rid] = mt
-                scheduler.add_request(make_request(prompt, max_tokens=mt, arrival=now0 - age,
-                                                   req_id=rid))
+                request = make_request(prompt, max_tokens=mt, arrival=now0 + step,
+                                       req_id=rid)
+                request.priority = int(rid[1:]) % 3  # used under the priority policy only
+                scheduler.add_request(request)
             elif event[1] in scheduler.requests:
                 scheduler.finish_requests(event[1], RequestStatus.FINISHED_ABORTED)
                 aborted.add(event[1])
                 stats["aborts"] += 1
         step += 1
         if scheduler.has_unfinished_requests() and len(in_flight) < 2:
-            # Taken before schedule(): whatever is aged now, the planner saw aged too (a
-            # clock read after it could count a request that aged during the step).
-            now = time.time()
+            # The prefill clock the planner measures deadlines on, before this step.
+            clock = scheduler.prepack_clock if check_deadlines else None
             out = scheduler.schedule()
             stats["steps"] += 1
             stats["preemptions"] += len(out.preempted_req_ids)
             new = [r.req_id for r in out.scheduled_new_reqs]
             stats["admissions"] += len(new)
-            # Aging rule: nothing admitted this step arrived after an aged request left
-            # waiting in a plannable state (vLLM admits nothing in a step that preempted).
-            waiting_aged = [arrivals[r.request_id] for r in scheduler.waiting
-                            if r.status == RequestStatus.WAITING
-                            and now - arrivals[r.request_id] >= MAX_WAIT_S]
-            if waiting_aged and new:
-                oldest_left = min(waiting_aged)
-                stats["overtaken"] += sum(arrivals[r] > oldest_left for r in new)
+            # Deadline rule: nothing admitted this step queued once the prefill clock had
+            # passed the deadline of a request left waiting in a plannable state (vLLM
+            # admits nothing in a step that preempted).
+            if clock is not None:
+                due_left = [deadline(r) for r in scheduler.waiting
+                            if r.status == RequestStatus.WAITING and deadline(r) <= clock]
+                if due_left:
+                    stats["due_waiting"] += 1
+                    earliest = min(due_left)
+                    stats["overtaken"] += sum(
+                        queued_clock(scheduler.requests[r]) >= earliest for r in new)
             emit = {r: not scheduler.requests[r].is_prefill_chunk
                     for r in out.num_scheduled_tokens}
             in_flight.append((out, emit))
@@ -144,6 +166,7 @@ def test_soak_nothing_lost_and_same_as_stock(ours, stock, async_scheduling):
     sa = a["stats"]
     print(f"\n{ours.__name__}: {len(a['max_tokens'])} requests, {sa}")
     assert sa["preemptions"] > 0 and sa["aborts"] > 0
+    assert sa["due_waiting"] > 0  # the deadline rule was put to the test
     assert sa["overtaken"] == 0
     assert a["free"][0] == a["free"][1], "KV blocks leaked"
     assert b["free"][0] == b["free"][1]
@@ -153,5 +176,31 @@ def test_soak_nothing_lost_and_same_as_stock(ours, stock, async_scheduling):
                 continue
             assert run["finished"].get(rid) == "length", (rid, run["finished"].get(rid))
             assert run["outputs"][rid] == mt, (rid, run["outputs"][rid], mt)
+    both = set(a["max_tokens"]) - a["aborted"] - b["aborted"]
+    assert {r: a["outputs"][r] for r in both} == {r: b["outputs"][r] for r in both}
+
+
+@pytest.mark.parametrize("options, scheduling_policy", [
+    ({"policy": "fcfs"}, "fcfs"),
+    ({"policy": "sjf"}, "fcfs"),
+    ({"policy": "hrrn"}, "fcfs"),
+    ({"policy": "stretch", "stretch": 0}, "fcfs"),
+    ({"policy": "stretch", "lookahead": 2}, "fcfs"),
+    ({}, "priority"),
+    ({"policy": "hrrn"}, "priority"),
+], ids=["fcfs", "sjf", "hrrn", "stretch0", "lookahead2", "priority", "priority-hrrn"])
+def test_short_soak_every_policy(options, scheduling_policy):
+    """Every policy (and vLLM's priority classes) through a shorter soak: nothing lost, no
+    KV block leaked, every output as long as stock's."""
+    trace = make_trace(seed=7, steps=max(200, STEPS // 5))
+    a = soak(PrepackSyncScheduler, trace, async_scheduling=False, options=options,
+             scheduling_policy=scheduling_policy)
+    b = soak(Scheduler, trace, async_scheduling=False, scheduling_policy=scheduling_policy)
+    assert a["stats"]["preemptions"] > 0 and a["stats"]["aborts"] > 0
+    assert a["free"][0] == a["free"][1], "KV blocks leaked"
+    for rid, mt in a["max_tokens"].items():
+        if rid not in a["aborted"]:
+            assert a["finished"].get(rid) == "length", (rid, a["finished"].get(rid))
+            assert a["outputs"][rid] == mt
     both = set(a["max_tokens"]) - a["aborted"] - b["aborted"]
     assert {r: a["outputs"][r] for r in both} == {r: b["outputs"][r] for r in both}

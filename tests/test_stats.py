@@ -1,0 +1,77 @@
+"""The per-step packing statistics (pure: plain values in, no vLLM)."""
+
+from __future__ import annotations
+
+import io
+import json
+
+from vllm_prepack.stats import PackingObserver, ScheduledPrefill, judges_plan, reset
+
+
+def prefill(req_id, tokens, *, before=0, prompt=None, new=True, arrival=0.0):
+    return ScheduledPrefill(req_id=req_id, tokens=tokens, computed_before=before,
+                            prompt_len=prompt or before + tokens, new=new, arrival=arrival)
+
+
+def record(observer, prefills, *, oldest=None, planned=None, throttled=False, scheduled=None):
+    return observer.record(
+        prefills=prefills,
+        scheduled_tokens=sum(p.tokens for p in prefills) if scheduled is None else scheduled,
+        oldest_waiting_arrival=oldest, num_waiting=3, num_running=2, now=100.0,
+        planned=planned, throttled=throttled)
+
+
+def test_overtakes_are_admissions_that_arrived_after_the_oldest_still_waiting():
+    observer = PackingObserver(budget=100)
+    s = record(observer, [prefill("a", 10, arrival=1.0), prefill("b", 10, arrival=5.0),
+                          prefill("c", 10, arrival=3.0),
+                          prefill("d", 10, before=10, prompt=40, new=False, arrival=9.0)],
+               oldest=3.0)
+    # b arrived after the oldest request still waiting (3.0); c arrived with it, a before it;
+    # d was already running (a chunk continued): not an admission.
+    assert (s.admitted, s.overtakes, s.oldest_wait_s) == (3, 1, 97.0)
+    s = record(observer, [prefill("e", 5, arrival=50.0)], oldest=None)  # nothing waits
+    assert (s.overtakes, s.oldest_wait_s) == (0, 0.0)
+    assert observer.overtakes == 1 and observer.admitted == 4
+    assert observer.max_oldest_wait_s == 97.0
+
+
+def test_split_prompts_partial_prefills_and_first_tokens():
+    observer = PackingObserver(budget=100)
+    s = record(observer, [prefill("long", 60, prompt=150), prefill("short", 40)])
+    assert (s.partial_prefills, s.prefill_tokens, s.fill) == (1, 100, 1.0)
+    assert observer.mid_prefill == {"long"}
+    s = record(observer, [prefill("long", 60, before=60, prompt=150, new=False)])
+    assert s.partial_prefills == 1 and observer.split_prompts == 1  # counted once
+    record(observer, [prefill("long", 30, before=120, prompt=150, new=False)], scheduled=50)
+    assert observer.mid_prefill == set()
+    summary = observer.summary()
+    assert summary["split_prompts"] == 1 and summary["admitted"] == 2
+    assert summary["mean_first_token_step"] == (1 + 3) / 2  # short at step 1, long at 3
+    assert summary["mean_prefill_fill"] == (1.0 + 0.6 + 0.5) / 3
+
+
+def test_plan_adherence_and_the_steps_that_judge_it():
+    observer = PackingObserver(budget=100)
+    record(observer, [prefill("a", 10), prefill("b", 10)], planned=["a", "b"])
+    record(observer, [prefill("c", 10)], planned=["c", "x"])  # x planned, not admitted
+    record(observer, [], planned=[], throttled=True)  # deferred: does not count
+    record(observer, [], planned=None)  # no plan (stock or a fault)
+    summary = observer.summary()
+    assert (summary["planned_steps"], summary["plan_adherence"]) == (2, 0.5)
+    assert summary["throttled_steps"] == 1 and summary["throttled_admitted"] == 0
+    assert judges_plan(2, 0, False) and judges_plan(0, 1, True)
+    assert not judges_plan(None, 3, False) and not judges_plan(0, 0, False)
+    assert not judges_plan(2, 0, True)
+
+
+def test_jsonl_lines_and_reset():
+    out = io.StringIO()
+    observer = PackingObserver(budget=100, jsonl=out, dp_rank=1)
+    record(observer, [prefill("a", 10, arrival=2.0)], oldest=1.0, planned=["a"])
+    line = json.loads(out.getvalue().splitlines()[0])
+    assert line["dp_rank"] == 1 and line["overtakes"] == 1 and line["plan_adhered"] is True
+    assert "waiting_before" not in line
+    reset(observer)
+    assert observer.steps == 0 and observer.overtakes == 0 and observer.jsonl is out
+    assert observer.summary()["dp_rank"] == 1
