@@ -30,12 +30,19 @@ def test_entry_points_are_found():
     assert eps.get("prepack") == "vllm_prepack:register"
     named = {ep.name: ep.value for ep in md.entry_points(group="vllm.schedulers")}
     assert named.get("prepack") == "vllm_prepack.adapters.scheduler:PrepackScheduler"
+    loggers = {ep.name: ep.value for ep in md.entry_points(group="vllm.stat_logger_plugins")}
+    assert loggers.get("prepack") == "vllm_prepack.adapters.metrics:PrepackStatLogger"
     from vllm.plugins import load_plugins_by_group
 
     plugins = load_plugins_by_group("vllm.general_plugins")
     import vllm_prepack
 
     assert plugins["prepack"] is vllm_prepack.register
+    from vllm.v1.metrics.loggers import load_stat_logger_plugin_factories
+
+    from vllm_prepack.adapters.metrics import PrepackStatLogger
+
+    assert PrepackStatLogger in load_stat_logger_plugin_factories()
 
 
 def test_register_twice_is_harmless():

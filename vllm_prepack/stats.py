@@ -63,6 +63,8 @@ class PackingObserver:
     admitted: int = 0
     prefill_tokens: int = 0
     scheduled_tokens: int = 0
+    prefill_step_tokens: int = 0
+    """Tokens scheduled in the steps that scheduled prompt tokens (the numerator of fill)."""
     fill_sum: float = 0.0
     overtakes: int = 0
     planned_steps: int = 0
@@ -71,6 +73,8 @@ class PackingObserver:
     throttled_steps: int = 0
     throttled_admitted: int = 0
     max_oldest_wait_s: float = 0.0
+    oldest_wait_s: float = 0.0
+    """Age of the oldest waiting request after the latest step."""
     packed: dict[str, int] = field(default_factory=dict)
     """Packed-attention counters, when the attention path runs in this process."""
     split_req_ids: set[str] = field(default_factory=set)
@@ -135,9 +139,11 @@ class PackingObserver:
         self.scheduled_tokens += s.scheduled_tokens
         if s.prefill_tokens:
             self.prefill_steps += 1
+            self.prefill_step_tokens += s.scheduled_tokens
             self.fill_sum += s.fill
         self.overtakes += s.overtakes
         self.max_oldest_wait_s = max(self.max_oldest_wait_s, s.oldest_wait_s)
+        self.oldest_wait_s = s.oldest_wait_s
         self.planner_faults += int(s.planner_fault)
         if s.throttled:
             self.throttled_steps += 1

@@ -20,7 +20,7 @@ from vllm.v1.core.sched.scheduler import Scheduler
 from vllm.v1.request import Request, RequestStatus
 
 from vllm_prepack import planner
-from vllm_prepack.adapters import attention
+from vllm_prepack.adapters import attention, metrics
 from vllm_prepack.config import PrepackConfig
 from vllm_prepack.log import get_logger
 from vllm_prepack.stats import PackingObserver, ScheduledPrefill
@@ -291,6 +291,14 @@ class PrepackSchedulerMixin:
         observe_step(self, self.prepack_observer, output, waiting_before,
                      planned=[r.request_id for r in admitted], aged=aged, throttled=throttle)
         return output
+
+    def make_stats(self, *args: Any, **kwargs: Any) -> Any:
+        """vLLM's ``SchedulerStats`` with the packing totals attached, for the API server's
+        ``/metrics`` (``adapters/metrics.py``)."""
+        return metrics.attach(
+            super().make_stats(*args, **kwargs), getattr(self, "prepack_observer", None),
+            metrics.packed_counters_visible(self.vllm_config),
+        )
 
 
 def _restore(original: Any, presented: Any, shown: set[Request]) -> None:
