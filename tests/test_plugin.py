@@ -85,7 +85,7 @@ def test_untested_vllm_version_warns_and_patches_nothing():
     assert out.returncode == 0, out.stderr
     log = out.stdout + out.stderr
     assert len(re.findall(r"installed vLLM is 0\.99\.0", log)) == 2, log  # one warning + error
-    assert "engine_kwargs error:" in log and "0.32" in log
+    assert "engine_kwargs error:" in log and "0.32" in log and "0.33" in log
 
 
 def test_untested_version_cli_prepack_fails_naming_both_versions(tiny_model):
@@ -99,7 +99,8 @@ def test_untested_version_cli_prepack_fails_naming_both_versions(tiny_model):
     out = run_python(code)
     log = out.stdout + out.stderr
     assert out.returncode != 0
-    assert "0.99.0" in log and "0.32" in log and "--scheduler prepack" in log, log
+    assert "0.99.0" in log and "0.32" in log and "0.33" in log, log
+    assert "--scheduler prepack" in log, log
 
 
 @pytest.mark.cli

@@ -44,8 +44,9 @@ class StepStats:
     aged_admitted: int | None = None
     planner_fault: bool = False
     throttled: bool = False
-    """vLLM's data-parallel engine core asked this step to throttle prefills (not a
-    ``--prefill-schedule-interval`` cadence step): vLLM admits then only when capacity-bound."""
+    """vLLM held prefills this step (``--prefill-schedule-interval``): the data-parallel
+    engine core's throttle, or vLLM 0.33's local cadence; vLLM admits then only when
+    capacity-bound."""
 
 
 @dataclass

@@ -168,6 +168,10 @@ class PrepackSchedulerMixin:
             return request.num_computed_tokens
         if request.skip_reading_prefix_cache or not request.block_hashes:
             return 0
+        if request.resumable and getattr(self, "num_hash_lookahead_tokens", 0):
+            # vLLM 0.33 with lookahead block hashes rehashes a resumable (streaming) request
+            # at admission, before its own lookup: its hashes may be stale until then.
+            return 0
         _, hit, *_ = self.kv_cache_manager.coordinator.find_longest_cache_hit(
             request.block_hashes, request.num_tokens - 1
         )
@@ -257,7 +261,7 @@ class PrepackSchedulerMixin:
         return running, waiting + self._prepack_hidden
 
     def schedule(self, *args: Any, **kwargs: Any) -> SchedulerOutput:
-        throttle = throttled(args, kwargs)
+        throttle = throttled(args, kwargs) or self._cadence_holds_prefill()
         original = self.waiting
         waiting_before = [r.request_id for r in original]
         plannable, blocked = self._window(original)
@@ -291,6 +295,19 @@ class PrepackSchedulerMixin:
         observe_step(self, self.prepack_observer, output, waiting_before,
                      planned=[r.request_id for r in admitted], aged=aged, throttled=throttle)
         return output
+
+    def _cadence_holds_prefill(self) -> bool:
+        """Whether vLLM's local prefill cadence (``--prefill-schedule-interval`` without a
+        data-parallel coordinator, vLLM 0.33+) holds prefill in the coming step: the predicate
+        of ``Scheduler.schedule()`` in vllm/v1/core/sched/scheduler.py ("Local prefill
+        cadence"), read before the step. Such a step admits no prompt needing prefill, so it
+        is observed as throttled, not as vLLM overriding the plan."""
+        interval = getattr(self, "local_prefill_interval", 1)
+        if interval <= 1 or self.prefill_capacity_bound:
+            return False
+        return (self.num_executed_steps + 1) - self.last_prefill_step < interval and any(
+            not r.is_prefill_chunk for r in self.running
+        )
 
     def make_stats(self, *args: Any, **kwargs: Any) -> Any:
         """vLLM's ``SchedulerStats`` with the packing totals attached, for the API server's
