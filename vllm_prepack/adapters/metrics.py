@@ -22,7 +22,7 @@ from typing import Any
 from prometheus_client import REGISTRY, Counter, Gauge
 from vllm.v1.metrics.loggers import AggregateStatLoggerBase
 
-from vllm_prepack import metrics
+from vllm_prepack import compat, metrics
 from vllm_prepack.config import is_prepack_scheduler
 from vllm_prepack.log import get_logger
 
@@ -32,17 +32,16 @@ logger = get_logger(__name__)
 def packed_counters_visible(vllm_config: Any) -> bool:
     """Whether the attention counters of this process are the model's: the one-process
     executor (``uni``, vLLM's choice for one device) runs the worker in the engine core."""
-    backend = vllm_config.parallel_config.distributed_executor_backend
-    return backend in ("uni", "external_launcher")
+    return compat.executor_backend(vllm_config) in ("uni", "external_launcher")
 
 
 def attach(stats: Any, observer: Any, packed_visible: bool) -> Any:
     """Add ``observer``'s totals to a ``SchedulerStats`` (None: stats are off)."""
     if stats is None or observer is None:
         return stats
-    carrier = dict(stats.num_kv_fetch_reqs_by_stage or {})
+    carrier = dict(compat.stats_carrier(stats) or {})
     carrier.update(metrics.carried(observer, packed_visible))
-    stats.num_kv_fetch_reqs_by_stage = carrier
+    compat.set_stats_carrier(stats, carrier)
     return stats
 
 
@@ -58,8 +57,6 @@ class PrepackStatLogger(AggregateStatLoggerBase):
     registers none for other engines (a stock server shows none of them)."""
 
     def __init__(self, vllm_config: Any, engine_indexes: list[int] | None = None):
-        from vllm_prepack import compat
-
         self.engine_indexes = list(engine_indexes or [0])
         self.enabled = is_prepack_scheduler(
             vllm_config.scheduler_config.scheduler_cls
@@ -91,7 +88,7 @@ class PrepackStatLogger(AggregateStatLoggerBase):
         if scheduler_stats is None:
             return
         # Always taken out, so that vLLM's own loggers never see the keys.
-        totals = metrics.take(scheduler_stats.num_kv_fetch_reqs_by_stage)
+        totals = metrics.take(compat.stats_carrier(scheduler_stats))
         if totals is None or not self.enabled or engine_idx not in self._last:
             return
         last = self._last[engine_idx]

@@ -19,7 +19,7 @@ from vllm.v1.core.sched.request_queue import SchedulingPolicy, create_request_qu
 from vllm.v1.core.sched.scheduler import Scheduler
 from vllm.v1.request import Request, RequestStatus
 
-from vllm_prepack import planner
+from vllm_prepack import compat, planner
 from vllm_prepack.adapters import attention, metrics
 from vllm_prepack.config import PrepackConfig
 from vllm_prepack.log import get_logger
@@ -63,7 +63,7 @@ def data_parallel_rank(scheduler: Scheduler) -> int | None:
     the process name ``EngineCore_DP<rank>``; MoE ranks keep ``data_parallel_size``.
     """
     parallel = scheduler.vllm_config.parallel_config
-    index = getattr(parallel, "data_parallel_index", parallel.data_parallel_rank)
+    index = compat.data_parallel_index(parallel)
     name = multiprocessing.current_process().name
     if parallel.data_parallel_size > 1 or index > 0 or name.startswith("EngineCore_DP"):
         return index
@@ -93,7 +93,7 @@ def observe_step(
     planner_fault: bool = False,
     throttled: bool = False,
 ) -> None:
-    waiting = list(scheduler.waiting) + list(scheduler.kv_holding_waiting)
+    waiting = compat.waiting_requests(scheduler)
     # Single-process executors run the worker here: its packed-path counters are visible.
     observer.packed = attention.read_counters()
     observer.record(
@@ -156,36 +156,19 @@ class PrepackSchedulerMixin:
     # -- the plan --------------------------------------------------------------------------
 
     def _running_token_demand(self) -> int:
-        demand = 0
-        for r in self.running:
-            demand += max(
-                0, r.num_tokens_with_spec + r.num_output_placeholders - r.num_computed_tokens
-            )
-        return demand
+        return compat.running_token_demand(self)
 
     def _cached_tokens(self, request: Request) -> int:
-        if request.num_computed_tokens or not self.kv_cache_manager.enable_caching:
-            return request.num_computed_tokens
-        if request.skip_reading_prefix_cache or not request.block_hashes:
-            return 0
-        if request.resumable and getattr(self, "num_hash_lookahead_tokens", 0):
-            # vLLM 0.33 with lookahead block hashes rehashes a resumable (streaming) request
-            # at admission, before its own lookup: its hashes may be stale until then.
-            return 0
-        _, hit, *_ = self.kv_cache_manager.coordinator.find_longest_cache_hit(
-            request.block_hashes, request.num_tokens - 1
-        )
-        return hit
+        return compat.prefix_cache_hit(self, request)
 
     def _budget(self) -> planner.Budget:
-        kv = self.kv_cache_manager
-        free_blocks = kv.block_pool.get_num_free_blocks() - getattr(kv, "watermark_blocks", 0)
+        free_blocks = compat.free_kv_blocks(self.kv_cache_manager)
         return planner.Budget(
             tokens=max(0, self.max_num_scheduled_tokens - self._running_token_demand()),
             slots=max(
                 0,
                 self.max_num_active_reqs - len(self.running)
-                - self.num_waiting_for_streaming_input,
+                - compat.streaming_input_waits(self),
             ),
             blocks=max(0, free_blocks - len(self.running)),
             block_size=self.block_size,
@@ -302,12 +285,7 @@ class PrepackSchedulerMixin:
         of ``Scheduler.schedule()`` in vllm/v1/core/sched/scheduler.py ("Local prefill
         cadence"), read before the step. Such a step admits no prompt needing prefill, so it
         is observed as throttled, not as vLLM overriding the plan."""
-        interval = getattr(self, "local_prefill_interval", 1)
-        if interval <= 1 or self.prefill_capacity_bound:
-            return False
-        return (self.num_executed_steps + 1) - self.last_prefill_step < interval and any(
-            not r.is_prefill_chunk for r in self.running
-        )
+        return compat.cadence_holds_prefill(self)
 
     def make_stats(self, *args: Any, **kwargs: Any) -> Any:
         """vLLM's ``SchedulerStats`` with the packing totals attached, for the API server's
