@@ -1,4 +1,5 @@
-# vllm-prepack: `make test` (the CI command) and `make demo`. Both create .venv when missing.
+# vllm-prepack: `make test` (the CI command) and `make demo`. Both create .venv when missing;
+# `make test` also runs the vLLM 0.33.0 stage (`make test-vllm033`, its own .venv33).
 SHELL := /bin/bash
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -9,7 +10,7 @@ export VLLM_LOOPBACK_IP ?= 127.0.0.1
 export VLLM_CPU_KVCACHE_SPACE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: venv test test-fast demo lint soak clean
+.PHONY: venv venv033 test test-fast test-vllm033 demo lint soak clean
 
 venv: $(VENV)/.installed
 
@@ -20,9 +21,34 @@ $(VENV)/.installed: pyproject.toml scripts/setup_venv.sh scripts/vllm_cpu_distin
 $(MODEL)/config.json: | venv
 	$(PY) -m vllm_prepack.tiny_model $(MODEL)
 
+# TEST_VLLM033=0 skips the vLLM 0.33.0 stage (about 5 min to build .venv33 once, 7 min of tests).
+TEST_VLLM033 ?= 1
+
 test: venv $(MODEL)/config.json
 	$(PY) -m ruff check vllm_prepack tests benchmarks
 	$(PY) -m pytest -ra -p no:cacheprovider tests
+	if [ "$(TEST_VLLM033)" = 1 ]; then $(MAKE) test-vllm033; fi
+
+# vLLM 0.33.0 beside 0.32.0: the scheduler-level suite (no engine: the 0.33.0 wheel is a GPU
+# build, whose CPU attention ops are absent) on CPU, in its own venv. VLLM_TARGET_DEVICE=cpu
+# selects vLLM's CPU platform, which the GPU wheel cannot detect by itself.
+VENV033 ?= .venv33
+VLLM033_TESTS ?= tests/test_planner.py tests/test_scheduler.py tests/test_vllm033.py \
+	tests/test_compat.py tests/test_purity.py tests/test_metrics.py tests/test_plugin.py \
+	tests/test_multigpu.py
+VLLM033_CLI_TESTS ?= tests/test_plugin.py::test_help_lists_scheduler_and_bogus_value_fails
+
+venv033: $(VENV033)/.installed
+
+$(VENV033)/.installed: pyproject.toml scripts/setup_venv033.sh
+	VENV=$(VENV033) bash scripts/setup_venv033.sh
+	touch $@
+
+test-vllm033: venv033
+	VLLM_TARGET_DEVICE=cpu $(VENV033)/bin/python -m pytest -ra -p no:cacheprovider \
+		-m "not engine and not cli" $(VLLM033_TESTS)
+	VLLM_TARGET_DEVICE=cpu $(VENV033)/bin/python -m pytest -ra -p no:cacheprovider \
+		$(VLLM033_CLI_TESTS)
 
 test-fast: venv
 	$(PY) -m pytest -ra -m "not engine and not cli" tests
@@ -34,7 +60,7 @@ lint: venv
 	$(PY) -m ruff check vllm_prepack tests benchmarks
 
 clean:
-	rm -rf $(VENV) .models build *.egg-info
+	rm -rf $(VENV) $(VENV033) .models build *.egg-info
 
 soak: venv $(MODEL)/config.json
 	PREPACK_SOAK_STEPS=10000 $(PY) -m pytest -q -s tests/test_soak.py

@@ -29,13 +29,15 @@ _ids = itertools.count()
 def make_scheduler(cls, model: str, *, budget: int = 1024, max_num_seqs: int = 64,
                    num_blocks: int = 2048, chunked: bool = True, prefix_caching: bool = False,
                    max_model_len: int = 1024, async_scheduling: bool = False,
-                   additional_config: dict | None = None, policy: str = "fcfs") -> Scheduler:
+                   additional_config: dict | None = None, policy: str = "fcfs",
+                   prefill_schedule_interval: int = 1) -> Scheduler:
     model_config = ModelConfig(model=model, dtype="float32", max_model_len=max_model_len,
                                seed=0, skip_tokenizer_init=True)
     scheduler_config = SchedulerConfig(
         max_num_seqs=max_num_seqs, max_num_batched_tokens=budget, max_model_len=max_model_len,
         enable_chunked_prefill=chunked, is_encoder_decoder=False,
         async_scheduling=async_scheduling, policy=policy,
+        prefill_schedule_interval=prefill_schedule_interval,
     )
     cache_config = CacheConfig(block_size=BLOCK_SIZE, enable_prefix_caching=prefix_caching)
     cache_config.num_gpu_blocks = num_blocks

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import inspect
-
 import ast
 import bisect
+import inspect
 import itertools
 import sys
 from dataclasses import dataclass, field
@@ -24,8 +23,8 @@ from vllm_prepack.planner import (
     Candidate,
     Plan,
     blocks_needed,
-    chunk_floor,
     check_policy,
+    chunk_floor,
     hrrn_order,
     is_due,
     order_key,

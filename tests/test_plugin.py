@@ -30,12 +30,19 @@ def test_entry_points_are_found():
     assert eps.get("prepack") == "vllm_prepack:register"
     named = {ep.name: ep.value for ep in md.entry_points(group="vllm.schedulers")}
     assert named.get("prepack") == "vllm_prepack.adapters.scheduler:PrepackScheduler"
+    loggers = {ep.name: ep.value for ep in md.entry_points(group="vllm.stat_logger_plugins")}
+    assert loggers.get("prepack") == "vllm_prepack.adapters.metrics:PrepackStatLogger"
     from vllm.plugins import load_plugins_by_group
 
     plugins = load_plugins_by_group("vllm.general_plugins")
     import vllm_prepack
 
     assert plugins["prepack"] is vllm_prepack.register
+    from vllm.v1.metrics.loggers import load_stat_logger_plugin_factories
+
+    from vllm_prepack.adapters.metrics import PrepackStatLogger
+
+    assert PrepackStatLogger in load_stat_logger_plugin_factories()
 
 
 def test_register_twice_is_harmless():
@@ -78,7 +85,7 @@ def test_untested_vllm_version_warns_and_patches_nothing():
     assert out.returncode == 0, out.stderr
     log = out.stdout + out.stderr
     assert len(re.findall(r"installed vLLM is 0\.99\.0", log)) == 2, log  # one warning + error
-    assert "engine_kwargs error:" in log and "0.32" in log
+    assert "engine_kwargs error:" in log and "0.32" in log and "0.33" in log
 
 
 def test_untested_version_cli_prepack_fails_naming_both_versions(tiny_model):
@@ -92,7 +99,8 @@ def test_untested_version_cli_prepack_fails_naming_both_versions(tiny_model):
     out = run_python(code)
     log = out.stdout + out.stderr
     assert out.returncode != 0
-    assert "0.99.0" in log and "0.32" in log and "--scheduler prepack" in log, log
+    assert "0.99.0" in log and "0.32" in log and "0.33" in log, log
+    assert "--scheduler prepack" in log, log
 
 
 @pytest.mark.cli

@@ -46,6 +46,7 @@ class Block:
             raise ImportError("vllm is blocked in this test")
 sys.meta_path.insert(0, Block())
 import vllm_prepack.planner, vllm_prepack.layout, vllm_prepack.config, vllm_prepack.stats
+import vllm_prepack.metrics
 import vllm_prepack.kernels
 assert not any(m == "vllm" or m.startswith("vllm.") for m in sys.modules)
 print("pure ok")

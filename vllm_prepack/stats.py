@@ -44,8 +44,9 @@ class StepStats:
     plan_adhered: bool | None = None
     planner_fault: bool = False
     throttled: bool = False
-    """vLLM's data-parallel engine core asked this step to throttle prefills (not a
-    ``--prefill-schedule-interval`` cadence step): vLLM admits then only when capacity-bound."""
+    """vLLM held prefills this step (``--prefill-schedule-interval``): the data-parallel
+    engine core's throttle, or vLLM 0.33's local cadence; vLLM admits then only when
+    capacity-bound."""
 
 
 @dataclass
@@ -63,6 +64,8 @@ class PackingObserver:
     admitted: int = 0
     prefill_tokens: int = 0
     scheduled_tokens: int = 0
+    prefill_step_tokens: int = 0
+    """Tokens scheduled in the steps that scheduled prompt tokens (the numerator of fill)."""
     fill_sum: float = 0.0
     overtakes: int = 0
     planned_steps: int = 0
@@ -74,6 +77,8 @@ class PackingObserver:
     split_prompts: int = 0
     first_tokens: int = 0
     first_token_step_sum: int = 0
+    oldest_wait_s: float = 0.0
+    """Age of the oldest waiting request after the latest step."""
     packed: dict[str, int] = field(default_factory=dict)
     """Packed-attention counters, when the attention path runs in this process."""
     mid_prefill: set[str] = field(default_factory=set)
@@ -141,9 +146,11 @@ class PackingObserver:
         self.scheduled_tokens += s.scheduled_tokens
         if s.prefill_tokens:
             self.prefill_steps += 1
+            self.prefill_step_tokens += s.scheduled_tokens
             self.fill_sum += s.fill
         self.overtakes += s.overtakes
         self.max_oldest_wait_s = max(self.max_oldest_wait_s, s.oldest_wait_s)
+        self.oldest_wait_s = s.oldest_wait_s
         self.planner_faults += int(s.planner_fault)
         if s.throttled:
             self.throttled_steps += 1

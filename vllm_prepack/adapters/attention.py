@@ -23,6 +23,7 @@ from typing import Any
 
 import torch
 
+from vllm_prepack import compat
 from vllm_prepack.config import PrepackConfig, is_prepack_scheduler
 from vllm_prepack.layout import PackLayout
 from vllm_prepack.log import get_logger
@@ -85,7 +86,7 @@ def _seq_lens_cpu(common: Any, n: int) -> list[int] | None:
         return common.seq_lens[:n].tolist()
     # GPU: no device sync. An upper bound equal to the query length means nothing was
     # computed before this step (computed tokens are never negative).
-    bound = getattr(common, "seq_lens_cpu_upper_bound", None)
+    bound = compat.seq_lens_upper_bound(common)
     return None if bound is None else bound[:n].tolist()
 
 

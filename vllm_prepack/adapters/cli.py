@@ -60,7 +60,7 @@ def dest(name: str) -> str:
 
 def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """Add our option group to an engine-arguments parser (once)."""
-    if any("--scheduler" in a.option_strings for a in parser._actions):
+    if "--scheduler" in compat.parser_option_strings(parser):
         return parser
     group = parser.add_argument_group(
         title="PrepackConfig",

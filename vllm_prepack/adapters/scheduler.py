@@ -26,8 +26,8 @@ from vllm.v1.core.sched.request_queue import RequestQueue, SchedulingPolicy
 from vllm.v1.core.sched.scheduler import Scheduler
 from vllm.v1.request import Request, RequestStatus
 
-from vllm_prepack import planner
-from vllm_prepack.adapters import attention
+from vllm_prepack import compat, planner
+from vllm_prepack.adapters import attention, metrics
 from vllm_prepack.config import PrepackConfig
 from vllm_prepack.log import get_logger
 from vllm_prepack.stats import PackingObserver, ScheduledPrefill
@@ -92,7 +92,7 @@ def data_parallel_rank(scheduler: Scheduler) -> int | None:
     the process name ``EngineCore_DP<rank>``; MoE ranks keep ``data_parallel_size``.
     """
     parallel = scheduler.vllm_config.parallel_config
-    index = getattr(parallel, "data_parallel_index", parallel.data_parallel_rank)
+    index = compat.data_parallel_index(parallel)
     name = multiprocessing.current_process().name
     if parallel.data_parallel_size > 1 or index > 0 or name.startswith("EngineCore_DP"):
         return index
@@ -288,14 +288,7 @@ class PrepackSchedulerMixin:
     # -- the order ---------------------------------------------------------------------------
 
     def _cached_tokens(self, request: Request) -> int:
-        if request.num_computed_tokens or not self.kv_cache_manager.enable_caching:
-            return request.num_computed_tokens
-        if request.skip_reading_prefix_cache or not request.block_hashes:
-            return 0
-        _, hit, *_ = self.kv_cache_manager.coordinator.find_longest_cache_hit(
-            request.block_hashes, request.num_tokens - 1
-        )
-        return hit
+        return compat.prefix_cache_hit(self, request)
 
     def _candidate(self, request: Request, cap: int = 0) -> planner.Candidate:
         """The request as the planner sees it. Its prefix-cache hit and the clock are read when
@@ -343,7 +336,7 @@ class PrepackSchedulerMixin:
         every ``block_size`` tokens; the partly prefilled ones (few) are counted exactly.
         Costs O(partly prefilled requests), not O(running)."""
         slots = (self.max_num_active_reqs - len(self.running)
-                 - self.num_waiting_for_streaming_input)
+                 - compat.streaming_input_waits(self))
         if slots <= 0:
             return planner.Budget(tokens=0, slots=0, blocks=0, block_size=self.block_size)
         block_size = self.block_size
@@ -361,8 +354,7 @@ class PrepackSchedulerMixin:
         decoding = len(self.running) - prefilling
         tokens -= decoding * self._decode_tokens
         blocks += -(-decoding * self._decode_tokens // block_size)
-        kv = self.kv_cache_manager
-        free = kv.block_pool.get_num_free_blocks() - getattr(kv, "watermark_blocks", 0)
+        free = compat.free_kv_blocks(self.kv_cache_manager)
         step = self.max_num_scheduled_tokens - decoding * self._decode_tokens
         return planner.Budget(tokens=max(0, tokens), slots=slots, blocks=max(0, free - blocks),
                               block_size=block_size, step_tokens=max(1, step))
@@ -413,7 +405,9 @@ class PrepackSchedulerMixin:
     # -- one step ------------------------------------------------------------------------------
 
     def schedule(self, *args: Any, **kwargs: Any) -> SchedulerOutput:
-        throttle = throttled(args, kwargs)
+        # vLLM holds prefills on this step (its DP throttle, or 0.33's local cadence): the
+        # step is observed as throttled, not as vLLM overriding the plan.
+        throttle = throttled(args, kwargs) or compat.cadence_holds_prefill(self)
         queue = self.waiting
         front: list[Request] = []
         planned: list[Request] | None = None
@@ -434,6 +428,14 @@ class PrepackSchedulerMixin:
                                 planner_fault=fault, throttled=throttle)
         self._advance(prefills)
         return output
+
+    def make_stats(self, *args: Any, **kwargs: Any) -> Any:
+        """vLLM's ``SchedulerStats`` with the packing totals attached, for the API server's
+        ``/metrics`` (``adapters/metrics.py``)."""
+        return metrics.attach(
+            super().make_stats(*args, **kwargs), getattr(self, "prepack_observer", None),
+            metrics.packed_counters_visible(self.vllm_config),
+        )
 
     def _advance(self, prefills: list[ScheduledPrefill]) -> None:
         """Move the prefill clock and the tail bound on by this step's prefills."""

@@ -1,0 +1,114 @@
+"""Metrics surface: the packing statistics on the API server's ``/metrics``.
+
+Engine core: :func:`attach` adds the scheduler's running totals to the ``SchedulerStats``
+that ``make_stats()`` returns (the prepack scheduler calls it). API server:
+:class:`PrepackStatLogger`, loaded by vLLM from the entry-point group
+``vllm.stat_logger_plugins``, takes them out and publishes the ``vllm_prepack_*`` series
+with vLLM's labels (``model_name``, ``engine``). Why the totals ride in
+``SchedulerStats.num_kv_fetch_reqs_by_stage``: :mod:`vllm_prepack.metrics`.
+
+vLLM 0.32 sources relied on: ``vllm/v1/metrics/loggers.py`` (``AggregateStatLoggerBase``;
+``StatLoggerManager`` calls plugin loggers before its logging and Prometheus loggers;
+``PrometheusStatLogger`` labels), ``vllm/v1/engine/async_llm.py``
+(``load_stat_logger_plugin_factories()`` in ``AsyncLLM.__init__``),
+``vllm/v1/metrics/stats.py`` (``SchedulerStats.num_kv_fetch_reqs_by_stage: dict[str, int]``),
+``vllm/v1/core/sched/scheduler.py`` (``make_stats()``, ``update_from_output``).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prometheus_client import REGISTRY, Counter, Gauge
+from vllm.v1.metrics.loggers import AggregateStatLoggerBase
+
+from vllm_prepack import compat, metrics
+from vllm_prepack.config import is_prepack_scheduler
+from vllm_prepack.log import get_logger
+
+logger = get_logger(__name__)
+
+
+def packed_counters_visible(vllm_config: Any) -> bool:
+    """Whether the attention counters of this process are the model's: the one-process
+    executor (``uni``, vLLM's choice for one device) runs the worker in the engine core."""
+    return compat.executor_backend(vllm_config) in ("uni", "external_launcher")
+
+
+def attach(stats: Any, observer: Any, packed_visible: bool) -> Any:
+    """Add ``observer``'s totals to a ``SchedulerStats`` (None: stats are off)."""
+    if stats is None or observer is None:
+        return stats
+    carrier = dict(compat.stats_carrier(stats) or {})
+    carrier.update(metrics.carried(observer, packed_visible))
+    compat.set_stats_carrier(stats, carrier)
+    return stats
+
+
+def _unregister_ours() -> None:
+    """Drop series of an earlier logger in this process (vLLM does the same for its own)."""
+    for collector in list(REGISTRY._collector_to_names):
+        if getattr(collector, "_name", "").startswith(metrics.METRIC_PREFIX):
+            REGISTRY.unregister(collector)
+
+
+class PrepackStatLogger(AggregateStatLoggerBase):
+    """Publishes the ``vllm_prepack_*`` series for engines running ``--scheduler prepack``;
+    registers none for other engines (a stock server shows none of them)."""
+
+    def __init__(self, vllm_config: Any, engine_indexes: list[int] | None = None):
+        self.engine_indexes = list(engine_indexes or [0])
+        self.enabled = is_prepack_scheduler(
+            vllm_config.scheduler_config.scheduler_cls
+        ) and compat.is_tested_version(compat.installed_vllm_version())
+        self._last: dict[int, dict[str, int]] = {i: {} for i in self.engine_indexes}
+        self._counters: dict[str, dict[int, Any]] = {}
+        self._gauges: dict[str, dict[int, Any]] = {}
+        if not self.enabled:
+            return
+        _unregister_ours()
+        model_name = vllm_config.model_config.served_model_name
+        labelvalues = {i: [model_name, str(i)] for i in self.engine_indexes}
+        self._labelvalues = labelvalues
+        self._families: dict[str, Counter] = {}
+        for s in metrics.COUNTERS:
+            metric = self._families[s.name] = Counter(s.name, s.doc, labelnames=metrics.LABELS)
+            # Packed-attention series appear once an engine reports them (not at all where
+            # the model runs outside the engine-core process), instead of reading 0.
+            self._counters[s.name] = {} if s.key in metrics.PACKED_KEYS else {
+                i: metric.labels(*v) for i, v in labelvalues.items()
+            }
+        for s in metrics.GAUGES:
+            metric = Gauge(s.name, s.doc, labelnames=metrics.LABELS,
+                           multiprocess_mode="mostrecent")
+            self._gauges[s.name] = {i: metric.labels(*v) for i, v in labelvalues.items()}
+
+    def record(self, scheduler_stats: Any, iteration_stats: Any, mm_cache_stats: Any = None,
+               engine_idx: int = 0) -> None:
+        if scheduler_stats is None:
+            return
+        # Always taken out, so that vLLM's own loggers never see the keys.
+        totals = metrics.take(compat.stats_carrier(scheduler_stats))
+        if totals is None or not self.enabled or engine_idx not in self._last:
+            return
+        last = self._last[engine_idx]
+        for s in metrics.COUNTERS:
+            if s.key not in totals:
+                continue
+            total, before = totals[s.key], last.get(s.key, 0)
+            delta = total - before if total >= before else total  # engine totals restarted
+            children = self._counters[s.name]
+            if engine_idx not in children:
+                children[engine_idx] = self._families[s.name].labels(
+                    *self._labelvalues[engine_idx])
+            if delta:
+                children[engine_idx].inc(delta)
+            last[s.key] = total
+        published = metrics.values(totals)
+        for s in metrics.GAUGES:
+            self._gauges[s.name][engine_idx].set(published[s.name])
+
+    def log_engine_initialized(self) -> None:
+        if self.enabled:
+            logger.info("vllm-prepack: packing statistics on /metrics as %s* (engines %s)",
+                        metrics.METRIC_PREFIX, self.engine_indexes)
