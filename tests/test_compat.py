@@ -81,10 +81,12 @@ def test_scheduler_reads_pinned(tiny_model):
                 for n in (40, 70)]
     for r in requests:
         scheduler.add_request(r)
-    assert compat.waiting_requests(scheduler) == requests
+    waiting, holding = compat.waiting_queues(scheduler)
+    assert waiting is scheduler.waiting and sorted(waiting, key=id) == sorted(requests, key=id)
+    assert len(holding) == 0
     assert compat.running_token_demand(scheduler) == 0
     _step(scheduler)  # both prompts computed, one token sampled each
-    assert compat.waiting_requests(scheduler) == []
+    assert [len(q) for q in compat.waiting_queues(scheduler)] == [0, 0]
     assert compat.free_kv_blocks(kv) == free - sum(-(-(n + 1) // BLOCK_SIZE) for n in (40, 70))
     assert compat.running_token_demand(scheduler) == 2  # one decode token each
 

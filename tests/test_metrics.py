@@ -17,12 +17,14 @@ from vllm_prepack.stats import PackingObserver, ScheduledPrefill
 
 def _observer() -> PackingObserver:
     o = PackingObserver(budget=100)
-    o.record(prefills=[ScheduledPrefill("a", 30, 0, 30, True),
-                       ScheduledPrefill("b", 50, 0, 90, True)],
-             scheduled_tokens=80, waiting_before=["c", "a", "b"], waiting_arrivals_after=[1.0],
-             num_waiting=1, num_running=2, now=3.5)
-    o.record(prefills=[ScheduledPrefill("b", 40, 50, 90, False)], scheduled_tokens=42,
-             waiting_before=[], waiting_arrivals_after=[], num_waiting=0, num_running=2, now=4.0)
+    # "a" and "b" arrived (2.0) after "c" (1.0), which is left waiting: two overtakes.
+    o.record(prefills=[ScheduledPrefill("a", 30, 0, 30, True, arrival=2.0),
+                       ScheduledPrefill("b", 50, 0, 90, True, arrival=2.0)],
+             scheduled_tokens=80, oldest_waiting_arrival=1.0, num_waiting=1, num_running=2,
+             now=3.5)
+    o.record(prefills=[ScheduledPrefill("b", 40, 50, 90, False, arrival=2.0)],
+             scheduled_tokens=42, oldest_waiting_arrival=None, num_waiting=0, num_running=2,
+             now=4.0)
     o.packed = {"steps": 1, "tokens": 80}
     return o
 
@@ -89,8 +91,7 @@ def test_stat_logger_publishes_per_engine_and_strips_the_keys():
     assert _value("vllm_prepack_packed_attention_tokens_total", model_name="m",
                   engine="0") is None  # never reported by engine 0: absent, not 0
     observer.record(prefills=[ScheduledPrefill("c", 10, 0, 10, True)], scheduled_tokens=10,
-                    waiting_before=["c"], waiting_arrivals_after=[], num_waiting=0,
-                    num_running=1, now=5.0)
+                    oldest_waiting_arrival=None, num_waiting=0, num_running=1, now=5.0)
     ours.record(attach(SchedulerStats(), observer, True), None, engine_idx=1)
     assert _value("vllm_prepack_admitted_prompts_total", **labels) == 3
     assert _value("vllm_prepack_steps_total", **labels) == 3

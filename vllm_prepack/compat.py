@@ -60,7 +60,7 @@ INTERNALS = frozenset({
     "num_hash_lookahead_tokens", "local_prefill_interval", "prefill_capacity_bound",
     "num_executed_steps", "last_prefill_step", "is_prefill_chunk", "_actions",
     "seq_lens_cpu_upper_bound", "num_kv_fetch_reqs_by_stage", "distributed_executor_backend",
-    "data_parallel_index",
+    "data_parallel_index", "_handle_blocked_waiting_request",
 })
 """Attribute names only this module may use (the adapter-boundary test scans for them)."""
 
@@ -95,10 +95,18 @@ def prefix_cache_hit(scheduler, request) -> int:
     return hit
 
 
-def waiting_requests(scheduler) -> list:
-    """Every waiting request, those holding KV blocks included: v1/core/sched/scheduler.py
-    ``Scheduler.waiting`` and ``Scheduler.kv_holding_waiting``."""
-    return list(scheduler.waiting) + list(scheduler.kv_holding_waiting)
+def waiting_queues(scheduler) -> tuple:
+    """The two waiting queues, the one of requests holding KV blocks second (vLLM drains it
+    first): v1/core/sched/scheduler.py ``Scheduler.waiting``, ``Scheduler.kv_holding_waiting``."""
+    return scheduler.waiting, scheduler.kv_holding_waiting
+
+
+def promote_if_ready(scheduler, request) -> bool:
+    """vLLM's own check of a request in a blocked waiting state (grammar compiled, remote KV
+    loaded, streaming input), promoting it when ready; True if it can be scheduled now:
+    v1/core/sched/scheduler.py ``_handle_blocked_waiting_request`` (what the waiting loop of
+    ``schedule()`` calls when it reaches the request)."""
+    return scheduler._handle_blocked_waiting_request(request)
 
 
 def streaming_input_waits(scheduler) -> int:

@@ -113,7 +113,7 @@ def carried(observer, packed_visible: bool) -> dict[str, int]:
         "prefill_steps": o.prefill_steps,
         "budget_tokens": o.budget * o.prefill_steps,
         "budget_used_tokens": o.prefill_step_tokens,
-        "split_prompts": len(o.split_req_ids),
+        "split_prompts": o.split_prompts,
         "overtakes": o.overtakes,
         "planned_steps": o.planned_steps,
         "adhered_steps": o.adhered_steps,

@@ -74,7 +74,7 @@ def oldest_waiting_arrival(scheduler: Scheduler) -> float | None:
     """The earliest arrival among waiting requests, without walking the queues: a
     :class:`PlanQueue` keeps it, and vLLM's FCFS queues hold their oldest at the head."""
     oldest = []
-    for queue in (scheduler.waiting, scheduler.kv_holding_waiting):
+    for queue in compat.waiting_queues(scheduler):
         if isinstance(queue, PlanQueue):
             arrival = queue.oldest_arrival()
         else:
@@ -128,7 +128,7 @@ def observe_step(
         prefills=prefills,
         scheduled_tokens=output.total_num_scheduled_tokens,
         oldest_waiting_arrival=oldest_waiting_arrival(scheduler),
-        num_waiting=len(scheduler.waiting) + len(scheduler.kv_holding_waiting),
+        num_waiting=sum(map(len, compat.waiting_queues(scheduler))),
         num_running=len(scheduler.running),
         now=time.time(),
         planned=None if planned is None else [r.request_id for r in planned],
@@ -379,7 +379,7 @@ class PrepackSchedulerMixin:
                 requests = itertools.chain(first, (r for r in queue.ordered()
                                                    if id(r) not in overdue))
         for r in requests:
-            if r.status not in _PLANNABLE and not self._handle_blocked_waiting_request(r):
+            if r.status not in _PLANNABLE and not compat.promote_if_ready(self, r):
                 continue
             c = self._candidate(r, cap)
             if id(r) in overdue:
