@@ -33,7 +33,7 @@ _OPTIONS: dict[str, dict[str, Any]] = {
                    "next). Every policy fills the step. Default: stretch."),
     "stretch": dict(type=float, metavar="X", help="For --prepack-policy stretch: a request may "
                     "be overtaken until the engine has computed X times its uncached prompt "
-                    "tokens since it arrived (0: arrival order). Default: 4."),
+                    "tokens since it arrived (0: arrival order). Default: 8."),
     "tail_quantile": dict(type=float, metavar="Q", help="Tail bound: a request that has "
                           "waited longer than this quantile of recent times to first token is "
                           "taken in arrival order first and never passed over (0: off). "
