@@ -113,7 +113,7 @@ def test_help_lists_scheduler_and_bogus_value_fails(tiny_model):
     [
         (["--scheduler", "prepack", "--prepack-max-wait-s", "-1"], "max_wait_s"),
         (["--scheduler", "prepack", "--prepack-policy", "lifo"], "invalid choice: 'lifo'"),
-        (["--scheduler", "prepack", "--scheduling-policy", "priority"], "priority"),
+        (["--scheduler", "prepack", "--prepack-lookahead", "0"], "lookahead"),
         (["--prepack-policy", "fcfs"], "only apply with --scheduler prepack"),
     ],
 )

@@ -35,9 +35,87 @@ def test_factory_picks_the_subclass_for_async_scheduling(tiny_model):
     assert type(asy) is PrepackAsyncScheduler and isinstance(asy, AsyncScheduler)
 
 
-def test_priority_policy_is_refused(tiny_model):
-    with pytest.raises(ValueError, match="does not support --scheduling-policy priority"):
-        make_scheduler(PrepackSyncScheduler, tiny_model, policy="priority")
+@pytest.mark.parametrize("cls", [PrepackSyncScheduler, PrepackAsyncScheduler])
+def test_priority_classes_first_prepack_order_within_a_class(tiny_model, cls):
+    """--scheduling-policy priority: a class is admitted only after every request of the
+    classes before it (vLLM's semantics); shortest first within a class (ours)."""
+    scheduler = make_scheduler(cls, tiny_model, policy="priority", budget=512,
+                               async_scheduling=cls is PrepackAsyncScheduler)
+    assert type(scheduler) is cls
+    now = time.time()
+    spec = [("lo_long", 1, 300), ("hi_long", 0, 200), ("lo_short", 1, 20),
+            ("hi_short", 0, 50), ("hi_mid", 0, 100)]
+    for i, (rid, priority, n) in enumerate(spec):
+        r = make_request([7] * n, arrival=now + i * 1e-3, req_id=rid)
+        r.priority = priority
+        scheduler.add_request(r)
+    out = scheduler.schedule()
+    # 50 + 100 + 200 = 350 of 512: class 0 whole, then class 1 shortest first (20 fits,
+    # 300 does not).
+    assert [r.req_id for r in out.scheduled_new_reqs] == [
+        "hi_short", "hi_mid", "hi_long", "lo_short"]
+
+
+def test_lower_class_waits_while_a_higher_one_is_left_waiting(tiny_model):
+    scheduler = make_scheduler(PrepackSyncScheduler, tiny_model, policy="priority",
+                               budget=256)
+    now = time.time()
+    for i, (rid, priority, n) in enumerate([("hi_a", 0, 200), ("hi_b", 0, 100),
+                                            ("lo", 1, 10)]):
+        r = make_request([7] * n, arrival=now + i * 1e-3, req_id=rid)
+        r.priority = priority
+        scheduler.add_request(r)
+    out = scheduler.schedule()
+    # One of class 0 runs (the pack that fills more: 200), the other is left waiting, so
+    # "lo" waits too although it would fit.
+    assert [r.req_id for r in out.scheduled_new_reqs] == ["hi_a"]
+
+
+def test_bad_options_fail_before_vllm_builds_the_scheduler(tiny_model, monkeypatch):
+    from vllm_prepack.config import PrepackConfigError
+
+    built = []
+    monkeypatch.setattr(Scheduler, "__init__", lambda self, *a, **k: built.append(self))
+    with pytest.raises(PrepackConfigError,
+                       match="invalid prepack policy 'lifo'; accepted: ttft, fcfs"):
+        make_scheduler(PrepackSyncScheduler, tiny_model,
+                       additional_config={"prepack": {"policy": "lifo"}})
+    with pytest.raises(PrepackConfigError, match=r"unknown prepack option\(s\) \['bogus'\]"):
+        make_scheduler(PrepackSyncScheduler, tiny_model,
+                       additional_config={"prepack": {"bogus": 1}})
+    assert not built
+
+
+@pytest.mark.parametrize("cls", [Scheduler, PrepackSyncScheduler, PrepackAsyncScheduler])
+def test_grammar_ready_request_is_not_starved(tiny_model, cls):
+    """A structured-output request whose grammar is ready is admitted as vLLM would admit
+    it, and the aging bound applies to it: max_num_seqs=4, a 64-token budget, the request
+    waited 60 s, four new 8-token requests arrive every step. Stock admits it at step 0."""
+    from unittest.mock import Mock
+
+    from vllm.v1.request import RequestStatus
+
+    from benchmarks.sched_sim import runner_output
+
+    scheduler = make_scheduler(cls, tiny_model, budget=64, max_num_seqs=4,
+                               async_scheduling=cls is PrepackAsyncScheduler)
+    old = make_request([7] * 8, arrival=time.time() - 60, req_id="grammar", max_tokens=1)
+    old.status = RequestStatus.WAITING_FOR_STRUCTURED_OUTPUT_GRAMMAR
+    old.structured_output_request = Mock(grammar=None)  # still compiling
+    scheduler.add_request(old)
+    admitted_at = None
+    for step in range(40):
+        if step == 1:
+            old.structured_output_request = Mock(grammar=object())  # compiled
+        for i in range(4):
+            scheduler.add_request(make_request([7] * 8, arrival=time.time(),
+                                               req_id=f"s{step}.{i}", max_tokens=1))
+        out = scheduler.schedule()
+        if "grammar" in {r.req_id for r in out.scheduled_new_reqs}:
+            admitted_at = step
+            break
+        scheduler.update_from_output(out, runner_output(scheduler, out))
+    assert admitted_at == 1, (admitted_at, old.status)
 
 
 @pytest.mark.parametrize("seed", SEEDS)

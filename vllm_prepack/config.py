@@ -21,6 +21,8 @@ SCHEDULERS = ("default", "prepack")
 POLICIES = ("ttft", "fcfs")
 SPLITS = ("whole", "fill")
 PACKED_ATTENTION = ("auto", "on", "off")
+SCHEDULING_POLICIES = ("fcfs", "priority")
+"""vLLM's ``--scheduling-policy`` values; prepack orders admission within a priority class."""
 
 
 class PrepackConfigError(ValueError):

@@ -20,6 +20,7 @@ from vllm_prepack.config import (
     POLICIES,
     SCHEDULER_QUALNAME,
     SCHEDULERS,
+    SCHEDULING_POLICIES,
     SPLITS,
     PrepackConfig,
     PrepackConfigError,
@@ -103,10 +104,10 @@ def apply_scheduler_choice(engine_args: Any, scheduler: str, options: dict[str, 
             f"--scheduler prepack and --scheduler-cls {engine_args.scheduler_cls!r} "
             "both choose a scheduler class; give one of them"
         )
-    if getattr(engine_args, "scheduling_policy", "fcfs") == "priority":
+    policy = getattr(engine_args, "scheduling_policy", "fcfs")
+    if policy not in SCHEDULING_POLICIES:
         raise PrepackConfigError(
-            "--scheduler prepack orders admission itself and does not support "
-            "--scheduling-policy priority; accepted: --scheduling-policy fcfs"
+            f"invalid --scheduling-policy {policy!r}; accepted: {', '.join(SCHEDULING_POLICIES)}"
         )
     PrepackConfig.from_dict(options)  # validate here, before any engine starts
     engine_args.scheduler_cls = SCHEDULER_QUALNAME

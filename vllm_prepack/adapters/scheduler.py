@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import multiprocessing
 import time
+from collections import deque
 from typing import Any
 
 from vllm.v1.core.sched.async_scheduler import AsyncScheduler
@@ -28,6 +29,7 @@ from vllm_prepack.stats import PackingObserver, ScheduledPrefill
 logger = get_logger(__name__)
 
 _PLANNABLE = (RequestStatus.WAITING, RequestStatus.PREEMPTED)
+POLICIES = tuple(p.value for p in SchedulingPolicy)
 
 
 def prefills_of(scheduler: Scheduler, output: SchedulerOutput) -> list[ScheduledPrefill]:
@@ -137,15 +139,16 @@ class PrepackSchedulerMixin:
     """Plans each step's admissions, then delegates to vLLM's ``schedule()``."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        if self.policy != SchedulingPolicy.FCFS:
+        # Validate before vLLM builds anything (KV cache manager, connectors).
+        vllm_config = kwargs.get("vllm_config") or args[0]
+        config = PrepackConfig.from_additional_config(vllm_config.additional_config)
+        policy = vllm_config.scheduler_config.policy
+        if policy not in POLICIES:
             raise ValueError(
-                "--scheduler prepack orders admission itself and does not support "
-                f"--scheduling-policy {self.policy.value}; accepted: --scheduling-policy fcfs"
+                f"invalid --scheduling-policy {policy!r}; accepted: {', '.join(POLICIES)}"
             )
-        self.prepack_config = PrepackConfig.from_additional_config(
-            self.vllm_config.additional_config
-        )
+        super().__init__(*args, **kwargs)
+        self.prepack_config = config
         self.prepack_observer = make_observer(self, self.prepack_config)
         self._prepack_candidates: dict[str, planner.Candidate] = {}
         self._prepack_hidden = 0
@@ -155,13 +158,30 @@ class PrepackSchedulerMixin:
 
     # -- the plan --------------------------------------------------------------------------
 
-    def _running_token_demand(self) -> int:
-        demand = 0
+    def _long_prefill_cap(self, num_eligible: int) -> int:
+        """vLLM's per-request chunk cap this step (``long_prefill_token_threshold``, off
+        when one request is eligible, floored at the fair share when adaptive); 0: none."""
+        cap = self.scheduler_config.long_prefill_token_threshold if num_eligible > 1 else 0
+        if cap > 0 and getattr(self, "adaptive_long_prefill_threshold", False):
+            cap = max(cap, self.max_num_scheduled_tokens // num_eligible)
+        return cap
+
+    @staticmethod
+    def _capped(tokens: int, cap: int) -> int:
+        return cap if 0 < cap < tokens else tokens
+
+    def _running_demand(self, cap: int) -> tuple[int, int]:
+        """(tokens, new KV blocks) the running requests take this step, as vLLM schedules
+        them first (each capped like vLLM caps it)."""
+        tokens = blocks = 0
         for r in self.running:
-            demand += max(
+            n = self._capped(max(
                 0, r.num_tokens_with_spec + r.num_output_placeholders - r.num_computed_tokens
-            )
-        return demand
+            ), cap)
+            tokens += n
+            blocks += planner.blocks_needed(r.num_computed_tokens, n, self.block_size) if n \
+                else 0
+        return tokens, blocks
 
     def _cached_tokens(self, request: Request) -> int:
         if request.num_computed_tokens or not self.kv_cache_manager.enable_caching:
@@ -173,30 +193,53 @@ class PrepackSchedulerMixin:
         )
         return hit
 
-    def _budget(self) -> planner.Budget:
+    def _budget(self, cap: int) -> planner.Budget:
+        """The step's free resources once the running requests (and the waiting ones that
+        hold KV blocks, which vLLM admits before any other) have theirs."""
         kv = self.kv_cache_manager
         free_blocks = kv.block_pool.get_num_free_blocks() - getattr(kv, "watermark_blocks", 0)
+        run_tokens, run_blocks = self._running_demand(cap)
+        holding = [r for r in self.kv_holding_waiting if self._promotable(r)]
+        hold_tokens = sum(
+            self._capped(max(1, r.num_tokens - r.num_computed_tokens), cap) for r in holding
+        )
         return planner.Budget(
-            tokens=max(0, self.max_num_scheduled_tokens - self._running_token_demand()),
+            tokens=max(0, self.max_num_scheduled_tokens - run_tokens - hold_tokens),
             slots=max(
                 0,
                 self.max_num_active_reqs - len(self.running)
-                - self.num_waiting_for_streaming_input,
+                - self.num_waiting_for_streaming_input - len(holding),
             ),
-            blocks=max(0, free_blocks - len(self.running)),
+            blocks=max(0, free_blocks - run_blocks),
             block_size=self.block_size,
             max_tokens=self.max_num_scheduled_tokens,
         )
 
+    def _promotable(self, r: Request) -> bool:
+        """Whether vLLM admits ``r`` when its admission loop reaches it this step: waiting
+        or preempted requests, and blocked ones whose wait is over (grammar compiled,
+        remote KV load finished), exactly as ``_handle_blocked_waiting_request`` promotes
+        them. A grammar that failed to compile is not: vLLM reports it and skips it."""
+        if r.status in _PLANNABLE:
+            return True
+        if r.status == RequestStatus.WAITING_FOR_STRUCTURED_OUTPUT_GRAMMAR:
+            so = r.structured_output_request
+            return bool(so) and so.grammar is not None and not isinstance(
+                so.grammar, Exception)
+        if r.status == RequestStatus.WAITING_FOR_REMOTE_KVS:
+            return r.request_id in self.finished_recving_kv_req_ids
+        return False
+
     def _window(self, waiting: Any) -> tuple[list[Request], list[Request]]:
-        """(plannable, blocked). Plannable: the first ``lookahead`` waiting or preempted
-        requests in queue order, plus every aged or preempted one behind them (the aging rule
-        holds for the whole queue, not only the window). Blocked: requests in vLLM's blocked
-        states, which vLLM itself must keep examining."""
+        """(plannable, blocked). Plannable: the first ``lookahead`` requests vLLM would
+        admit now (``_promotable``) in queue order, plus every aged or preempted one behind
+        them (the aging rule holds for the whole queue, not only the window). Blocked: the
+        rest, in vLLM's blocked states; vLLM examines them first each step (at no cost: it
+        skips them, or reports a grammar error), so that none waits behind the plan."""
         cfg = self.prepack_config
         plannable, blocked = [], []
         for r in waiting:
-            (plannable if r.status in _PLANNABLE else blocked).append(r)
+            (plannable if self._promotable(r) else blocked).append(r)
         if len(plannable) > cfg.lookahead:
             oldest = time.time() - cfg.max_wait_s
             plannable = plannable[: cfg.lookahead] + [
@@ -205,22 +248,27 @@ class PrepackSchedulerMixin:
             ]
         return plannable, blocked
 
-    def _candidate(self, r: Request, previous: planner.Candidate | None) -> planner.Candidate:
+    def _candidate(
+        self, r: Request, previous: planner.Candidate | None, cap: int
+    ) -> planner.Candidate:
         """The request as the planner sees it; reused across steps while nothing about it
-        changed (with prefix caching on, the hit is looked up again every step)."""
+        changed (with prefix caching on, the hit is looked up again every step). Its tokens
+        are what vLLM schedules of it this step at most: the rest of the prompt, capped
+        at vLLM's ``long_prefill_token_threshold`` chunk."""
         preempted = r.status == RequestStatus.PREEMPTED
         if (
             previous is not None
             and not self.kv_cache_manager.enable_caching
             and previous.cached == r.num_computed_tokens
             and previous.preempted == preempted
-            and previous.tokens == max(1, r.num_tokens - r.num_computed_tokens)
+            and previous.tokens == self._capped(max(1, r.num_tokens - r.num_computed_tokens),
+                                                cap)
         ):
             return previous
         cached = self._cached_tokens(r)
         return planner.Candidate(
             key=id(r),
-            tokens=max(1, r.num_tokens - cached),
+            tokens=self._capped(max(1, r.num_tokens - cached), cap),
             cached=cached,
             arrival=r.arrival_time,
             preempted=preempted,
@@ -231,21 +279,45 @@ class PrepackSchedulerMixin:
         """The requests to admit this step, in the order to present them, and how many of
         them were admitted as the aged head."""
         cfg = self.prepack_config
+        running, waiting = self.get_request_counts()
+        cap = self._long_prefill_cap(running + waiting)
         previous = self._prepack_candidates
-        current = {r.request_id: self._candidate(r, previous.get(r.request_id))
+        current = {r.request_id: self._candidate(r, previous.get(r.request_id), cap)
                    for r in plannable}
         self._prepack_candidates = current
-        plan = planner.plan(
-            list(current.values()),
-            self._budget(),
-            time.time(),
-            policy=cfg.policy,
-            split=cfg.split,
-            max_wait_s=cfg.max_wait_s,
-            lookahead=max(1, len(current)),  # the window is already taken (_window)
-        )
+        budget = self._budget(cap)
+        now = time.time()
         by_key = {id(r): r for r in plannable}
-        return [by_key[k] for k in plan.admit], plan.aged
+        if self.policy == SchedulingPolicy.PRIORITY:
+            classes: dict[int, list[planner.Candidate]] = {}
+            for r in plannable:
+                classes.setdefault(r.priority, []).append(current[r.request_id])
+            groups = [classes[p] for p in sorted(classes)]
+        else:
+            groups = [list(current.values())]
+        admitted: list[Request] = []
+        aged = 0
+        for candidates in groups:
+            # vLLM's priority semantics: a class is admitted only once every request of
+            # the classes before it is; prepack orders within the class.
+            plan = planner.plan(
+                candidates, budget, now,
+                policy=cfg.policy, split=cfg.split, max_wait_s=cfg.max_wait_s,
+                lookahead=max(1, len(candidates)),  # the window is already taken
+            )
+            if not admitted:
+                aged = plan.aged
+            admitted.extend(by_key[k] for k in plan.admit)
+            if len(plan.admit) < len(candidates) or plan.partial is not None:
+                break
+            budget = planner.Budget(
+                tokens=budget.tokens - plan.tokens,
+                slots=budget.slots - len(plan.admit),
+                blocks=budget.blocks - plan.blocks,
+                block_size=budget.block_size,
+                max_tokens=budget.max_tokens,
+            )
+        return admitted, aged
 
     # -- one step ------------------------------------------------------------------------------
 
@@ -276,8 +348,10 @@ class PrepackSchedulerMixin:
             return output
 
         admitted, aged = planned
-        presented = create_request_queue(self.policy)
-        for r in (*admitted, *blocked):
+        # An FCFS queue under either policy: it keeps the plan's order (a priority heap
+        # would re-sort it); the plan already orders the priority classes.
+        presented = create_request_queue(SchedulingPolicy.FCFS)
+        for r in (*blocked, *admitted):
             presented.add_request(r)
         shown = set(presented)
         self.waiting = presented
@@ -300,9 +374,14 @@ def _restore(original: Any, presented: Any, shown: set[Request]) -> None:
     left = set(presented)
     before = list(original)
     preempted_now = [r for r in presented if r not in shown]
-    original.clear()
-    original.extend(preempted_now)
-    original.extend(r for r in before if r in left or r not in shown)
+    if isinstance(original, deque):
+        original.clear()
+        original.extend(preempted_now)
+        original.extend(r for r in before if r in left or r not in shown)
+    else:  # a priority heap keeps its own order
+        original.remove_requests([r for r in before if r in shown and r not in left])
+        for r in preempted_now:
+            original.add_request(r)
 
 
 class PrepackSyncScheduler(PrepackSchedulerMixin, Scheduler):
