@@ -60,7 +60,8 @@ def _llava(out: Path) -> None:
                        max_position_embeddings=4096, torch_dtype="float16")
     LlavaConfig(vision_config=vision, text_config=text, image_token_index=32000,
                 projector_hidden_act="gelu", vision_feature_layer=-2,
-                vision_feature_select_strategy="default", torch_dtype="float16").save_pretrained(out)
+                vision_feature_select_strategy="default",
+                torch_dtype="float16").save_pretrained(out)
     # No ``architectures``: inspecting vLLM's Llava class imports torchvision, which the CPU
     # environment leaves out (README, "Install on CPU"); the tests read only its shapes.
     _tokenizer(out, ["<image>"], 32064)
