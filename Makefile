@@ -25,7 +25,7 @@ test: venv $(MODEL)/config.json
 	$(PY) -m pytest -ra -p no:cacheprovider tests
 
 test-fast: venv
-	$(PY) -m pytest -ra -m "not engine and not cli" tests
+	$(PY) -m pytest -ra -m "not engine and not cli and not conformance" tests
 
 demo: venv $(MODEL)/config.json
 	$(PY) scripts/demo.py --model $(MODEL)

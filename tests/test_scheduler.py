@@ -288,3 +288,41 @@ def test_restore_puts_back_only_what_vllm_left_waiting():
     after_step = deque([preempted, left])  # vLLM took `taken` and `blocked`, prepended `pre`
     _restore(original, after_step, shown)
     assert list(original) == [preempted, left, hidden]
+
+
+@pytest.mark.engine
+def test_priority_policy_token_identical_in_a_real_engine(tiny_model, engine_lock):
+    """--scheduling-policy priority, requests of two priorities, in a real CPU engine (fp32,
+    eager): greedy output equals stock vLLM's with the same policy, and the engine core ran
+    our class with plans."""
+    import gc
+
+    from conftest import ENGINE_ARGS, MAX_MODEL_LEN, random_prompts
+    from vllm import LLM, SamplingParams
+    from vllm.inputs import TokensPrompt
+
+    import vllm_prepack
+
+    prompts = [TokensPrompt(prompt_token_ids=p)
+               for p in random_prompts(32, seed=11, max_len=MAX_MODEL_LEN // 2)]
+    priority = [i % 2 for i in range(len(prompts))]
+    params = SamplingParams(temperature=0, max_tokens=6)
+
+    def run(**kwargs):
+        llm = LLM(tiny_model, **ENGINE_ARGS, max_num_batched_tokens=1024,
+                  scheduling_policy="priority", **kwargs)
+        scheduler = llm.llm_engine.engine_core.engine_core.scheduler
+        outs = [list(o.outputs[0].token_ids)
+                for o in llm.generate(prompts, params, priority=priority, use_tqdm=False)]
+        observer = getattr(scheduler, "prepack_observer", None)
+        result = outs, type(scheduler), observer and observer.summary()
+        del llm, scheduler
+        gc.collect()
+        return result
+
+    stock, stock_cls, _ = run()
+    assert stock_cls is Scheduler
+    ours, cls, summary = run(**vllm_prepack.engine_kwargs())
+    assert cls is PrepackSyncScheduler
+    assert summary["planned_steps"] > 0 and summary["admitted"] == len(prompts)
+    assert ours == stock

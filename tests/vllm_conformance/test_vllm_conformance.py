@@ -57,6 +57,7 @@ def run_arm(arm: str, tree: Path, hub: Path, report: Path) -> subprocess.Complet
     return subprocess.run(cmd, cwd=tree, env=env, capture_output=True, text=True, timeout=1500)
 
 
+@pytest.mark.conformance
 @pytest.mark.parametrize("arm", ["stock", "sync", "async"])
 def test_vllm_scheduler_suite(arm, vllm_tests, hub, tmp_path):
     report = tmp_path / f"{arm}.json"
