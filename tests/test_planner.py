@@ -216,7 +216,19 @@ def test_whole_mode_splits_only_what_alone_exceeds_the_step(s: Scenario) -> None
     p = s.run()
     if s.split == "whole" and p.partial is not None:
         c = next(c for c in s.window if c.key == p.partial)
-        assert c.tokens > s.budget.max_tokens
+        assert c.tokens > s.budget.max_tokens or c.chunked
+
+
+def test_whole_mode_fills_the_gap_with_a_prompt_the_engine_chunks_anyway() -> None:
+    """Three 800-token prompts, each capped at 400 per step by the engine (chunked): two
+    run as 400-token chunks, the third is cut to the 224 tokens left."""
+    budget = Budget(tokens=1024, slots=8, blocks=1000, block_size=16, max_tokens=1024)
+    cands = [Candidate(key=i, tokens=400, cached=0, arrival=NOW + i, chunked=True)
+             for i in range(3)]
+    p = plan(cands, budget, NOW + 3)
+    assert p.admit == (0, 1, 2) and p.partial == 2 and p.partial_tokens == 224
+    unchunked = [Candidate(key=i, tokens=400, cached=0, arrival=NOW + i) for i in range(3)]
+    assert plan(unchunked, budget, NOW + 3).admit == (0, 1)  # whole prompts only
 
 
 @PROPERTY

@@ -18,8 +18,8 @@ A plan is built in three passes:
    queue order, first fit. Requests sharing a cached prefix stay together, at the place of
    the group's first member.
 3. A split to use the rest: ``fill`` splits the first young request left out; ``whole`` splits
-   only a prompt larger than the step's full token budget (it can never run whole), into the
-   gap left by the whole ones.
+   only a prompt larger than the step's full token budget (it can never run whole), or one
+   the engine chunks anyway (``Candidate.chunked``), into the gap left by the whole ones.
 """
 
 from __future__ import annotations
@@ -48,6 +48,9 @@ class Candidate:
     preempted: bool = False
     prefix: int | None = None
     """Group key: requests sharing a cached prefix carry the same key."""
+    chunked: bool = False
+    """``tokens`` is a chunk of a longer prompt (the engine caps it per step): the prompt is
+    split anyway, so ``whole`` may cut it further to fill the step."""
 
     def __post_init__(self) -> None:
         if self.tokens < 1:
@@ -125,7 +128,7 @@ def plan(
     for c in head:
         need = pack.fits(c)
         if need < 0:
-            if split == "fill" or c.tokens > budget.max_tokens:
+            if split == "fill" or c.tokens > budget.max_tokens or c.chunked:
                 pack.take_part(c)
             return pack.plan(aged=len(pack.keys))
         pack.take(c, c.tokens, need)
@@ -145,7 +148,8 @@ def plan(
     else:  # whole: only a prompt that alone exceeds the pack is split, into the gap
         taken = set(pack.keys)
         target = next(
-            (c for c in order if c.tokens > budget.max_tokens and c.key not in taken), None
+            (c for c in order
+             if (c.tokens > budget.max_tokens or c.chunked) and c.key not in taken), None
         )
     if target is not None:
         pack.take_part(target)

@@ -266,9 +266,11 @@ class PrepackSchedulerMixin:
         ):
             return previous
         cached = self._cached_tokens(r)
+        remaining = max(1, r.num_tokens - cached)
         return planner.Candidate(
             key=id(r),
-            tokens=self._capped(max(1, r.num_tokens - cached), cap),
+            tokens=self._capped(remaining, cap),
+            chunked=self._capped(remaining, cap) < remaining,
             cached=cached,
             arrival=r.arrival_time,
             preempted=preempted,
