@@ -51,7 +51,7 @@ test-vllm033: venv033
 		$(VLLM033_CLI_TESTS)
 
 test-fast: venv
-	$(PY) -m pytest -ra -m "not engine and not cli" tests
+	$(PY) -m pytest -ra -m "not engine and not cli and not conformance" tests
 
 demo: venv $(MODEL)/config.json
 	$(PY) scripts/demo.py --model $(MODEL)

@@ -20,6 +20,8 @@ STATS_PATH_ENV = "VLLM_PREPACK_STATS"
 SCHEDULERS = ("default", "prepack")
 POLICIES = ("stretch", "fcfs", "sjf", "hrrn")
 PACKED_ATTENTION = ("auto", "on", "off")
+SCHEDULING_POLICIES = ("fcfs", "priority")
+"""vLLM's ``--scheduling-policy`` values; prepack orders admission within a priority class."""
 
 
 class PrepackConfigError(ValueError):

@@ -193,6 +193,8 @@ def plan(
     for c in ordered:
         if slots <= slot_reserve or tokens <= token_reserve or scanned >= lookahead:
             break
+        if chunk is not None and c.priority != chunk.priority:
+            break  # never past a request of a higher priority class (vLLM's semantics)
         scanned += 1
         charge = c.charge
         fits = charge <= tokens - token_reserve
