@@ -473,3 +473,105 @@ def test_every_policy_token_identical_in_a_real_engine(tiny_model, engine_lock):
         if policy in ("stretch", "sjf"):
             assert summary["overtakes"] > 0  # the order really changed
         assert ours == stock, policy
+
+
+def test_bad_options_fail_before_vllm_builds_the_scheduler(tiny_model, monkeypatch):
+    from vllm_prepack.config import PrepackConfigError
+
+    built = []
+    monkeypatch.setattr(Scheduler, "__init__", lambda self, *a, **k: built.append(self))
+    with pytest.raises(PrepackConfigError,
+                       match="invalid prepack policy 'lifo'; accepted: stretch, fcfs, sjf, hrrn"):
+        make_scheduler(PrepackSyncScheduler, tiny_model,
+                       additional_config={"prepack": {"policy": "lifo"}})
+    with pytest.raises(PrepackConfigError, match=r"unknown prepack option\(s\) \['bogus'\]"):
+        make_scheduler(PrepackSyncScheduler, tiny_model,
+                       additional_config={"prepack": {"bogus": 1}})
+    assert not built
+
+
+@pytest.mark.parametrize("cls", [Scheduler, PrepackSyncScheduler, PrepackAsyncScheduler])
+def test_grammar_ready_request_is_not_starved(tiny_model, cls):
+    """A structured-output request whose grammar is ready is admitted as vLLM would admit
+    it, and the aging bound applies to it: max_num_seqs=4, a 64-token budget, the request
+    waited 60 s, four new 8-token requests arrive every step. Stock admits it at step 0."""
+    from unittest.mock import Mock
+
+    from vllm.v1.request import RequestStatus
+
+    from benchmarks.sched_sim import runner_output
+
+    scheduler = make_scheduler(cls, tiny_model, budget=64, max_num_seqs=4,
+                               async_scheduling=cls is PrepackAsyncScheduler)
+    old = make_request([7] * 8, arrival=time.time() - 60, req_id="grammar", max_tokens=1)
+    old.status = RequestStatus.WAITING_FOR_STRUCTURED_OUTPUT_GRAMMAR
+    old.structured_output_request = Mock(grammar=None)  # still compiling
+    scheduler.add_request(old)
+    admitted_at = None
+    for step in range(40):
+        if step == 1:
+            old.structured_output_request = Mock(grammar=object())  # compiled
+        for i in range(4):
+            scheduler.add_request(make_request([7] * 8, arrival=time.time(),
+                                               req_id=f"s{step}.{i}", max_tokens=1))
+        out = scheduler.schedule()
+        if "grammar" in {r.req_id for r in out.scheduled_new_reqs}:
+            admitted_at = step
+            break
+        scheduler.update_from_output(out, runner_output(scheduler, out))
+    assert admitted_at == 1, (admitted_at, old.status)
+
+
+@pytest.mark.engine
+def test_priority_policy_token_identical_in_a_real_engine(tiny_model, engine_lock):
+    """--scheduling-policy priority, requests of two priorities, in a real CPU engine (fp32,
+    eager): greedy output equals stock vLLM's with the same policy, and the engine core ran
+    our class with plans."""
+    import gc
+
+    from conftest import ENGINE_ARGS, MAX_MODEL_LEN, random_prompts
+    from vllm import LLM, SamplingParams
+    from vllm.inputs import TokensPrompt
+
+    import vllm_prepack
+
+    prompts = [TokensPrompt(prompt_token_ids=p)
+               for p in random_prompts(32, seed=11, max_len=MAX_MODEL_LEN // 2)]
+    priority = [i % 2 for i in range(len(prompts))]
+    params = SamplingParams(temperature=0, max_tokens=6)
+
+    def run(**kwargs):
+        llm = LLM(tiny_model, **ENGINE_ARGS, max_num_batched_tokens=1024,
+                  scheduling_policy="priority", **kwargs)
+        scheduler = llm.llm_engine.engine_core.engine_core.scheduler
+        outs = [list(o.outputs[0].token_ids)
+                for o in llm.generate(prompts, params, priority=priority, use_tqdm=False)]
+        observer = getattr(scheduler, "prepack_observer", None)
+        result = outs, type(scheduler), observer and observer.summary()
+        del llm, scheduler
+        gc.collect()
+        return result
+
+    stock, stock_cls, _ = run()
+    assert stock_cls is Scheduler
+    ours, cls, summary = run(**vllm_prepack.engine_kwargs())
+    assert cls is PrepackSyncScheduler
+    assert summary["planned_steps"] > 0 and summary["admitted"] == len(prompts)
+    assert ours == stock
+
+
+
+def test_lower_class_waits_while_a_higher_one_is_left_waiting(tiny_model):
+    scheduler = make_scheduler(PrepackSyncScheduler, tiny_model, policy="priority",
+                               budget=256)
+    now = time.time()
+    for i, (rid, priority, n) in enumerate([("hi_a", 0, 200), ("hi_b", 0, 100),
+                                            ("lo", 1, 10)]):
+        r = make_request([7] * n, arrival=now + i * 1e-3, req_id=rid)
+        r.priority = priority
+        scheduler.add_request(r)
+    out = scheduler.schedule()
+    # Class 0 first: "hi_b" whole (the earlier deadline), then "hi_a" chunked with the 156
+    # tokens left; "lo" would fit in front of that chunk but is of a lower class: it waits.
+    assert [r.req_id for r in out.scheduled_new_reqs] == ["hi_b", "hi_a"]
+    assert out.num_scheduled_tokens["hi_a"] == 156
