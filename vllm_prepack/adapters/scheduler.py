@@ -252,6 +252,10 @@ class PlanQueue(RequestQueue):
         """The earliest arrival time among the waiting requests."""
         return self._arrivals[0][0] if self._arrivals else None
 
+    def nth_arrival(self, n: int) -> float:
+        """The arrival time of the ``n``-th oldest waiting request (0: the oldest)."""
+        return self._arrivals[n][0]
+
     def arrived_by(self, cutoff: float) -> Iterator[Request]:
         """The waiting requests that arrived at or before ``cutoff``, oldest first, lazily."""
         for arrival, seq in self._arrivals:
@@ -373,7 +377,7 @@ class PrepackSchedulerMixin:
                 by_key = {id(r): r for r in queue.ordered()}
                 requests = [by_key[c.key] for c in order]
         elif self._tail_wait < math.inf:  # the tail bound: overdue requests first, by arrival
-            first = list(queue.arrived_by(time.time() - self._tail_wait))
+            first = list(queue.arrived_by(self._overdue_cutoff(queue)))
             if first:
                 overdue = set(map(id, first))
                 requests = itertools.chain(first, (r for r in queue.ordered()
@@ -436,6 +440,16 @@ class PrepackSchedulerMixin:
             super().make_stats(*args, **kwargs), getattr(self, "prepack_observer", None),
             metrics.packed_counters_visible(self.vllm_config),
         )
+
+    def _overdue_cutoff(self, queue: PlanQueue) -> float:
+        """Requests that arrived by this time are overdue: they have waited longer than the
+        ``tail_quantile`` of recent times to first token, and are among the oldest
+        ``1 - tail_quantile`` of the queue (so that under sustained overload, when every wait
+        outgrows the recent ones, the order does not collapse to arrival order)."""
+        oldest_share = int((1 - self.prepack_config.tail_quantile) * len(queue))
+        if oldest_share < 1:
+            return -math.inf
+        return min(time.time() - self._tail_wait, queue.nth_arrival(oldest_share - 1))
 
     def _advance(self, prefills: list[ScheduledPrefill]) -> None:
         """Move the prefill clock and the tail bound on by this step's prefills."""
