@@ -253,7 +253,10 @@ def test_the_walk_ends_only_at_a_due_candidate_or_when_the_step_is_full(s: Scena
     keep_tokens, keep_slots = reserve(s, p)
     ended_at_due = bool(scanned) and scanned[-1].key not in admitted and s.due(scanned[-1])
     if p.scanned < min(len(s.candidates), s.lookahead):
-        assert ended_at_due or tokens <= keep_tokens or slots <= keep_slots
+        by_key = {c.key: c for c in s.candidates}
+        at_class_end = p.chunk is not None and (
+            s.candidates[p.scanned].priority != by_key[p.chunk].priority)
+        assert ended_at_due or at_class_end or tokens <= keep_tokens or slots <= keep_slots
     if ended_at_due:
         # The queue puts due requests first within a priority class: the one that ended the
         # walk is the chunk, unless a request of a higher class was passed over.
@@ -763,3 +766,18 @@ def test_planner_imports_only_the_standard_library() -> None:
             assert node.level == 0, "planner.py must not import from its package"
             roots.add(node.module.split(".")[0])
     assert roots <= set(sys.stdlib_module_names), roots - set(sys.stdlib_module_names)
+
+
+@PROPERTY
+@given(scenarios())
+def test_no_lower_class_admitted_past_a_passed_over_higher_one(s: Scenario) -> None:
+    """vLLM's priority semantics: once a request is passed over, nothing of another class
+    behind it is admitted in front of its chunk."""
+    p = s.run()
+    admitted = set(p.admit)
+    passed = None
+    for c in s.candidates[: p.scanned]:
+        if c.key not in admitted and passed is None:
+            passed = c
+        elif c.key in admitted and passed is not None:
+            assert c.priority == passed.priority, (passed, c)
