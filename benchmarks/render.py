@@ -1,6 +1,6 @@
-"""Merge every JSON under benchmarks/results/ into the README's results section and plots.
+"""Merge every JSON under benchmarks/results/ into docs/results.md's tables and plots.
 
-    python -m benchmarks.render            # rewrites README.md between the results markers
+    python -m benchmarks.render            # rewrites docs/results.md between the results markers
                                            # and benchmarks/results/*.png
 """
 
@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -177,7 +178,12 @@ def plots(results: list[tuple[Path, dict]], out_dir: Path = RESULTS) -> list[str
     return made
 
 
-def render(plots_dir: Path = RESULTS) -> str:
+def image_dir(markdown: Path) -> str:
+    """``benchmarks/results`` as a link from ``markdown``'s folder."""
+    return os.path.relpath(RESULTS, markdown.resolve().parent).replace(os.sep, "/")
+
+
+def render(plots_dir: Path = RESULTS, images_at: str = "benchmarks/results") -> str:
     results = []
     for path in sorted(RESULTS.glob("*.json")):
         results.append((path, json.loads(path.read_text())))
@@ -211,14 +217,15 @@ def render(plots_dir: Path = RESULTS) -> str:
         elif kind == paper.BENCHMARK and d.get("runs"):
             images.append(paper.plot(d, plots_dir / f"{path.stem}_speedup.png").name)
     for image in images:
-        lines.append(f"![{image}](benchmarks/results/{image})")
+        lines.append(f"![{image}]({images_at}/{image})")
     lines.append("")
     return "\n".join(lines)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--readme", default=str(ROOT / "README.md"))
+    parser.add_argument("--readme", default=str(ROOT / "docs" / "results.md"),
+                        help="the Markdown file whose results markers are rewritten")
     parser.add_argument("--plots-dir", default=str(RESULTS))
     args = parser.parse_args()
     readme = Path(args.readme)
@@ -227,7 +234,8 @@ def main() -> None:
         sys.exit(f"{readme} has no {START} ... {END} section")
     head, rest = text.split(START, 1)
     _, tail = rest.split(END, 1)
-    readme.write_text(head + START + "\n" + render(Path(args.plots_dir)) + END + tail)
+    body = render(Path(args.plots_dir), image_dir(readme))
+    readme.write_text(head + START + "\n" + body + END + tail)
     print("rendered", readme)
 
 

