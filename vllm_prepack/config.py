@@ -45,8 +45,8 @@ class PrepackConfig:
 
     tail_quantile: float = 0.9
     """Tail bound: a request that has waited longer than this quantile of the engine's recent
-    times to first token is taken in arrival order before every other one, and never passed
-    over (0: off). It keeps the longest waits near those of arrival order."""
+    times to first token, and is among the oldest ``1 - tail_quantile`` of the queue, is taken
+    in arrival order before every other one and never passed over (0: off)."""
 
     lookahead: int = 128
     """How many waiting requests (in queue order) the planner looks at each step."""

@@ -35,9 +35,9 @@ _OPTIONS: dict[str, dict[str, Any]] = {
                     "be overtaken until the engine has computed X times its uncached prompt "
                     "tokens since it arrived (0: arrival order). Default: 8."),
     "tail_quantile": dict(type=float, metavar="Q", help="Tail bound: a request that has "
-                          "waited longer than this quantile of recent times to first token is "
-                          "taken in arrival order first and never passed over (0: off). "
-                          "Default: 0.9."),
+                          "waited longer than this quantile of recent times to first token, "
+                          "and is among the oldest 1 - Q of the queue, is taken in arrival "
+                          "order first and never passed over (0: off). Default: 0.9."),
     "lookahead": dict(type=int, metavar="N", help="Waiting requests the planner looks at "
                       "each step, in queue order. Default: 128."),
     "packed_attention": dict(choices=PACKED_ATTENTION, help="Packed-prefill attention path "
