@@ -278,6 +278,7 @@ class PrepackSchedulerMixin:
         super().__init__(*args, **kwargs)
         self.prepack_config = config
         self.prepack_observer = make_observer(self, config)
+        self.prepack_step_cpu_s = 0.0
         self.prepack_clock = 0
         """Prompt tokens this engine has computed: the clock the planner measures waits on."""
         self._by_key: dict[int, Request] = {}
@@ -369,7 +370,7 @@ class PrepackSchedulerMixin:
         over while still blocked."""
         queue = self.waiting
         requests: Iterable[Request] = queue.ordered()
-        overdue: set[int] = set()
+        cutoff = -math.inf
         if self.prepack_config.policy == "hrrn":
             if len(queue) <= planner.HRRN_SORT_LIMIT:
                 order = planner.hrrn_order([self._candidate(r) for r in queue.ordered()],
@@ -377,16 +378,15 @@ class PrepackSchedulerMixin:
                 by_key = {id(r): r for r in queue.ordered()}
                 requests = [by_key[c.key] for c in order]
         elif self._tail_wait < math.inf:  # the tail bound: overdue requests first, by arrival
-            first = list(queue.arrived_by(self._overdue_cutoff(queue)))
-            if first:
-                overdue = set(map(id, first))
-                requests = itertools.chain(first, (r for r in queue.ordered()
-                                                   if id(r) not in overdue))
+            cutoff = self._overdue_cutoff(queue)
+            requests = itertools.chain(
+                queue.arrived_by(cutoff),
+                (r for r in queue.ordered() if r.arrival_time > cutoff))
         for r in requests:
             if r.status not in _PLANNABLE and not compat.promote_if_ready(self, r):
                 continue
             c = self._candidate(r, cap)
-            if id(r) in overdue:
+            if r.arrival_time <= cutoff:
                 c = dataclasses.replace(c, due=True)
             self._by_key[c.key] = r
             yield c
@@ -396,8 +396,11 @@ class PrepackSchedulerMixin:
         how many are admitted whole."""
         cfg = self.prepack_config
         cap = self._chunk_cap()
+        budget = self._budget(cap)
+        if budget.slots < 1 or budget.tokens < 1:  # nothing can be admitted: no walk
+            return [], 0
         self._by_key.clear()
-        plan = planner.plan(self._walk(cap), self._budget(cap), policy=cfg.policy,
+        plan = planner.plan(self._walk(cap), budget, policy=cfg.policy,
                             stretch=cfg.stretch, clock=self.prepack_clock,
                             lookahead=cfg.lookahead)
         front = [self._by_key[k] for k in plan.admit]
@@ -416,6 +419,7 @@ class PrepackSchedulerMixin:
         front: list[Request] = []
         planned: list[Request] | None = None
         fault = False
+        start = time.thread_time()
         if queue:
             try:
                 front, whole = self._plan()
@@ -424,21 +428,28 @@ class PrepackSchedulerMixin:
                 fault = True
                 logger.exception("prepack planner failed; the queue is taken in order")
         queue.present(front)
+        planning = time.thread_time() - start
         try:
             output = super().schedule(*args, **kwargs)
         finally:
             queue.present([])
+        start = time.thread_time()
         prefills = observe_step(self, self.prepack_observer, output, planned=planned,
                                 planner_fault=fault, throttled=throttle)
         self._advance(prefills)
+        self.prepack_step_cpu_s = planning + time.thread_time() - start
+        """This step's own CPU time: planning, candidates, statistics (not vLLM's pass)."""
         return output
 
     def make_stats(self, *args: Any, **kwargs: Any) -> Any:
         """vLLM's ``SchedulerStats`` with the packing totals attached, for the API server's
         ``/metrics`` (``adapters/metrics.py``)."""
+        visible = getattr(self, "_packed_visible", None)
+        if visible is None:  # fixed for the engine's life: read once
+            visible = self._packed_visible = metrics.packed_counters_visible(self.vllm_config)
         return metrics.attach(
             super().make_stats(*args, **kwargs), getattr(self, "prepack_observer", None),
-            metrics.packed_counters_visible(self.vllm_config),
+            visible,
         )
 
     def _overdue_cutoff(self, queue: PlanQueue) -> float:
