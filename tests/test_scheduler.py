@@ -433,6 +433,38 @@ def test_plan_queue_oldest_arrival_with_lazy_deletion():
     assert q._arrivals == []
 
 
+def test_plan_queue_is_indexed_like_vllms_fcfs_queue():
+    """vLLM's FCFS waiting queue is a deque: ``scheduler.waiting[i]`` (vLLM's own
+    ``test_scheduler_reset_prefix_cache`` reads it so). The index follows iteration order."""
+    q, rs = _queue(("c", 30, 3.0), ("a", 10, 1.0), ("b", 20, 2.0))
+    assert [q[i] for i in range(len(q))] == list(q) == [rs["a"], rs["b"], rs["c"]]
+    assert q[-1] is rs["c"] and q[1:] == [rs["b"], rs["c"]]
+    with pytest.raises(IndexError):
+        q[3]
+    q.present([rs["c"]])
+    assert q[0] is rs["c"] and q[1] is rs["a"] and q[-1] is rs["b"]
+    q.present([])
+    assert q[0] is rs["a"]
+
+
+@pytest.mark.parametrize("cls", [Scheduler, PrepackSyncScheduler])
+def test_reset_prefix_cache_requeues_the_running_requests_in_order(tiny_model, cls):
+    """reset_prefix_cache(reset_running_requests=True) preempts every running request back
+    into the waiting queue: they wait in their running order, as in stock vLLM."""
+    scheduler = make_scheduler(cls, tiny_model, prefix_caching=True)
+    now = time.time()
+    requests = [make_request([7 + i] * 16, arrival=now + i * 1e-6, req_id=f"r{i}")
+                for i in range(10)]
+    for r in requests:
+        scheduler.add_request(r)
+    scheduler.schedule()
+    assert list(scheduler.running) == requests and not scheduler.waiting
+    assert scheduler.reset_prefix_cache(reset_running_requests=True)
+    assert not scheduler.running and len(scheduler.waiting) == len(requests)
+    assert [scheduler.waiting[i] for i in range(len(requests))] == requests
+    assert list(scheduler.waiting) == requests
+
+
 # -- a real engine -----------------------------------------------------------------------------
 
 

@@ -239,6 +239,13 @@ class PlanQueue(RequestQueue):
         yield from front
         yield from (r for r in list(self.ordered()) if id(r) not in shown)
 
+    def __getitem__(self, index: int | slice) -> Request | list[Request]:
+        """The request at ``index`` in iteration order, as vLLM's FCFS queue (a deque) gives
+        it: ``scheduler.waiting[i]``."""
+        if isinstance(index, slice) or self._front_at < len(self._front):
+            return list(self)[index]
+        return self._by_seq[self._order[index][-1]]
+
     def ordered(self) -> Iterator[Request]:
         """The queue in planner order, lazily."""
         for entry in self._order:
