@@ -607,3 +607,24 @@ def test_lower_class_waits_while_a_higher_one_is_left_waiting(tiny_model):
     # tokens left; "lo" would fit in front of that chunk but is of a lower class: it waits.
     assert [r.req_id for r in out.scheduled_new_reqs] == ["hi_b", "hi_a"]
     assert out.num_scheduled_tokens["hi_a"] == 156
+
+
+@pytest.mark.parametrize("cls", [Scheduler, PrepackSyncScheduler])
+def test_tail_bound_keeps_priority_classes(tiny_model, cls):
+    """Under --scheduling-policy priority, a request overdue by the tail bound goes to the
+    head of its own class, never ahead of a waiting request of a higher class: with a
+    200-token budget, the class-0 request is admitted whole, as stock does, and the overdue
+    class-1 request waits."""
+    scheduler = make_scheduler(cls, tiny_model, policy="priority", budget=200)
+    now = time.time()
+    for rid, priority, arrival in [("lo_old", 1, now - 60), ("hi", 0, now), ("lo", 1, now)]:
+        r = make_request([7] * 200, arrival=arrival, req_id=rid)
+        r.priority = priority
+        scheduler.add_request(r)
+    if cls is PrepackSyncScheduler:
+        scheduler._tail_wait = 10.0  # "lo_old" waited past the tail bound
+    out = scheduler.schedule()
+    assert [r.req_id for r in out.scheduled_new_reqs] == ["hi"]
+    assert out.num_scheduled_tokens == {"hi": 200}
+    if cls is PrepackSyncScheduler:
+        assert [r.request_id for r in scheduler.waiting] == ["lo_old", "lo"]

@@ -383,8 +383,7 @@ class PrepackSchedulerMixin:
             first = list(queue.arrived_by(time.time() - self._tail_wait))
             if first:
                 overdue = set(map(id, first))
-                requests = itertools.chain(first, (r for r in queue.ordered()
-                                                   if id(r) not in overdue))
+                requests = self._overdue_first(first, queue.ordered(), overdue)
         for r in requests:
             if r.status not in _PLANNABLE and not compat.promote_if_ready(self, r):
                 continue
@@ -393,6 +392,25 @@ class PrepackSchedulerMixin:
                 c = dataclasses.replace(c, due=True)
             self._by_key[c.key] = r
             yield c
+
+    def _overdue_first(self, first: list[Request], ordered: Iterable[Request],
+                       overdue: set[int]) -> Iterator[Request]:
+        """The queue order with the overdue requests (``first``, by arrival) moved to the head
+        of their priority class: never ahead of a request of a higher class (vLLM's
+        semantics)."""
+        def klass(r: Request) -> int:
+            return r.priority if self.policy == SchedulingPolicy.PRIORITY else 0
+
+        first = sorted(first, key=klass)  # stable: by arrival within a class
+        i = 0
+        for r in ordered:
+            if id(r) in overdue:
+                continue
+            while i < len(first) and klass(first[i]) <= klass(r):
+                yield first[i]
+                i += 1
+            yield r
+        yield from first[i:]
 
     def _plan(self) -> tuple[list[Request], int]:
         """The requests to present first this step, those admitted whole then the chunk, and
