@@ -433,6 +433,38 @@ def test_plan_queue_oldest_arrival_with_lazy_deletion():
     assert q._arrivals == []
 
 
+def test_plan_queue_is_indexed_like_vllms_fcfs_queue():
+    """vLLM's FCFS waiting queue is a deque: ``scheduler.waiting[i]`` (vLLM's own
+    ``test_scheduler_reset_prefix_cache`` reads it so). The index follows iteration order."""
+    q, rs = _queue(("c", 30, 3.0), ("a", 10, 1.0), ("b", 20, 2.0))
+    assert [q[i] for i in range(len(q))] == list(q) == [rs["a"], rs["b"], rs["c"]]
+    assert q[-1] is rs["c"] and q[1:] == [rs["b"], rs["c"]]
+    with pytest.raises(IndexError):
+        q[3]
+    q.present([rs["c"]])
+    assert q[0] is rs["c"] and q[1] is rs["a"] and q[-1] is rs["b"]
+    q.present([])
+    assert q[0] is rs["a"]
+
+
+@pytest.mark.parametrize("cls", [Scheduler, PrepackSyncScheduler])
+def test_reset_prefix_cache_requeues_the_running_requests_in_order(tiny_model, cls):
+    """reset_prefix_cache(reset_running_requests=True) preempts every running request back
+    into the waiting queue: they wait in their running order, as in stock vLLM."""
+    scheduler = make_scheduler(cls, tiny_model, prefix_caching=True)
+    now = time.time()
+    requests = [make_request([7 + i] * 16, arrival=now + i * 1e-6, req_id=f"r{i}")
+                for i in range(10)]
+    for r in requests:
+        scheduler.add_request(r)
+    scheduler.schedule()
+    assert list(scheduler.running) == requests and not scheduler.waiting
+    assert scheduler.reset_prefix_cache(reset_running_requests=True)
+    assert not scheduler.running and len(scheduler.waiting) == len(requests)
+    assert [scheduler.waiting[i] for i in range(len(requests))] == requests
+    assert list(scheduler.waiting) == requests
+
+
 # -- a real engine -----------------------------------------------------------------------------
 
 
@@ -575,3 +607,24 @@ def test_lower_class_waits_while_a_higher_one_is_left_waiting(tiny_model):
     # tokens left; "lo" would fit in front of that chunk but is of a lower class: it waits.
     assert [r.req_id for r in out.scheduled_new_reqs] == ["hi_b", "hi_a"]
     assert out.num_scheduled_tokens["hi_a"] == 156
+
+
+@pytest.mark.parametrize("cls", [Scheduler, PrepackSyncScheduler])
+def test_tail_bound_keeps_priority_classes(tiny_model, cls):
+    """Under --scheduling-policy priority, a request overdue by the tail bound goes to the
+    head of its own class, never ahead of a waiting request of a higher class: with a
+    200-token budget, the class-0 request is admitted whole, as stock does, and the overdue
+    class-1 request waits."""
+    scheduler = make_scheduler(cls, tiny_model, policy="priority", budget=200)
+    now = time.time()
+    for rid, priority, arrival in [("lo_old", 1, now - 60), ("hi", 0, now), ("lo", 1, now)]:
+        r = make_request([7] * 200, arrival=arrival, req_id=rid)
+        r.priority = priority
+        scheduler.add_request(r)
+    if cls is PrepackSyncScheduler:
+        scheduler._tail_wait = 10.0  # "lo_old" waited past the tail bound
+    out = scheduler.schedule()
+    assert [r.req_id for r in out.scheduled_new_reqs] == ["hi"]
+    assert out.num_scheduled_tokens == {"hi": 200}
+    if cls is PrepackSyncScheduler:
+        assert [r.request_id for r in scheduler.waiting] == ["lo_old", "lo"]

@@ -239,6 +239,13 @@ class PlanQueue(RequestQueue):
         yield from front
         yield from (r for r in list(self.ordered()) if id(r) not in shown)
 
+    def __getitem__(self, index: int | slice) -> Request | list[Request]:
+        """The request at ``index`` in iteration order, as vLLM's FCFS queue (a deque) gives
+        it: ``scheduler.waiting[i]``."""
+        if isinstance(index, slice) or self._front_at < len(self._front):
+            return list(self)[index]
+        return self._by_seq[self._order[index][-1]]
+
     def ordered(self) -> Iterator[Request]:
         """The queue in planner order, lazily."""
         for entry in self._order:
@@ -379,9 +386,13 @@ class PrepackSchedulerMixin:
                 requests = [by_key[c.key] for c in order]
         elif self._tail_wait < math.inf:  # the tail bound: overdue requests first, by arrival
             cutoff = self._overdue_cutoff(queue)
-            requests = itertools.chain(
-                queue.arrived_by(cutoff),
-                (r for r in queue.ordered() if r.arrival_time > cutoff))
+            if self.policy == SchedulingPolicy.PRIORITY:
+                requests = self._overdue_first(list(queue.arrived_by(cutoff)),
+                                               queue.ordered(), cutoff)
+            else:
+                requests = itertools.chain(
+                    queue.arrived_by(cutoff),
+                    (r for r in queue.ordered() if r.arrival_time > cutoff))
         for r in requests:
             if r.status not in _PLANNABLE and not compat.promote_if_ready(self, r):
                 continue
@@ -390,6 +401,25 @@ class PrepackSchedulerMixin:
                 c = dataclasses.replace(c, due=True)
             self._by_key[c.key] = r
             yield c
+
+    def _overdue_first(self, first: list[Request], ordered: Iterable[Request],
+                       cutoff: float) -> Iterator[Request]:
+        """The queue order with the overdue requests (``first``, by arrival) moved to the head
+        of their priority class: never ahead of a request of a higher class (vLLM's
+        semantics)."""
+        def klass(r: Request) -> int:
+            return r.priority if self.policy == SchedulingPolicy.PRIORITY else 0
+
+        first = sorted(first, key=klass)  # stable: by arrival within a class
+        i = 0
+        for r in ordered:
+            if r.arrival_time <= cutoff:  # overdue: already in first
+                continue
+            while i < len(first) and klass(first[i]) <= klass(r):
+                yield first[i]
+                i += 1
+            yield r
+        yield from first[i:]
 
     def _plan(self) -> tuple[list[Request], int]:
         """The requests to present first this step, those admitted whole then the chunk, and
