@@ -16,7 +16,9 @@ same trace window.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import gc
 import random
 import time
 from collections.abc import Sequence
@@ -147,6 +149,14 @@ class Run:
     counters: dict
 
 
+@contextlib.contextmanager
+def _finally(fn):
+    try:
+        yield
+    finally:
+        fn()
+
+
 class _Clock:
     def __init__(self) -> None:
         self.now = 0.0
@@ -164,7 +174,9 @@ def simulate(arm: str, requests: Sequence[Request], *, model: str, budget: int,
     cls = Scheduler if opts is None else PrepackSyncScheduler
     clock = _Clock()
     rng = random.Random(seed)
-    with mock.patch("time.time", clock):
+    gc.collect()
+    gc.disable()  # a collector pause would be charged to one step as scheduler time
+    with mock.patch("time.time", clock), _finally(gc.enable):
         scheduler = make_scheduler(
             cls, model, budget=budget, max_num_seqs=max_num_seqs, num_blocks=num_blocks,
             prefix_caching=prefix_caching, max_model_len=max_model_len,
