@@ -1,0 +1,75 @@
+"""The trace simulator at CI size: vLLM's real schedulers on a virtual clock, a trace window of
+the Azure conversation trace (or a synthetic one), the step model fitted to H200 timings."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+from benchmarks import trace_sim
+from vllm_prepack.config import PrepackConfig
+
+RESULTS = Path(__file__).resolve().parents[1] / "benchmarks" / "results"
+STEPS = RESULTS / "trace_llm_8b_b2048_4x_h200_steps.json"
+
+
+def _requests(n: int = 60, rate: float = 400.0) -> list[trace_sim.Request]:
+    # Prompts of mixed lengths arriving faster than the engine drains them: a queue forms.
+    lengths = [(17 * i) % 400 + 8 for i in range(n)]
+    return [trace_sim.Request(i / rate, p, 4 + i % 5) for i, p in enumerate(lengths)]
+
+
+def _run(tiny_model: str, arm: str, **kw) -> trace_sim.Run:
+    return trace_sim.simulate(arm, _requests(), model=tiny_model, budget=256, max_num_seqs=8,
+                              num_blocks=512, max_model_len=1024,
+                              step_model=trace_sim.STEP_MODELS["llama-3.1-8b"], cpu_scale=0.0,
+                              seed=0, **kw)
+
+
+@pytest.mark.parametrize("arm", ["stock", "stretch", "sjf", "hrrn", "fcfs"])
+def test_every_request_gets_its_first_token_and_every_output(tiny_model, arm):
+    run = _run(tiny_model, arm)
+    reqs = _requests()
+    assert len(run.ttft) == len(reqs)
+    assert run.output_tokens == sum(r.output_len for r in reqs)
+    assert all(t > 0 for t in run.ttft.values())
+    m = trace_sim.metrics(run)
+    assert m["ttft_p50_s"] <= m["ttft_p99_s"] and m["throughput_tok_s"] > 0
+    if arm != "stock":  # our scheduler ran: its observer counted the admissions
+        assert run.counters["admitted"] == len(reqs)
+
+
+def test_the_deadline_order_lets_short_prompts_overtake_under_a_queue(tiny_model):
+    stock, ours = _run(tiny_model, "stock"), _run(tiny_model, "stretch")
+    assert ours.counters["overtakes"] > 0
+    short = [f"r{i}" for i, r in enumerate(_requests()) if r.prompt_len < 100]
+    mean = lambda run: sum(run.ttft[k] for k in short) / len(short)  # noqa: E731
+    assert mean(ours) < mean(stock)
+
+
+def test_the_simulator_is_deterministic_without_scheduler_cpu_time(tiny_model):
+    assert _run(tiny_model, "stretch").ttft == _run(tiny_model, "stretch").ttft
+
+
+def test_arm_names_and_errors():
+    assert trace_sim.arm_options("stock") is None
+    assert trace_sim.arm_options("stretch4q0") == {"stretch": 4.0, "tail_quantile": 0.0}
+    assert trace_sim.arm_options("stretch2") == {"stretch": 2.0}
+    with pytest.raises(ValueError, match="unknown arm 'lifo'; accepted: stock"):
+        trace_sim.arm_options("lifo")
+    for options in trace_sim.ARMS.values():  # every arm is a valid configuration
+        PrepackConfig.from_dict(options or {})
+
+
+def test_step_model_fit_on_the_h200_step_timings():
+    model, fit = trace_sim.fit_step_model(json.loads(STEPS.read_text()))
+    assert fit["steps"] > 1000 and abs(fit["total_time_error"]) < 1e-6
+    for value in (model.base, model.per_token, model.per_decode):
+        assert math.isfinite(value)
+    assert 0.005 < model.base < 0.05 and model.per_token > 0
+    committed = trace_sim.STEP_MODELS["llama-3.1-8b"]
+    assert committed.base == pytest.approx(model.base, rel=0.02)
+    assert committed.per_token == pytest.approx(model.per_token, rel=0.02)
