@@ -7,6 +7,7 @@
 #   bash scripts/gpu_runs.sh paper    # 1 GPU: paper reproduction, Poisson offline A/B
 #   bash scripts/gpu_runs.sh nochunk  # 1 GPU: Llama-3.1-8B offline A/B, chunking off
 #   bash scripts/gpu_runs.sh serve    # 1 GPU: serving A/B (vllm bench serve)
+#   bash scripts/gpu_runs.sh equiv1   # 1 GPU: greedy equivalence (Llama-3.2-1B), batch-invariant
 #   bash scripts/gpu_runs.sh equiv    # 2 GPUs: TP=2 greedy equivalence (Llama-3.1-8B)
 #   bash scripts/gpu_runs.sh pp       # 2 GPUs: PP=2 greedy equivalence (Llama-3.2-1B)
 #   bash scripts/gpu_runs.sh tp       # 2 GPUs: Llama-3.1-8B offline A/B at TP=2
@@ -26,7 +27,7 @@
 # ARMS (trace-llm), PREPACK_ARGS (trace-serve: more --prepack-* options), SATURATION (stock's
 # saturation rate in req/s from an earlier part of the same grid: not measured again).
 set -uo pipefail
-phase=${1:?usage: gpu_runs.sh paper|nochunk|serve|equiv|pp|tp|dp|moe|trace-llm|trace-serve [tag]}
+phase=${1:?usage: gpu_runs.sh paper|nochunk|serve|equiv1|equiv|pp|tp|dp|moe|trace-llm|trace-serve [tag]}
 tag=${2:-$(python3 -c "import torch; n=torch.cuda.get_device_name(0).split()[1].lower(); \
 c=torch.cuda.device_count(); print(n if c == 1 else f'{n}x{c}')")}
 out=${OUT:-benchmarks/results}
@@ -73,6 +74,12 @@ serve)
     --tokenizer .models/tiny-llama --workload lognormal --n 1000 --max-len 8000 \
     --output-len 32 --load-factors 0.5,0.8,1.0,1.2 --reps 2 --time-budget-s 380 \
     --serve-args "--enforce-eager --max-model-len 8192" --out "$out/serve_1b_$tag.json"
+  ;;
+equiv1)
+  VLLM_BATCH_INVARIANT=1 run "equivalence_1b_$tag" 300 $py -m benchmarks.equivalence \
+    --model-shape llama-3.2-1b --arms stock,prepack,prepack-packed --n 64 \
+    --engine-args '{"enforce_eager": true, "gpu_memory_utilization": 0.4, "max_model_len": 8192}' \
+    --out "$out/equivalence_1b_$tag.json"
   ;;
 equiv)
   VLLM_BATCH_INVARIANT=1 run "equivalence_8b_tp2_$tag" 300 $py -m benchmarks.equivalence \
@@ -154,7 +161,7 @@ trace-serve)
   progress "$out/$name.log"
   ;;
 *)
-  echo "unknown phase $phase; accepted: paper, nochunk, serve, equiv, pp, tp, dp, moe," \
+  echo "unknown phase $phase; accepted: paper, nochunk, serve, equiv1, equiv, pp, tp, dp, moe," \
     "trace-llm, trace-serve" >&2
   exit 2
   ;;
