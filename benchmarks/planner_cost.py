@@ -21,7 +21,7 @@ import time
 from vllm.v1.core.sched.scheduler import Scheduler
 
 from benchmarks import common
-from benchmarks.sched_sim import make_request, make_scheduler, runner_output
+from tests.harness.sched import make_request, make_scheduler, runner_output
 from vllm_prepack.adapters.scheduler import PrepackSyncScheduler
 
 ARMS = {"stock": Scheduler, "prepack": PrepackSyncScheduler}

@@ -61,12 +61,9 @@ import ast
 import contextlib
 import json
 import math
-import os
 import random
 import re
 import shlex
-import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -82,6 +79,12 @@ if str(ROOT) not in sys.path:
 
 from benchmarks import common, workloads  # noqa: E402
 from benchmarks.trace import ATTRIBUTION, load_trace  # noqa: E402
+from tests.harness.server import (  # noqa: E402
+    Server,
+    child_env,
+    http_get,
+    vllm_command,
+)
 from vllm_prepack.stats import judges_plan  # noqa: E402
 
 ARMS = ("stock", "prepack")
@@ -91,7 +94,6 @@ SATURATION_DEFINITION = (
     "stock arm, after warm-up: the whole trace (same prompt and output lengths) sent at t=0 "
     "(every timestamp 0); saturation rate = completed requests / benchmark duration "
     "(vllm bench serve request_throughput)")
-SCHEDULER_LINE = re.compile(r"Engine core scheduler class: (\S+)")
 EXPECTED_CLASSES = {
     "stock": ("vllm.v1.core.sched.scheduler.Scheduler",
               "vllm.v1.core.sched.async_scheduler.AsyncScheduler"),
@@ -189,89 +191,6 @@ class TraceBook:
 
 
 # -- servers --------------------------------------------------------------------------------
-
-
-def vllm_command() -> str:
-    local = Path(sys.executable).parent / "vllm"
-    found = str(local) if local.exists() else shutil.which("vllm")
-    if not found:
-        raise SystemExit("no vllm command next to this Python or on PATH")
-    return found
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def child_env(**extra: str) -> dict[str, str]:
-    env = dict(os.environ)
-    for key, value in {"HF_HUB_OFFLINE": "1", "VLLM_NO_USAGE_STATS": "1",
-                       "DO_NOT_TRACK": "1", "TOKENIZERS_PARALLELISM": "false"}.items():
-        env.setdefault(key, value)
-    env.update(extra)
-    return env
-
-
-def http_get(url: str, timeout: float = 10) -> str:
-    with urllib.request.urlopen(url, timeout=timeout) as r:
-        return r.read().decode()
-
-
-class Server:
-    """One ``vllm serve`` process on 127.0.0.1, stopped by its process group."""
-
-    def __init__(self, arm: str, argv: list[str], log_path: Path,
-                 env: dict[str, str] | None = None, cwd: Path | None = None):
-        self.arm, self.argv, self.log_path = arm, argv, log_path
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self._log = open(log_path, "w")  # noqa: SIM115 (lives with the process)
-        self.started = time.monotonic()
-        self.proc = subprocess.Popen(
-            [vllm_command(), "serve", *argv, "--host", "127.0.0.1", "--port", str(self.port)],
-            stdout=self._log, stderr=subprocess.STDOUT,
-            env=child_env() if env is None else env, cwd=cwd, start_new_session=True)
-
-    def alive(self) -> bool:
-        return self.proc.poll() is None
-
-    def log(self) -> str:
-        self._log.flush()
-        return self.log_path.read_text(errors="replace")
-
-    def wait_ready(self, timeout: float = 240) -> float:
-        deadline = self.started + timeout
-        while time.monotonic() < deadline:
-            if not self.alive():
-                raise RuntimeError(f"{self.arm}: vllm serve exited {self.proc.returncode}:\n"
-                                   f"{self.log()[-4000:]}")
-            with contextlib.suppress(OSError):
-                if http_get(self.url + "/health", timeout=2) is not None:
-                    return time.monotonic() - self.started
-            time.sleep(0.5)
-        raise TimeoutError(f"{self.arm}: vllm serve not ready in {timeout}s:\n"
-                           f"{self.log()[-4000:]}")
-
-    def scheduler_class(self, timeout: float = 15) -> str | None:
-        deadline = time.monotonic() + timeout
-        while True:
-            found = SCHEDULER_LINE.findall(self.log())
-            if found or time.monotonic() > deadline:
-                return found[-1] if found else None
-            time.sleep(0.5)
-
-    def stop(self) -> None:
-        if self.alive():
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.proc.pid, 15)
-            try:
-                self.proc.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, 9)
-                self.proc.wait(timeout=30)
-        self._log.close()
 
 
 def log_facts(log: str) -> dict:

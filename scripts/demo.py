@@ -33,7 +33,7 @@ def main() -> int:
     parser.add_argument("--requests", type=int, default=12)
     args = parser.parse_args()
 
-    from vllm_prepack.tiny_model import build
+    from tests.harness.tiny_model import build
 
     model = str(build(args.model))
     with socket.socket() as s:

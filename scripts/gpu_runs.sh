@@ -50,7 +50,7 @@ progress() {  # the per-run lines of a log (tqdm's bar shares their lines)
     head -n 60
 }
 
-[ -f .models/tiny-llama/tokenizer.json ] || $py -m vllm_prepack.tiny_model .models/tiny-llama
+[ -f .models/tiny-llama/tokenizer.json ] || $py -m tests.harness.tiny_model .models/tiny-llama
 
 case $phase in
 paper)

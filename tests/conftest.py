@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks import serve_ab
+from tests.harness import server as harness_server
 
 ROOT = Path(__file__).resolve().parents[1]
 VENV_BIN = Path(sys.executable).parent
@@ -44,7 +44,7 @@ ENGINE_ARGS = dict(
 
 @pytest.fixture(scope="session")
 def tiny_model() -> str:
-    from vllm_prepack.tiny_model import build
+    from tests.harness.tiny_model import build
 
     return str(build(MODEL_DIR))
 
@@ -84,7 +84,7 @@ def run_python(code: str, *, timeout: float = 240, **env: str) -> subprocess.Com
     )
 
 
-class Server(serve_ab.Server):
+class Server(harness_server.Server):
     """The benchmark's ``vllm serve`` process, with the tests' environment and a JSON POST."""
 
     def __init__(self, args: list[str], log_path: Path, **env: str) -> None:

@@ -54,14 +54,14 @@ def test_adapters_read_no_vllm_internal_except_through_compat():
 
 
 def _scheduler(model, **kw):
-    from benchmarks.sched_sim import make_scheduler
+    from tests.harness.sched import make_scheduler
     from vllm_prepack.adapters.scheduler import PrepackSyncScheduler
 
     return make_scheduler(PrepackSyncScheduler, model, chunked=True, budget=1024, **kw)
 
 
 def _step(scheduler):
-    from benchmarks.sched_sim import runner_output
+    from tests.harness.sched import runner_output
 
     out = scheduler.schedule()
     scheduler.update_from_output(out, runner_output(scheduler, out))
@@ -69,7 +69,7 @@ def _step(scheduler):
 
 
 def test_scheduler_reads_pinned(tiny_model):
-    from benchmarks.sched_sim import BLOCK_SIZE, make_request
+    from tests.harness.sched import BLOCK_SIZE, make_request
 
     scheduler = _scheduler(tiny_model, num_blocks=64)
     kv = scheduler.kv_cache_manager
@@ -92,7 +92,7 @@ def test_scheduler_reads_pinned(tiny_model):
 
 
 def test_prefix_cache_hit_is_vllms_lookup_without_its_statistics(tiny_model):
-    from benchmarks.sched_sim import BLOCK_SIZE, make_request
+    from tests.harness.sched import BLOCK_SIZE, make_request
 
     scheduler = _scheduler(tiny_model, prefix_caching=True)
     shared = list(range(3, 3 + 4 * BLOCK_SIZE))

@@ -103,7 +103,7 @@ def test_stat_logger_publishes_per_engine_and_strips_the_keys():
 def _scrape(server) -> dict[tuple[str, tuple], float]:
     from prometheus_client.parser import text_string_to_metric_families
 
-    from benchmarks.serve_ab import http_get
+    from tests.harness.server import http_get
 
     samples = {}
     for family in text_string_to_metric_families(http_get(server.url + "/metrics")):

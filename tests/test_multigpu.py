@@ -13,7 +13,7 @@ import pytest
 from conftest import ENGINE_ARGS, ROOT, serve, subprocess_env
 from vllm.v1.core.sched.scheduler import Scheduler
 
-from benchmarks.sched_sim import make_request, make_scheduler, runner_output
+from tests.harness.sched import make_request, make_scheduler, runner_output
 from vllm_prepack.adapters.scheduler import (
     PrepackSyncScheduler,
     data_parallel_rank,

@@ -10,7 +10,7 @@ from vllm.v1.core.sched.async_scheduler import AsyncScheduler
 from vllm.v1.core.sched.scheduler import Scheduler
 from vllm.v1.request import RequestStatus
 
-from benchmarks.sched_sim import (
+from tests.harness.sched import (
     bimodal_prompts,
     drain,
     make_request,
@@ -531,7 +531,7 @@ def test_grammar_ready_request_is_not_starved(tiny_model, cls):
 
     from vllm.v1.request import RequestStatus
 
-    from benchmarks.sched_sim import runner_output
+    from tests.harness.sched import runner_output
 
     scheduler = make_scheduler(cls, tiny_model, budget=64, max_num_seqs=4,
                                async_scheduling=cls is PrepackAsyncScheduler)

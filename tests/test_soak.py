@@ -37,7 +37,7 @@ from vllm.v1.core.sched.scheduler import Scheduler
 from vllm.v1.outputs import ModelRunnerOutput
 from vllm.v1.request import RequestStatus
 
-from benchmarks.sched_sim import make_request, make_scheduler
+from tests.harness.sched import make_request, make_scheduler
 from vllm_prepack.adapters.scheduler import PrepackAsyncScheduler, PrepackSyncScheduler
 
 PREPACK = (PrepackSyncScheduler, PrepackAsyncScheduler)

@@ -2,7 +2,7 @@
 
 Used by the tests, ``make demo`` and the CPU benchmark smoke runs::
 
-    python -m vllm_prepack.tiny_model .models/tiny-llama
+    python -m tests.harness.tiny_model .models/tiny-llama
 """
 
 from __future__ import annotations
