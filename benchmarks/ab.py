@@ -41,7 +41,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from benchmarks import common, step_timing, trace, workloads  # noqa: E402
+from benchmarks import analysis, harness, report, step_timing, trace, workloads  # noqa: E402
 from benchmarks.equivalence import impl_classes  # noqa: E402
 
 ARMS = {
@@ -316,7 +316,7 @@ METRICS = {  # name: higher is better
 def aggregate(reps: dict[str, list[dict]], baseline: str) -> dict:
     out: dict = {"per_arm": {}, "ratios_vs_" + baseline: {}}
     for arm, rows in reps.items():
-        out["per_arm"][arm] = {m: common.spread([r[m] for r in rows]) for m in
+        out["per_arm"][arm] = {m: analysis.spread([r[m] for r in rows]) for m in
                                [*METRICS, "mean_prefill_fill", "packed_share"]
                                if all(r.get(m) is not None for r in rows)}
     for arm, rows in reps.items():
@@ -327,8 +327,8 @@ def aggregate(reps: dict[str, list[dict]], baseline: str) -> dict:
             pairs = [(r[metric], b[metric]) for r, b in zip(rows, reps[baseline])
                      if r.get(metric) is not None and b.get(metric)]
             if len(pairs) == len(rows):
-                spread = common.spread([a / b for a, b in pairs])
-                spread["verdict"] = common.verdict(spread, higher)
+                spread = analysis.spread([a / b for a, b in pairs])
+                spread["verdict"] = analysis.verdict(spread, higher)
                 ratios[metric] = spread
         out["ratios_vs_" + baseline][arm] = ratios
     return out
@@ -485,7 +485,7 @@ def steps_path(args: argparse.Namespace) -> Path | None:
 
 
 def save(args: argparse.Namespace, payload: dict, state: dict) -> None:
-    common.write_json(args.out, payload)
+    harness.write_json(args.out, payload)
     path = steps_path(args)
     if path is not None and state["steps"]:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -524,7 +524,7 @@ def result(args: argparse.Namespace, arms: list[str], mixes: list, reps: dict,
         arrivals = f"poisson {args.rate:g} req/s" if args.rate else "offline (all at once)"
     out = {
         "benchmark": kind,
-        **common.environment(),
+        **harness.environment(),
         "model": args.model, "model_shape": args.model_shape, "seed": args.seed,
         "entry_point": args.entry_point, "prefix_caching": args.prefix_caching,
         "repetitions": args.reps, "chunked_prefill": args.chunked,
@@ -587,7 +587,7 @@ def plot_trace(d: dict, stem: Path) -> list[Path]:
     fig.suptitle(f"Trace replay TTFT vs load: {title}", fontsize=9)
     fig.text(0.01, 0.01, credit, fontsize=6)
     fig.tight_layout(rect=(0, 0.04, 1, 1))
-    made.append(common.save_figure(fig, stem.with_name(stem.name + "_ttft_load.png")))
+    made.append(report.save_figure(fig, stem.with_name(stem.name + "_ttft_load.png")))
 
     fig, axes = plt.subplots(1, len(names), figsize=(3.2 * len(names), 3), squeeze=False)
     for ax, name in zip(axes[0], names):
@@ -603,7 +603,7 @@ def plot_trace(d: dict, stem: Path) -> list[Path]:
     fig.suptitle(f"Trace replay TTFT CDF: {title}", fontsize=9)
     fig.text(0.01, 0.01, credit, fontsize=6)
     fig.tight_layout(rect=(0, 0.05, 1, 1))
-    made.append(common.save_figure(fig, stem.with_name(stem.name + "_ttft_cdf.png")))
+    made.append(report.save_figure(fig, stem.with_name(stem.name + "_ttft_cdf.png")))
     return made
 
 
@@ -696,7 +696,7 @@ def main(argv: list[str] | None = None) -> dict | None:
         return None
     result = parent(args, argv)
     if args.out:
-        common.write_json(args.out, result)
+        harness.write_json(args.out, result)
         print("wrote", args.out)
         if steps_path(args) is not None and steps_path(args).exists():
             print("wrote", steps_path(args))

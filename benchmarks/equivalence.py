@@ -20,7 +20,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from benchmarks import common, workloads  # noqa: E402
+from benchmarks import harness, workloads  # noqa: E402
 
 ARMS = {
     "stock": {},
@@ -170,14 +170,14 @@ def main() -> None:
         if "tokens" in runs.get(a, {}) and "tokens" in runs.get(b, {}):
             comparisons[f"{a} vs {b}"] = {"toggled": what, **compare(runs[a], runs[b])}
             print(f"{a} vs {b} ({what}): {comparisons[f'{a} vs {b}']}", flush=True)
-    payload = {"benchmark": "greedy equivalence", **common.environment(),
+    payload = {"benchmark": "greedy equivalence", **harness.environment(),
                "model": args.model, "model_shape": args.model_shape,
                "engine_args": json.loads(args.engine_args),
                "comparisons": comparisons,
                "runs": {a: {k: v for k, v in r.items() if k not in ("tokens", "logprobs")}
                         for a, r in runs.items()}}
     if args.out:
-        common.write_json(args.out, payload)
+        harness.write_json(args.out, payload)
         print("wrote", args.out)
 
 

@@ -21,7 +21,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from benchmarks import common, workloads  # noqa: E402
+from benchmarks import analysis, harness, workloads  # noqa: E402
 
 HEAD_SHAPES = {"llama-3.2-1b": (32, 8, 64), "llama-3.1-8b": (32, 8, 128)}
 
@@ -108,13 +108,13 @@ def run(shape: str, total: int, block_size: int, reps: int, iters: int, seed: in
         for name, fn in pair if r % 2 == 0 else pair[::-1]:
             times[name].append(time_ms(fn, iters))
     ratios = [b / a for a, b in zip(times["packed_ms"], times["paged_ms"])]
-    spread = common.spread(ratios)
-    spread["verdict"] = common.verdict(spread, higher_is_better=True)
+    spread = analysis.spread(ratios)
+    spread["verdict"] = analysis.verdict(spread, higher_is_better=True)
     return {"shape": shape, "heads_q_kv_dim": [hq, hkv, d],
             "pack_tokens": total, "prompts": len(lengths), "max_prompt": m,
             "block_size": block_size, "max_abs_diff_packed_vs_paged": max_err,
-            "packed_ms": common.spread(times["packed_ms"]),
-            "paged_ms": common.spread(times["paged_ms"]),
+            "packed_ms": analysis.spread(times["packed_ms"]),
+            "paged_ms": analysis.spread(times["paged_ms"]),
             "speedup_paged_over_packed": spread}
 
 
@@ -141,11 +141,11 @@ def main() -> None:
                   flush=True)
             rows.append(row)
     result = {"benchmark": "FA3 varlen: packed contiguous K/V vs paged K/V, causal prefill",
-              **common.environment(), "dtype": "bfloat16", "fa_version": 3,
+              **harness.environment(), "dtype": "bfloat16", "fa_version": 3,
               "workload": "prompt lengths from the lognormal mix, cut to fill each pack",
               "reps": args.reps, "iters": args.iters, "seed": args.seed, "results": rows}
     if args.out:
-        common.write_json(args.out, result)
+        harness.write_json(args.out, result)
         print("wrote", args.out)
 
 

@@ -57,7 +57,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from benchmarks import common, models, workloads  # noqa: E402
+from benchmarks import analysis, harness, models, report, workloads  # noqa: E402
 from vllm_prepack.kernels import packed_attention_cpu  # noqa: E402
 from vllm_prepack.layout import PackLayout  # noqa: E402
 
@@ -471,7 +471,7 @@ def batch_shapes(lengths: Sequence[int], batches: Sequence[Sequence[int]],
 
 
 def _median(values: Sequence[float]) -> float:
-    return common.spread(list(values))["median"]
+    return analysis.spread(list(values))["median"]
 
 
 def summarize_method(passes: list[dict], shapes: list[dict], oom: str | None) -> dict:
@@ -484,9 +484,9 @@ def summarize_method(passes: list[dict], shapes: list[dict], oom: str | None) ->
         totals = [p["total_ms"] for p in passes]
         summary.update(
             batch_ms_median=_median([t for p in passes for t in p["batch_ms"]]),
-            total_ms=common.spread(totals),
-            ttft_mean_ms=common.spread([p["ttft_mean_ms"] for p in passes]),
-            prefill_tokens_per_s=common.spread([real / t * 1e3 for t in totals]),
+            total_ms=analysis.spread(totals),
+            ttft_mean_ms=analysis.spread([p["ttft_mean_ms"] for p in passes]),
+            prefill_tokens_per_s=analysis.spread([real / t * 1e3 for t in totals]),
             peak_mem_bytes=None if passes[0]["peak_mem_bytes"] is None
             else max(p["peak_mem_bytes"] for p in passes))
     return summary
@@ -501,8 +501,8 @@ def speedups(methods: dict[str, dict]) -> dict[str, dict]:
             if not a or not b or a["oom"] or b["oom"]:
                 continue
             ratios = [x["total_ms"] / y["total_ms"] for x, y in zip(a["per_rep"], b["per_rep"])]
-            s = common.spread(ratios)
-            s["verdict"] = common.verdict(s, higher_is_better=True)
+            s = analysis.spread(ratios)
+            s["verdict"] = analysis.verdict(s, higher_is_better=True)
             out[f"{packed}_vs_{base}"] = s
     return out
 
@@ -632,9 +632,9 @@ def table_rows(result: dict) -> list[list[str]]:
             rows.append([run["model_shape"], run["workload"]["name"], size,
                          _fmt_ms(m.get("padded")), _fmt_ms(m.get("sorted")),
                          _fmt_ms(m.get("prepacked")), _fmt_ms(m.get("prepacked_flat")),
-                         common.fmt_ratio(s.get("prepacked_vs_padded")),
-                         common.fmt_ratio(s.get("prepacked_vs_sorted")),
-                         common.fmt_ratio(s.get("prepacked_flat_vs_padded")), ttft,
+                         report.fmt_ratio(s.get("prepacked_vs_padded")),
+                         report.fmt_ratio(s.get("prepacked_vs_sorted")),
+                         report.fmt_ratio(s.get("prepacked_flat_vs_padded")), ttft,
                          _fmt_mem(m.get("padded"), m.get("prepacked"))])
     return rows
 
@@ -688,7 +688,7 @@ def plot(result: dict, path: str | Path) -> Path:
                     continue
                 ratios = [a["total_ms"] / b["total_ms"]
                           for a, b in zip(m["padded"]["per_rep"], m[method]["per_rep"])]
-                s = common.spread(ratios)
+                s = analysis.spread(ratios)
                 xs.append(size)
                 ys.append(s["mean"])
                 lo.append(s["mean"] - s["min"])
@@ -706,7 +706,7 @@ def plot(result: dict, path: str | Path) -> Path:
         ax.set_visible(False)
     fig.suptitle(f"prefill speedup ({result['device']}, {result['dtype']})", fontsize=10)
     fig.tight_layout()
-    return common.save_figure(fig, path)
+    return report.save_figure(fig, path)
 
 
 # ---------------------------------------------------------------------------------- CLI
@@ -799,7 +799,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
 
     def result() -> dict:
         return {
-            "benchmark": BENCHMARK, **common.environment(), "transformers": transformers_version,
+            "benchmark": BENCHMARK, **harness.environment(), "transformers": transformers_version,
             "reference": REFERENCE, "device_type": args.device, "dtype": args.dtype,
             "seed": args.seed, "n": args.n, "max_len": args.max_len, "repetitions": args.reps,
             "batch_sizes": args.batch_sizes, "methods": args.methods,
@@ -816,10 +816,10 @@ def main(argv: Sequence[str] | None = None) -> dict:
         for source in args.sources:
             runs += bench_model(source, args, bar)
             if args.out:  # after each model: a time-limited run keeps what it finished
-                common.write_json(args.out, result())
+                harness.write_json(args.out, result())
     out = result()
     if args.out:
-        print(f"wrote {common.write_json(args.out, out)}")
+        print(f"wrote {harness.write_json(args.out, out)}")
     if args.plot:
         print(f"wrote {plot(out, args.plot)}")
     print_table(out)

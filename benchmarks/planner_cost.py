@@ -20,7 +20,7 @@ import time
 
 from vllm.v1.core.sched.scheduler import Scheduler
 
-from benchmarks import common
+from benchmarks import harness
 from tests.harness.sched import make_request, make_scheduler, runner_output
 from vllm_prepack.adapters.scheduler import PrepackSyncScheduler
 
@@ -87,12 +87,12 @@ def main(argv: list[str] | None = None) -> dict:
     rows = run(args.model, args.running, [int(w) for w in args.waiting.split(",")],
                args.steps, args.seed)
     result = {"benchmark": "per-step scheduler CPU cost, decode-only steps (CPU)",
-              **common.environment(), "running": args.running, "steps": args.steps,
+              **harness.environment(), "running": args.running, "steps": args.steps,
               "prefix_caching": True, "timer": "time.thread_time around schedule() + "
               "update_from_output()", "own_timer": "time.thread_time inside PrepackSchedulerMixin."
               "schedule() around planning and statistics (prepack_step_cpu_s)", "rows": rows}
     if args.out:
-        common.write_json(args.out, result)
+        harness.write_json(args.out, result)
         print("wrote", args.out)
     return result
 

@@ -16,7 +16,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from benchmarks import ab, common, paper, serve_ab  # noqa: E402
+from benchmarks import ab, paper, report, serve_ab  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
 START, END = "<!-- results:start -->", "<!-- results:end -->"
@@ -49,8 +49,8 @@ def ab_tables(path: Path, d: dict) -> list[str]:
                 f"{pa['prefill_tokens_per_s']['mean']:,.0f} | {pa['ttft_mean_s']['mean']:.3f} | "
                 f"{pa['ttft_p99_s']['mean']:.3f} | {pa['engine_steps']['mean']:.0f} | "
                 f"{pa['split_prompts']['mean']:.0f} | {pa['packed_share']['mean']:.2f} | "
-                f"{common.fmt_ratio(r['prefill_tokens_per_s']) if r else '1'} | "
-                f"{common.fmt_ratio(r['ttft_mean_s']) if r else '1'} |")
+                f"{report.fmt_ratio(r['prefill_tokens_per_s']) if r else '1'} | "
+                f"{report.fmt_ratio(r['ttft_mean_s']) if r else '1'} |")
     lines.append("")
     return lines
 
@@ -86,7 +86,7 @@ def trace_table(path: Path, d: dict) -> list[str]:
                 f"| {label} | {load.get('rate_req_per_s', 0):.2f} | {arm} | "
                 f"{pa['ttft_mean_s']['mean']:.3f} | {pa['ttft_p50_s']['mean']:.3f} | "
                 f"{pa['ttft_p99_s']['mean']:.3f} | {pa['output_tokens_per_s']['mean']:,.0f} | "
-                + " | ".join(common.fmt_ratio(r.get(m)) if r else "1" for m in
+                + " | ".join(report.fmt_ratio(r.get(m)) if r else "1" for m in
                              ("ttft_mean_s", "ttft_p99_s", "output_tokens_per_s")) + " |")
     lines.append("")
     return lines
@@ -101,7 +101,7 @@ def kernel_table(path: Path, d: dict) -> list[str]:
         s = r["speedup_paged_over_packed"]
         lines.append(f"| {r['shape']} {tuple(r['heads_q_kv_dim'])} | {r['pack_tokens']} | "
                      f"{r['prompts']} | {r['packed_ms']['median']:.3f} | "
-                     f"{r['paged_ms']['median']:.3f} | {common.fmt_ratio(s)} | "
+                     f"{r['paged_ms']['median']:.3f} | {report.fmt_ratio(s)} | "
                      f"{r['max_abs_diff_packed_vs_paged']:.0e} |")
     lines.append("")
     return lines
@@ -159,7 +159,7 @@ def plots(results: list[tuple[Path, dict]], out_dir: Path = RESULTS) -> list[str
         fig.suptitle(f"TTFT CDF: {d.get('model_shape')}, chunked {d['chunked_prefill']} "
                      f"({d['device']})", fontsize=9)
         fig.tight_layout()
-        made.append(common.save_figure(fig, out_dir / f"{stem}_ttft_cdf.png").name)
+        made.append(report.save_figure(fig, out_dir / f"{stem}_ttft_cdf.png").name)
 
         fig, ax = plt.subplots(figsize=(1.6 * len(names) + 2, 3))
         arms = list(d["arms"])
@@ -174,7 +174,7 @@ def plots(results: list[tuple[Path, dict]], out_dir: Path = RESULTS) -> list[str
         ax.set_title(f"Throughput: {d.get('model_shape')}, chunked {d['chunked_prefill']}",
                      fontsize=9)
         fig.tight_layout()
-        made.append(common.save_figure(fig, out_dir / f"{stem}_throughput.png").name)
+        made.append(report.save_figure(fig, out_dir / f"{stem}_throughput.png").name)
     return made
 
 

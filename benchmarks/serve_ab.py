@@ -77,7 +77,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from benchmarks import common, workloads  # noqa: E402
+from benchmarks import analysis, harness, report, workloads  # noqa: E402
 from benchmarks.trace import ATTRIBUTION, load_trace  # noqa: E402
 from tests.harness.server import (  # noqa: E402
     Server,
@@ -533,7 +533,7 @@ def aggregate(runs: list[dict], load_factors: Sequence[float], reps: int) -> dic
         per_arm = {}
         for arm in ARMS:
             rows = [by[(arm, rep)]["bench"] for rep in range(reps) if (arm, rep) in by]
-            per_arm[arm] = {m: common.spread([row[m] for row in rows])
+            per_arm[arm] = {m: analysis.spread([row[m] for row in rows])
                             for m in [*RATIO_METRICS, "total_token_throughput"]
                             if rows and all(row.get(m) is not None for row in rows)}
         ratios = {}
@@ -543,8 +543,8 @@ def aggregate(runs: list[dict], load_factors: Sequence[float], reps: int) -> dic
                       by[("stock", rep)]["bench"].get(metric)) for rep in paired]
             pairs = [(a, b) for a, b in pairs if a is not None and b]
             if pairs:
-                spread = common.spread([a / b for a, b in pairs])
-                spread["verdict"] = common.verdict(spread, higher)
+                spread = analysis.spread([a / b for a, b in pairs])
+                spread["verdict"] = analysis.verdict(spread, higher)
                 ratios[metric] = spread
         out[f"{lf:g}"] = {"paired_reps": len(paired), "per_arm": per_arm,
                           "ratios_prepack_vs_stock": ratios}
@@ -617,9 +617,9 @@ def render_section(result: dict) -> str:
                 f"| {lf}x | {rate:.2f} | {arm} | {_mean(pa, 'request_throughput', '.2f')} | "
                 f"{_mean(pa, 'request_goodput', '.2f')} | {_mean(pa, 'mean_ttft_ms', '.1f')} | "
                 f"{_mean(pa, 'p99_ttft_ms', '.1f')} | {_mean(pa, 'mean_tpot_ms', '.1f')} | "
-                f"{common.fmt_ratio(ratios.get('mean_ttft_ms')) if own else '1'} | "
-                f"{common.fmt_ratio(ratios.get('p99_ttft_ms')) if own else '1'} | "
-                f"{common.fmt_ratio(ratios.get('request_goodput')) if own else '1'} |")
+                f"{report.fmt_ratio(ratios.get('mean_ttft_ms')) if own else '1'} | "
+                f"{report.fmt_ratio(ratios.get('p99_ttft_ms')) if own else '1'} | "
+                f"{report.fmt_ratio(ratios.get('request_goodput')) if own else '1'} |")
     lines.append("")
     return "\n".join(lines)
 
@@ -654,7 +654,7 @@ def plot(result: dict, path: str | Path) -> Path:
     fig.suptitle(f"Serving A/B: {result.get('model_shape') or Path(result['model']).name}, "
                  f"TTFT SLO {slo or float('nan'):.0f} ms ({result['device']})", fontsize=9)
     fig.tight_layout()
-    return common.save_figure(fig, path)
+    return report.save_figure(fig, path)
 
 
 def plot_cdf(result: dict, path: str | Path) -> Path:
@@ -685,7 +685,7 @@ def plot_cdf(result: dict, path: str | Path) -> Path:
         fig.text(0.01, 0.01, "Data: Azure LLM inference trace 2023 (conversation), CC-BY 4.0",
                  fontsize=6)
     fig.tight_layout(rect=(0, 0.05, 1, 1))
-    return common.save_figure(fig, path)
+    return report.save_figure(fig, path)
 
 
 # -- driver ---------------------------------------------------------------------------------
@@ -749,7 +749,7 @@ def run(args: argparse.Namespace) -> dict:
     pool = Pool(args, workdir, one_at_a_time, gpu_util, mix.lengths, min(max(outs), 64))
     result: dict = {
         "benchmark": "serving A/B (vllm bench serve, timed_trace)", "status": "running",
-        **common.environment(),
+        **harness.environment(),
         "model": args.model, "model_shape": args.model_shape,
         "tokenizer": args.tokenizer or args.model, "seed": args.seed,
         "repetitions": args.reps, "load_factors": load_factors, "baseline": BASELINE,
@@ -768,7 +768,7 @@ def run(args: argparse.Namespace) -> dict:
         result["arms"] = pool.describe()
         result["elapsed_s"] = round(time.monotonic() - t_start, 1)
         if out is not None:
-            common.write_json(out, result)
+            harness.write_json(out, result)
 
     pairs = [(rep, lf) for rep in range(args.reps) for lf in load_factors]
     calibrate = args.ttft_slo_ms is None

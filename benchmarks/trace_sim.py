@@ -265,7 +265,7 @@ def saturation(requests: Sequence[Request], **kw) -> float:
 
 def ratios(per_arm: dict[str, list[dict]], baseline: str = "stock") -> dict:
     """Per arm and metric: the spread of the per-seed ratios over the baseline's."""
-    from benchmarks import common
+    from benchmarks import analysis
 
     out = {}
     for arm, rows in per_arm.items():
@@ -273,8 +273,8 @@ def ratios(per_arm: dict[str, list[dict]], baseline: str = "stock") -> dict:
             continue
         out[arm] = {}
         for metric, higher in METRICS.items():
-            r = common.spread([a[metric] / b[metric] for a, b in zip(rows, per_arm[baseline])])
-            r["verdict"] = common.verdict(r, higher)
+            r = analysis.spread([a[metric] / b[metric] for a, b in zip(rows, per_arm[baseline])])
+            r["verdict"] = analysis.verdict(r, higher)
             out[arm][metric] = r
     return out
 
@@ -318,7 +318,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     from tqdm import tqdm
 
-    from benchmarks import common, trace
+    from benchmarks import harness, report, trace
 
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -356,16 +356,16 @@ def main(argv: list[str] | None = None) -> dict:
     for pt in points:
         for arm, r in pt["ratios"].items():
             print(f"budget {pt['budget']:5d} load {pt['load']:.1f} {arm:>8}: " + "  ".join(
-                f"{m} {common.fmt_ratio(v)}" for m, v in r.items()))
+                f"{m} {report.fmt_ratio(v)}" for m, v in r.items()))
     result = {"benchmark": "trace simulation: vLLM's schedulers on a virtual clock (CPU)",
-              **common.environment(), "shape": args.shape,
+              **harness.environment(), "shape": args.shape,
               "step_model": dataclasses.asdict(STEP_MODELS[args.shape]),
               "cpu_scale": args.cpu_scale, "max_num_seqs": args.max_num_seqs,
               "num_blocks": args.num_blocks, "max_model_len": args.max_model_len,
               "workload": {"trace": trace.ATTRIBUTION, "start": args.start, "n": args.n},
               "arms": {a: arm_options(a) for a in args.arms}, "seeds": args.seeds, "points": points}
     if args.out:
-        common.write_json(args.out, result)
+        harness.write_json(args.out, result)
         print("wrote", args.out)
     return result
 

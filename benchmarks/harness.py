@@ -1,4 +1,5 @@
-"""What every benchmark JSON records: device, versions, git commit, command."""
+"""The run record every benchmark JSON carries (device, versions, git commit, command, vLLM
+environment) and the one way results are written."""
 
 from __future__ import annotations
 
@@ -60,43 +61,3 @@ def write_json(path: str | Path, payload: dict) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(payload, indent=1, sort_keys=False) + "\n")
     return path
-
-
-def spread(values: list[float]) -> dict:
-    values = sorted(values)
-    n = len(values)
-    return {"mean": sum(values) / n, "min": values[0], "max": values[-1],
-            "median": values[n // 2] if n % 2 else (values[n // 2 - 1] + values[n // 2]) / 2,
-            "n": n}
-
-
-def verdict(ratio: dict, higher_is_better: bool) -> str:
-    """'win'/'loss' only where the whole spread of per-repetition ratios excludes 1.0, over
-    at least two repetitions ('single run' otherwise: one ratio has no spread)."""
-    if ratio.get("n", 2) < 2:
-        return "single run"
-    if ratio["min"] > 1.0:
-        return "win" if higher_is_better else "loss"
-    if ratio["max"] < 1.0:
-        return "loss" if higher_is_better else "win"
-    return "tie"
-
-
-def save_figure(fig, path: str | Path) -> Path:
-    """Write a matplotlib figure as a PNG (parent folders made) and close it."""
-    import matplotlib.pyplot as plt
-
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
-
-
-def fmt_ratio(r: dict | None) -> str:
-    """``mean [min-max]`` of a ratio spread, with its verdict in bold when it is one."""
-    if not r:
-        return "-"
-    marks = {"win": " **win**", "loss": " **loss**", "tie": ""}
-    mark = marks.get(r["verdict"], f" ({r['verdict']})")
-    return f"{r['mean']:.2f} [{r['min']:.2f}-{r['max']:.2f}]{mark}"

@@ -1,0 +1,25 @@
+"""Writing results for people: ratio cells, figures."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+def save_figure(fig, path: str | Path) -> Path:
+    """Write a matplotlib figure as a PNG (parent folders made) and close it."""
+    import matplotlib.pyplot as plt
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def fmt_ratio(r: dict | None) -> str:
+    """``mean [min-max]`` of a ratio spread, with its verdict in bold when it is one."""
+    if not r:
+        return "-"
+    marks = {"win": " **win**", "loss": " **loss**", "tie": ""}
+    mark = marks.get(r["verdict"], f" ({r['verdict']})")
+    return f"{r['mean']:.2f} [{r['min']:.2f}-{r['max']:.2f}]{mark}"
