@@ -24,7 +24,7 @@ sys.path.insert(0, str(HERE))
 
 import offline_hub  # noqa: E402
 import vllm_suite  # noqa: E402
-from prepack_swap import PLATFORM_SKIPS, read_expected  # noqa: E402
+from prepack_swap import read_expected  # noqa: E402
 
 EXPECTED = HERE / "expected_differences.txt"
 
@@ -73,8 +73,7 @@ def test_vllm_scheduler_suite(arm, vllm_tests, hub, tmp_path):
 
     expected = read_expected(EXPECTED, arm) if arm != "stock" else {}
     unexpected = sorted(t for t, o in outcomes.items()
-                        if o not in ("passed", "xfailed")
-                        and not (o == "skipped" and t in PLATFORM_SKIPS))
+                        if o not in ("passed", "xfailed"))
     assert not unexpected, (
         f"{arm}: unexpected outcomes (a failure not listed in {EXPECTED.name}, or a listed "
         f"one that passes now):\n"
