@@ -1,10 +1,11 @@
-"""An offline Hugging Face hub cache with the two models vLLM's scheduler tests name.
+"""An offline Hugging Face hub cache with the models vLLM's scheduler tests name.
 
-The tests build ``ModelConfig`` for ``facebook/opt-125m`` and ``llava-hf/llava-1.5-7b-hf``
-(configuration only: no weights are read). CI reaches only the package registry, so their
-configurations are written here from transformers' config classes with the real models'
-shapes (vocabulary, context length, vision tower and image size), with a small word-level
-tokenizer, in the hub cache layout that ``HF_HUB_OFFLINE=1`` resolves.
+The tests build ``ModelConfig`` for ``facebook/opt-125m`` and ``llava-hf/llava-1.5-7b-hf``, and
+vLLM 0.33.0's also for ``Qwen/Qwen3-Next-80B-A3B-Instruct`` (a hybrid model: linear and full
+attention layers), configuration only: no weights are read. CI reaches only the package
+registry, so their configurations are written here from transformers' config classes with the
+real models' shapes (vocabulary, context length, vision tower and image size), with a small
+word-level tokenizer, in the hub cache layout that ``HF_HUB_OFFLINE=1`` resolves.
 """
 
 from __future__ import annotations
@@ -13,7 +14,8 @@ import json
 from pathlib import Path
 
 REVISION = "0" * 40
-MODELS = ("facebook/opt-125m", "llava-hf/llava-1.5-7b-hf")
+LAYOUT = 2  # bumped whenever what build() writes changes: an older cache is rebuilt
+MODELS = ("facebook/opt-125m", "llava-hf/llava-1.5-7b-hf", "Qwen/Qwen3-Next-80B-A3B-Instruct")
 
 
 def _tokenizer(out: Path, extra: list[str], vocab_size: int) -> None:
@@ -29,6 +31,9 @@ def _tokenizer(out: Path, extra: list[str], vocab_size: int) -> None:
     tok.pre_tokenizer = pre_tokenizers.Whitespace()
     fast = PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", bos_token="<s>",
                                    eos_token="</s>", pad_token="<unk>")
+    # One token each, never split by the pre-tokenizer ("<image>" must stay one id: vLLM
+    # 0.33's multimodal processor finds the image placeholder by its id).
+    fast.add_special_tokens({"additional_special_tokens": extra})
     fast.save_pretrained(out)
 
 
@@ -73,20 +78,30 @@ def _llava(out: Path) -> None:
                    ).save_pretrained(out)
 
 
+def _qwen3_next(out: Path) -> None:
+    from transformers import Qwen3NextConfig
+
+    # transformers' defaults are this model's shapes; its context length is 262,144.
+    Qwen3NextConfig(max_position_embeddings=262144, rope_theta=10_000_000,
+                    torch_dtype="bfloat16",
+                    architectures=["Qwen3NextForCausalLM"]).save_pretrained(out)
+    _tokenizer(out, [], 151936)
+
+
 def build(cache: Path) -> Path:
     """Write the hub cache under ``cache`` (once); returns the ``HF_HUB_CACHE`` directory."""
     hub = cache / "hub"
     done = hub / ".complete"
-    if done.exists():
+    if done.exists() and json.loads(done.read_text()) == [*MODELS, LAYOUT]:
         return hub
-    for repo, write in zip(MODELS, (_opt, _llava)):
+    for repo, write in zip(MODELS, (_opt, _llava, _qwen3_next), strict=True):
         root = hub / ("models--" + repo.replace("/", "--"))
         snap = root / "snapshots" / REVISION
         snap.mkdir(parents=True, exist_ok=True)
         write(snap)
         (root / "refs").mkdir(exist_ok=True)
         (root / "refs" / "main").write_text(REVISION)
-    done.write_text(json.dumps(MODELS))
+    done.write_text(json.dumps([*MODELS, LAYOUT]))
     return hub
 
 

@@ -23,6 +23,7 @@ INDEX = os.environ.get("PREPACK_CONFORMANCE_INDEX", "https://pypi.org/simple")
 TESTED = {
     # release: (sdist sha256, tests collected from the files below)
     "0.32.0": ("d2c957d5eee3d0985012151315ddc62cbe0cd368fc96a5fc3510438d9dddf2ad", 400),
+    "0.33.0": ("f4c33c2503d52bb411146afa9618a4f48bed68912f617e6803ac8d76e4c74112", 513),
 }
 TEST_FILES = (
     "tests/v1/core/test_scheduler.py",
