@@ -55,3 +55,21 @@ def test_step_timer_records_each_step_and_its_output():
     assert summary["steps"] == 2 and summary["prefill_steps"] == 2
     timer.reset()
     assert timer.columns()["t"] == []
+
+
+def test_step_timing_cli_summarizes_a_steps_file(tmp_path):
+    """``python -m benchmarks.step_timing FILE``: one summary per (workload, arm, rep)."""
+    import json
+
+    from benchmarks import step_timing
+
+    cols = {c: [0.0, 0.0] for c in step_timing.COLUMNS}
+    cols.update(t=[0.0, 0.01], t_out=[0.005, 0.02], prefill=[64, 0], decode_reqs=[0, 1],
+                waiting_before=[1, 0])
+    path = tmp_path / "x_steps.json"
+    path.write_text(json.dumps({"columns": step_timing.COLUMNS,
+                                "steps": {"mix": {"stock": [{"rep": 0, **cols}]}}}))
+    out = step_timing.main([str(path), "--out", str(tmp_path / "summary.json")])
+    (row,) = out["mix"]["stock"]
+    assert row["rep"] == 0 and row["steps"] == 2 and row["prefill_steps"] == 1
+    assert json.loads((tmp_path / "summary.json").read_text())["summaries"] == out
