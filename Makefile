@@ -26,7 +26,7 @@ TEST_VLLM033 ?= 1
 
 test: venv $(MODEL)/config.json
 	$(PY) -m ruff check vllm_prepack tests benchmarks
-	$(PY) -m pytest -ra -p no:cacheprovider tests
+	$(PY) -m pytest -ra -p no:cacheprovider tests benchmarks/tests
 	if [ "$(TEST_VLLM033)" = 1 ]; then $(MAKE) test-vllm033; fi
 
 # vLLM 0.33.0 beside 0.32.0: the scheduler-level suite (no engine: the 0.33.0 wheel is a GPU
@@ -51,7 +51,7 @@ test-vllm033: venv033
 		$(VLLM033_CLI_TESTS)
 
 test-fast: venv
-	$(PY) -m pytest -ra -m "not engine and not cli and not conformance" tests
+	$(PY) -m pytest -ra -m "not engine and not cli and not conformance" tests benchmarks/tests
 
 demo: venv $(MODEL)/config.json
 	$(PY) scripts/demo.py --model $(MODEL)

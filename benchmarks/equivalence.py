@@ -9,18 +9,16 @@ which classes ran (scheduler, attention impl) and what the packed-path counters 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import subprocess
 import sys
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-
-from benchmarks import harness, workloads  # noqa: E402
+from benchmarks import harness, workloads
 
 ARMS = {
     "stock": {},
@@ -50,7 +48,8 @@ def _rank_info(worker) -> dict:
             "packed_counters": attention.read_counters()}
 
 
-def worker(args: argparse.Namespace) -> None:
+def worker(args: Options, arm: str, result_path: str) -> None:
+    """One arm's engine (this process): greedy outputs and what ran, to ``result_path``."""
     os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
     from vllm import LLM, SamplingParams
     from vllm.inputs import TokensPrompt
@@ -59,8 +58,8 @@ def worker(args: argparse.Namespace) -> None:
     from vllm_prepack.adapters import attention
 
     kwargs = dict(json.loads(args.engine_args))
-    if args.arm != "stock":
-        kwargs.update(vllm_prepack.engine_kwargs(**ARMS[args.arm],
+    if arm != "stock":
+        kwargs.update(vllm_prepack.engine_kwargs(**ARMS[arm],
                                                  **json.loads(args.prepack_options)))
     llm = LLM(args.model, **kwargs)
     scheduler = llm.llm_engine.engine_core.engine_core.scheduler
@@ -73,7 +72,7 @@ def worker(args: argparse.Namespace) -> None:
     ranks = llm.collective_rpc(_rank_info)
     cfg = llm.llm_engine.vllm_config
     result = {
-        "arm": args.arm, "engine_kwargs": kwargs,
+        "arm": arm, "engine_kwargs": kwargs,
         "scheduler_class": f"{type(scheduler).__module__}.{type(scheduler).__qualname__}",
         "async_scheduling": cfg.scheduler_config.async_scheduling,
         "cudagraph_mode": str(cfg.compilation_config.cudagraph_mode),
@@ -86,7 +85,7 @@ def worker(args: argparse.Namespace) -> None:
         "logprobs": [[lp[t].logprob for t, lp in zip(o.outputs[0].token_ids,
                                                       o.outputs[0].logprobs)] for o in outs],
     }
-    Path(args.result).write_text(json.dumps(result))
+    Path(result_path).write_text(json.dumps(result))
 
 
 def compare(a: dict, b: dict) -> dict:
@@ -104,81 +103,116 @@ def compare(a: dict, b: dict) -> dict:
             "first_divergence_positions": [k for k in first_diff if k < len(a["tokens"][0])]}
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model")
-    parser.add_argument("--model-shape", default="llama-3.2-1b")
-    parser.add_argument("--arms", default=",".join(ARMS))
-    parser.add_argument("--workload", default="lognormal")
-    parser.add_argument("--n", type=int, default=64)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--max-len", type=int, default=2048)
-    parser.add_argument("--max-tokens", type=int, default=16)
-    parser.add_argument("--engine-args", default="{}")
-    parser.add_argument("--tensor-parallel-size", type=int, default=1)
-    parser.add_argument("--pipeline-parallel-size", type=int, default=1)
-    parser.add_argument("--prepack-options", default="{}")
-    parser.add_argument("--out")
-    parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
-    parser.add_argument("--arm", help=argparse.SUPPRESS)
-    parser.add_argument("--result", help=argparse.SUPPRESS)
-    args = parser.parse_args()
-    parallel = {k: v for k, v in (("tensor_parallel_size", args.tensor_parallel_size),
-                                  ("pipeline_parallel_size", args.pipeline_parallel_size))
+@dataclass(frozen=True)
+class Options:
+    """The CLI of ``python -m benchmarks.equivalence``, one field per flag."""
+
+    model: str | None = None
+    model_shape: str = "llama-3.2-1b"
+    arms: str = ",".join(ARMS)
+    workload: str = "lognormal"
+    n: int = 64
+    seed: int = 0
+    max_len: int = 2048
+    max_tokens: int = 16
+    engine_args: str = "{}"
+    tensor_parallel_size: int = 1
+    pipeline_parallel_size: int = 1
+    prepack_options: str = "{}"
+    out: str | None = None
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m benchmarks.equivalence", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    for field in dataclasses.fields(Options):
+        flag = "--" + field.name.replace("_", "-")
+        kind = type(field.default) if isinstance(field.default, int) else None
+        p.add_argument(flag, default=field.default, **({"type": kind} if kind else {}))
+    p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--arm", help=argparse.SUPPRESS)
+    p.add_argument("--result", help=argparse.SUPPRESS)
+    return p
+
+
+def resolve(o: Options) -> Options:
+    """Parallel sizes folded into ``engine_args``; the ``--model-shape`` config (dummy
+    weights, no tokenizer, no prefix caching) when no ``--model`` is given."""
+    parallel = {k: v for k, v in (("tensor_parallel_size", o.tensor_parallel_size),
+                                  ("pipeline_parallel_size", o.pipeline_parallel_size))
                 if v > 1}
     if parallel:
-        args.engine_args = json.dumps({**json.loads(args.engine_args), **parallel})
-    if args.model is None:
+        o = dataclasses.replace(o, engine_args=json.dumps({**json.loads(o.engine_args),
+                                                           **parallel}))
+    if o.model is None:
         from benchmarks.models import config_dir
 
-        args.model = str(config_dir(args.model_shape))
         extra = {"load_format": "dummy", "skip_tokenizer_init": True,
-                 "enable_prefix_caching": False, "seed": 0, **json.loads(args.engine_args)}
-        args.engine_args = json.dumps(extra)
-    if args.worker:
-        worker(args)
-        return
-    runs = {}
+                 "enable_prefix_caching": False, "seed": 0, **json.loads(o.engine_args)}
+        o = dataclasses.replace(o, model=str(config_dir(o.model_shape)),
+                                engine_args=json.dumps(extra))
+    return o
+
+
+def run_arm(o: Options, arm: str, tmp: Path) -> dict:
+    """One arm in its own process: its result, or ``{"error": ...}``."""
+    result = tmp / f"{arm}.json"
+    cmd = [sys.executable, "-m", "benchmarks.equivalence", "--worker", "--arm", arm,
+           "--result", str(result), "--model", o.model, "--engine-args",
+           o.engine_args, "--prepack-options", o.prepack_options, "--workload",
+           o.workload, "--n", str(o.n), "--seed", str(o.seed), "--max-len",
+           str(o.max_len), "--max-tokens", str(o.max_tokens)]
+    print(f"[{arm}] starting", flush=True)
+    proc = subprocess.run(cmd, cwd=harness.ROOT, capture_output=True, text=True,
+                          env=harness.child_env())
+    if proc.returncode != 0:
+        print(proc.stdout[-3000:], proc.stderr[-6000:])
+        return {"error": proc.stderr[-4000:]}
+    r = json.loads(result.read_text())
+    print(f"[{arm}] {r['scheduler_class']} async={r['async_scheduling']} "
+          f"impls={r['attention_impls']} counters={r['packed_counters']}", flush=True)
+    for rank in r["ranks"][1:]:
+        print(f"[{arm}] rank tp={rank['tp_rank']} pp={rank['pp_rank']}: "
+              f"impls={rank['attention_impls']} counters={rank['packed_counters']}",
+              flush=True)
+    return r
+
+
+PAIRS = [("stock", "prepack", "scheduler only"),
+         ("prepack", "prepack-packed", "attention path only"),
+         ("stock", "prepack-packed", "scheduler and attention path")]
+
+
+def run(options: Options) -> dict:
+    """Every arm in turn, then each pair of arms compared; the JSON (also to ``out``)."""
+    o = resolve(options)
     tmp = Path(tempfile.mkdtemp(prefix="prepack_eq_"))
-    for arm in args.arms.split(","):
-        result = tmp / f"{arm}.json"
-        cmd = [sys.executable, "-m", "benchmarks.equivalence", "--worker", "--arm", arm,
-               "--result", str(result), "--model", args.model, "--engine-args",
-               args.engine_args, "--prepack-options", args.prepack_options, "--workload",
-               args.workload, "--n", str(args.n), "--seed", str(args.seed), "--max-len",
-               str(args.max_len), "--max-tokens", str(args.max_tokens)]
-        print(f"[{arm}] starting", flush=True)
-        proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
-        if proc.returncode != 0:
-            print(proc.stdout[-3000:], proc.stderr[-6000:])
-            runs[arm] = {"error": proc.stderr[-4000:]}
-            continue
-        runs[arm] = json.loads(result.read_text())
-        r = runs[arm]
-        print(f"[{arm}] {r['scheduler_class']} async={r['async_scheduling']} "
-              f"impls={r['attention_impls']} counters={r['packed_counters']}", flush=True)
-        for rank in r["ranks"][1:]:
-            print(f"[{arm}] rank tp={rank['tp_rank']} pp={rank['pp_rank']}: "
-                  f"impls={rank['attention_impls']} counters={rank['packed_counters']}",
-                  flush=True)
+    runs = {arm: run_arm(o, arm, tmp) for arm in o.arms.split(",")}
     comparisons = {}
-    pairs = [("stock", "prepack", "scheduler only"),
-             ("prepack", "prepack-packed", "attention path only"),
-             ("stock", "prepack-packed", "scheduler and attention path")]
-    for a, b, what in pairs:
+    for a, b, what in PAIRS:
         if "tokens" in runs.get(a, {}) and "tokens" in runs.get(b, {}):
             comparisons[f"{a} vs {b}"] = {"toggled": what, **compare(runs[a], runs[b])}
             print(f"{a} vs {b} ({what}): {comparisons[f'{a} vs {b}']}", flush=True)
     payload = {"benchmark": "greedy equivalence", **harness.environment(),
-               "model": args.model, "model_shape": args.model_shape,
-               "engine_args": json.loads(args.engine_args),
+               "model": o.model, "model_shape": o.model_shape,
+               "engine_args": json.loads(o.engine_args),
                "comparisons": comparisons,
                "runs": {a: {k: v for k, v in r.items() if k not in ("tokens", "logprobs")}
                         for a, r in runs.items()}}
-    if args.out:
-        harness.write_json(args.out, payload)
-        print("wrote", args.out)
+    if o.out:
+        harness.write_json(o.out, payload)
+        print("wrote", o.out)
+    return payload
+
+
+def main(argv: list[str] | None = None) -> dict | None:
+    ns = parser().parse_args(sys.argv[1:] if argv is None else argv)
+    fields = {f.name for f in dataclasses.fields(Options)}
+    options = Options(**{k: v for k, v in vars(ns).items() if k in fields})
+    if ns.worker:
+        worker(resolve(options), ns.arm, ns.result)
+        return None
+    return run(options)
 
 
 if __name__ == "__main__":

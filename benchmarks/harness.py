@@ -1,5 +1,6 @@
 """The run record every benchmark JSON carries (device, versions, git commit, command, vLLM
-environment) and the one way results are written."""
+environment), the one way results are written, the environment of a child process, and an
+engine process driven over stdin with replies as JSON files (:class:`EngineProcess`)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,8 @@ import sys
 import time
 from pathlib import Path
 
+ROOT = Path(__file__).resolve().parents[1]
+
 
 def git_commit() -> str | None:
     """The commit that ran: ``$PREPACK_GIT_COMMIT`` when set (a copy of the tree without
@@ -19,10 +22,10 @@ def git_commit() -> str | None:
         return os.environ["PREPACK_GIT_COMMIT"]
     try:
         out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
-                             cwd=Path(__file__).resolve().parents[1], timeout=10)
+                             cwd=ROOT, timeout=10)
         dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
                                capture_output=True, text=True, timeout=10,
-                               cwd=Path(__file__).resolve().parents[1]).stdout.strip()
+                               cwd=ROOT).stdout.strip()
         return out.stdout.strip() + ("-dirty" if dirty else "") if out.returncode == 0 else None
     except (OSError, subprocess.SubprocessError):
         return os.environ.get("PREPACK_GIT_COMMIT")
@@ -61,3 +64,58 @@ def write_json(path: str | Path, payload: dict) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(payload, indent=1, sort_keys=False) + "\n")
     return path
+
+
+def child_env(**extra: str) -> dict[str, str]:
+    """The environment of a benchmark's child process: this one's, hashing seeded (digests of
+    token ids compare across processes), plus ``extra``."""
+    return {**os.environ, "PYTHONHASHSEED": "0", **extra}
+
+
+def reply(result_dir: str | Path, name: str, payload: dict) -> None:
+    """An engine process's answer ``<result_dir>/<name>.json``, written atomically."""
+    path = Path(result_dir) / f"{name}.json"
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(payload, default=str))
+    tmp.rename(path)
+
+
+class EngineProcess:
+    """``python -m <module> <argv>`` from the repository root, its output in
+    ``<workdir>/engine.log``: commands go to its stdin as JSON lines, answers come back
+    through :func:`reply` files in ``workdir``."""
+
+    def __init__(self, name: str, module: str, argv: list[str], workdir: Path):
+        self.name = name
+        self.dir = workdir
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.log = open(self.dir / "engine.log", "w")
+        cmd = [sys.executable, "-m", module, *argv, "--result-dir", str(self.dir)]
+        self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=self.log,
+                                     stderr=subprocess.STDOUT, text=True, cwd=ROOT,
+                                     env=child_env())
+
+    def wait(self, name: str, timeout: float) -> dict:
+        path = self.dir / f"{name}.json"
+        deadline = time.monotonic() + timeout
+        while not path.exists():
+            if self.proc.poll() is not None:
+                tail = (self.dir / "engine.log").read_text(errors="replace")[-3000:]
+                raise RuntimeError(f"arm {self.name} exited {self.proc.returncode}:\n{tail}")
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"arm {self.name}: no {name} in {timeout}s")
+            time.sleep(0.05)
+        return json.loads(path.read_text())
+
+    def send(self, cmd: dict) -> None:
+        self.proc.stdin.write(json.dumps(cmd) + "\n")
+        self.proc.stdin.flush()
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            try:
+                self.send({"stop": True})
+                self.proc.wait(timeout=60)
+            except (OSError, subprocess.TimeoutExpired):
+                self.proc.kill()
+        self.log.close()

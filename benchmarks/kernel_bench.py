@@ -13,15 +13,12 @@ paged/packed time > 1 means the packed path is faster.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import random
 import sys
-from pathlib import Path
+from dataclasses import dataclass
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-
-from benchmarks import analysis, harness, workloads  # noqa: E402
+from benchmarks import analysis, harness, workloads
 
 HEAD_SHAPES = {"llama-3.2-1b": (32, 8, 64), "llama-3.1-8b": (32, 8, 128)}
 
@@ -50,7 +47,41 @@ def time_ms(fn, iters: int) -> float:
     return start.elapsed_time(end) / iters
 
 
-def run(shape: str, total: int, block_size: int, reps: int, iters: int, seed: int) -> dict:
+def paged_cache(k, v, lengths: list[int], block_size: int, seed: int):
+    """``(k_cache, v_cache, block_table)`` in vLLM's FlashAttention layout ``[num_blocks,
+    block_size, Hkv, D]``: each prompt's blocks scattered at random, filled with the same
+    K/V (one scatter)."""
+    import torch
+
+    dev, (hkv, d) = k.device, k.shape[1:]
+    blocks = [-(-n // block_size) for n in lengths]
+    num_blocks = sum(blocks) + 8
+    perm = torch.randperm(num_blocks, generator=torch.Generator().manual_seed(seed)).tolist()
+    table = torch.zeros(len(lengths), max(blocks), dtype=torch.int32)
+    slots, used = [], 0
+    for i, (n, nb) in enumerate(zip(lengths, blocks)):
+        table[i, :nb] = torch.tensor(perm[used:used + nb])
+        slots += [perm[used + p // block_size] * block_size + p % block_size for p in range(n)]
+        used += nb
+    k_cache = torch.zeros(num_blocks * block_size, hkv, d, device=dev, dtype=k.dtype)
+    v_cache = torch.zeros_like(k_cache)
+    slot_t = torch.tensor(slots, device=dev)
+    k_cache[slot_t], v_cache[slot_t] = k, v
+    return (k_cache.view(num_blocks, block_size, hkv, d),
+            v_cache.view(num_blocks, block_size, hkv, d), table.to(dev))
+
+
+def timed_pair(packed, paged, reps: int, iters: int) -> dict[str, list[float]]:
+    """Each call's time per repetition, the order alternating each repetition."""
+    times = {"packed_ms": [], "paged_ms": []}
+    for r in range(reps):
+        pair = [("packed_ms", packed), ("paged_ms", paged)]
+        for name, fn in pair if r % 2 == 0 else pair[::-1]:
+            times[name].append(time_ms(fn, iters))
+    return times
+
+
+def run_shape(shape: str, total: int, block_size: int, reps: int, iters: int, seed: int) -> dict:
     import torch
     from vllm.vllm_flash_attn import flash_attn_varlen_func
 
@@ -65,24 +96,7 @@ def run(shape: str, total: int, block_size: int, reps: int, iters: int, seed: in
                       dtype=torch.int32)
     seqlens = torch.tensor(lengths, device=dev, dtype=torch.int32)
     m = max(lengths)
-    # Paged cache in vLLM's FlashAttention layout [num_blocks, block_size, Hkv, D], blocks of
-    # each prompt scattered at random, filled with the same K/V (one scatter).
-    blocks = [-(-n // block_size) for n in lengths]
-    num_blocks = sum(blocks) + 8
-    perm = torch.randperm(num_blocks, generator=torch.Generator().manual_seed(seed)).tolist()
-    table = torch.zeros(len(lengths), max(blocks), dtype=torch.int32)
-    slots, used = [], 0
-    for i, (n, nb) in enumerate(zip(lengths, blocks)):
-        table[i, :nb] = torch.tensor(perm[used:used + nb])
-        slots += [perm[used + p // block_size] * block_size + p % block_size for p in range(n)]
-        used += nb
-    table = table.to(dev)
-    k_cache = torch.zeros(num_blocks * block_size, hkv, d, device=dev, dtype=dt)
-    v_cache = torch.zeros_like(k_cache)
-    slot_t = torch.tensor(slots, device=dev)
-    k_cache[slot_t], v_cache[slot_t] = k, v
-    k_cache = k_cache.view(num_blocks, block_size, hkv, d)
-    v_cache = v_cache.view(num_blocks, block_size, hkv, d)
+    k_cache, v_cache, table = paged_cache(k, v, lengths, block_size, seed)
     out_packed = torch.empty_like(q)
     out_paged = torch.empty_like(q)
     scale = d ** -0.5
@@ -102,37 +116,37 @@ def run(shape: str, total: int, block_size: int, reps: int, iters: int, seed: in
     paged()
     torch.cuda.synchronize()
     max_err = (out_packed.float() - out_paged.float()).abs().max().item()
-    times = {"packed_ms": [], "paged_ms": []}
-    for r in range(reps):  # alternate the order each repetition
-        pair = [("packed_ms", packed), ("paged_ms", paged)]
-        for name, fn in pair if r % 2 == 0 else pair[::-1]:
-            times[name].append(time_ms(fn, iters))
-    ratios = [b / a for a, b in zip(times["packed_ms"], times["paged_ms"])]
-    spread = analysis.spread(ratios)
-    spread["verdict"] = analysis.verdict(spread, higher_is_better=True)
+    times = timed_pair(packed, paged, reps, iters)
+    # paged/packed time per repetition: through analysis, the one place ratios are made
+    speedup = analysis.paired_ratio(times["paged_ms"], times["packed_ms"],
+                                    higher_is_better=True)
     return {"shape": shape, "heads_q_kv_dim": [hq, hkv, d],
             "pack_tokens": total, "prompts": len(lengths), "max_prompt": m,
             "block_size": block_size, "max_abs_diff_packed_vs_paged": max_err,
             "packed_ms": analysis.spread(times["packed_ms"]),
             "paged_ms": analysis.spread(times["paged_ms"]),
-            "speedup_paged_over_packed": spread}
+            "speedup_paged_over_packed": speedup}
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--tokens", default="8192,16384,32768")
-    parser.add_argument("--shapes", default=",".join(HEAD_SHAPES))
-    parser.add_argument("--block-size", type=int, default=16)
-    parser.add_argument("--reps", type=int, default=7)
-    parser.add_argument("--iters", type=int, default=20)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", default=None)
-    args = parser.parse_args()
+@dataclass(frozen=True)
+class Options:
+    """The CLI of ``python -m benchmarks.kernel_bench``, one field per flag."""
+
+    tokens: str = "8192,16384,32768"
+    shapes: str = ",".join(HEAD_SHAPES)
+    block_size: int = 16
+    reps: int = 7
+    iters: int = 20
+    seed: int = 0
+    out: str | None = None
+
+
+def run(o: Options) -> dict:
+    """Every shape at every pack size; the JSON (also to ``o.out``)."""
     rows = []
-    for shape in args.shapes.split(","):
-        for total in map(int, args.tokens.split(",")):
-            row = run(shape, total, args.block_size, args.reps, args.iters, args.seed)
+    for shape in o.shapes.split(","):
+        for total in map(int, o.tokens.split(",")):
+            row = run_shape(shape, total, o.block_size, o.reps, o.iters, o.seed)
             s = row["speedup_paged_over_packed"]
             print(f"{shape:>14} {total:>6} tok {row['prompts']:>4} prompts: packed "
                   f"{row['packed_ms']['median']:.3f} ms, paged {row['paged_ms']['median']:.3f} ms,"
@@ -143,10 +157,22 @@ def main() -> None:
     result = {"benchmark": "FA3 varlen: packed contiguous K/V vs paged K/V, causal prefill",
               **harness.environment(), "dtype": "bfloat16", "fa_version": 3,
               "workload": "prompt lengths from the lognormal mix, cut to fill each pack",
-              "reps": args.reps, "iters": args.iters, "seed": args.seed, "results": rows}
-    if args.out:
-        harness.write_json(args.out, result)
-        print("wrote", args.out)
+              "reps": o.reps, "iters": o.iters, "seed": o.seed, "results": rows}
+    if o.out:
+        harness.write_json(o.out, result)
+        print("wrote", o.out)
+    return result
+
+
+def main(argv: list[str] | None = None) -> dict:
+    p = argparse.ArgumentParser(prog="python -m benchmarks.kernel_bench", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    for field in dataclasses.fields(Options):
+        kind = {"int": int}.get(str(field.type), None)
+        p.add_argument("--" + field.name.replace("_", "-"), default=field.default,
+                       **({"type": kind} if kind else {}))
+    ns = p.parse_args(sys.argv[1:] if argv is None else argv)
+    return run(Options(**vars(ns)))
 
 
 if __name__ == "__main__":

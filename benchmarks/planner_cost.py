@@ -14,9 +14,11 @@ queue (nothing per step walks the waiting requests or their block hashes).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import random
 import statistics
 import time
+from dataclasses import dataclass
 
 from vllm.v1.core.sched.scheduler import Scheduler
 
@@ -55,7 +57,9 @@ def step_costs(cls, model: str, running: int, waiting: int, steps: int, seed: in
     return costs, own
 
 
-def run(model: str, running: int, waiting: list[int], steps: int, seed: int) -> list[dict]:
+def run_rows(model: str, running: int, waiting: list[int], steps: int,
+             seed: int) -> list[dict]:
+    """One row per waiting-queue size: each arm's step cost, and prepack's own work."""
     rows = []
     for w in waiting:
         row = {"waiting": w, "running": running}
@@ -75,26 +79,42 @@ def run(model: str, running: int, waiting: list[int], steps: int, seed: int) -> 
     return rows
 
 
-def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default=".models/tiny-llama", help="a local config")
-    parser.add_argument("--waiting", default="0,300,1000")
-    parser.add_argument("--running", type=int, default=128)
-    parser.add_argument("--steps", type=int, default=300)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", default=None)
-    args = parser.parse_args(argv)
-    rows = run(args.model, args.running, [int(w) for w in args.waiting.split(",")],
-               args.steps, args.seed)
+@dataclass(frozen=True)
+class Options:
+    """The CLI of ``python -m benchmarks.planner_cost``, one field per flag."""
+
+    model: str = ".models/tiny-llama"  # a local config
+    waiting: str = "0,300,1000"
+    running: int = 128
+    steps: int = 300
+    seed: int = 0
+    out: str | None = None
+
+
+def run(o: Options) -> dict:
+    """Every waiting-queue size; the JSON (also to ``o.out``)."""
+    rows = run_rows(o.model, o.running, [int(w) for w in o.waiting.split(",")], o.steps,
+                    o.seed)
     result = {"benchmark": "per-step scheduler CPU cost, decode-only steps (CPU)",
-              **harness.environment(), "running": args.running, "steps": args.steps,
+              **harness.environment(), "running": o.running, "steps": o.steps,
               "prefix_caching": True, "timer": "time.thread_time around schedule() + "
               "update_from_output()", "own_timer": "time.thread_time inside PrepackSchedulerMixin."
               "schedule() around planning and statistics (prepack_step_cpu_s)", "rows": rows}
-    if args.out:
-        harness.write_json(args.out, result)
-        print("wrote", args.out)
+    if o.out:
+        harness.write_json(o.out, result)
+        print("wrote", o.out)
     return result
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.planner_cost",
+                                     description=__doc__.splitlines()[0])
+    for field in dataclasses.fields(Options):
+        kind = {"int": int}.get(str(field.type), None)
+        parser.add_argument("--" + field.name.replace("_", "-"), default=field.default,
+                            **({"type": kind} if kind else {}),
+                            **({"help": "a local config"} if field.name == "model" else {}))
+    return run(Options(**vars(parser.parse_args(argv))))
 
 
 if __name__ == "__main__":

@@ -26,11 +26,18 @@ With synchronous scheduling a step is ``t .. t_out + update_s``; with asynchrono
 (two batches in flight) steps overlap, and the step period is the gap between consecutive
 ``t_out``. The feature bookkeeping runs outside the timed calls. Columns are lists (compact
 JSON); :func:`summarize` gives the few numbers a run's record carries.
+
+    python -m benchmarks.step_timing benchmarks/results/trace_llm_8b_b2048_4x_h200_steps.json
 """
 
 from __future__ import annotations
 
+import argparse
+import json
+import sys
 import time
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 COLUMNS = ("t", "sched_s", "sched_cpu_s", "prefill", "prefill_reqs", "decode_reqs", "tokens",
@@ -172,3 +179,46 @@ def summarize(cols: dict[str, list]) -> dict:
         "step_period_ms_mean": round(1000 * _mean(gaps), 4) if gaps else None,
         "decode_only_step_period_by_waiting": decode_gap,
     }
+
+
+@dataclass(frozen=True)
+class Options:
+    """The CLI of ``python -m benchmarks.step_timing``: a steps file to summarize."""
+
+    steps_file: str
+    out: str | None = None
+
+
+def run(o: Options) -> dict:
+    """:func:`summarize` of every (workload, arm, repetition) of a ``benchmarks.ab`` steps
+    file (``*_steps.json``); printed, and written to ``o.out`` when given."""
+    data = json.loads(Path(o.steps_file).read_text())
+    out: dict = {}
+    for workload, arms in data["steps"].items():
+        for arm, reps in arms.items():
+            for cols in reps:
+                s = summarize(cols)
+                out.setdefault(workload, {}).setdefault(arm, []).append(
+                    {"rep": cols.get("rep"), **s})
+                print(f"{workload:>20} {arm:>15} rep {cols.get('rep')}: {s['steps']} steps, "
+                      f"sched {s.get('sched_ms_mean')} ms, step period "
+                      f"{s.get('step_period_ms_mean')} ms", flush=True)
+    if o.out:
+        from benchmarks import harness
+
+        harness.write_json(o.out, {"steps_file": o.steps_file, "summaries": out})
+        print("wrote", o.out)
+    return out
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.step_timing",
+                                     description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("steps_file", help="a benchmarks.ab steps file (*_steps.json)")
+    parser.add_argument("--out", help="write the summaries as JSON here")
+    return run(Options(**vars(parser.parse_args(sys.argv[1:] if argv is None else argv))))
+
+
+if __name__ == "__main__":
+    main()

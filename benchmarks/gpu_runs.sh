@@ -4,19 +4,19 @@
 # machine with vLLM 0.32.0 and this project installed; results go to $OUT (default
 # benchmarks/results), one log per run next to them.
 #
-#   bash scripts/gpu_runs.sh paper    # 1 GPU: paper reproduction, Poisson offline A/B
-#   bash scripts/gpu_runs.sh nochunk  # 1 GPU: Llama-3.1-8B offline A/B, chunking off
-#   bash scripts/gpu_runs.sh serve    # 1 GPU: serving A/B (vllm bench serve)
-#   bash scripts/gpu_runs.sh equiv1   # 1 GPU: greedy equivalence (Llama-3.2-1B), batch-invariant
-#   bash scripts/gpu_runs.sh equiv    # 2 GPUs: TP=2 greedy equivalence (Llama-3.1-8B)
-#   bash scripts/gpu_runs.sh pp       # 2 GPUs: PP=2 greedy equivalence (Llama-3.2-1B)
-#   bash scripts/gpu_runs.sh tp       # 2 GPUs: Llama-3.1-8B offline A/B at TP=2
-#   bash scripts/gpu_runs.sh dp       # 2 GPUs: serving A/B of the 1B shape at DP=2
-#   bash scripts/gpu_runs.sh moe      # 2 GPUs: serving A/B of a MoE (OLMoE-1B-7B shape) at DP=2
+#   bash benchmarks/gpu_runs.sh paper    # 1 GPU: paper reproduction, Poisson offline A/B
+#   bash benchmarks/gpu_runs.sh nochunk  # 1 GPU: Llama-3.1-8B offline A/B, chunking off
+#   bash benchmarks/gpu_runs.sh serve    # 1 GPU: serving A/B (vllm bench serve)
+#   bash benchmarks/gpu_runs.sh equiv1   # 1 GPU: greedy equivalence (Llama-3.2-1B), batch-invariant
+#   bash benchmarks/gpu_runs.sh equiv    # 2 GPUs: TP=2 greedy equivalence (Llama-3.1-8B)
+#   bash benchmarks/gpu_runs.sh pp       # 2 GPUs: PP=2 greedy equivalence (Llama-3.2-1B)
+#   bash benchmarks/gpu_runs.sh tp       # 2 GPUs: Llama-3.1-8B offline A/B at TP=2
+#   bash benchmarks/gpu_runs.sh dp       # 2 GPUs: serving A/B of the 1B shape at DP=2
+#   bash benchmarks/gpu_runs.sh moe      # 2 GPUs: serving A/B of a MoE (OLMoE-1B-7B shape) at DP=2
 #                                     # with --prefill-schedule-interval 4 (vLLM's throttling)
-#   bash scripts/gpu_runs.sh trace-llm    # 1 GPU: Azure conversation trace replay, Llama-3.1-8B,
+#   bash benchmarks/gpu_runs.sh trace-llm    # 1 GPU: Azure conversation trace replay, Llama-3.1-8B,
 #                                         # LLMEngine (SchedulerConfig defaults), ~8 min
-#   bash scripts/gpu_runs.sh trace-serve  # 1 GPU: the same trace through vllm serve, ~8-9 min
+#   bash benchmarks/gpu_runs.sh trace-serve  # 1 GPU: the same trace through vllm serve, ~8-9 min
 #
 # Trace phases read the Azure conversation trace (CC-BY 4.0, Patel et al., Splitwise, ISCA
 # 2024; see ../shared/data/README.md) from $TRACE, else ../shared/data/azure_conv_2023.csv,
@@ -27,7 +27,7 @@
 # ARMS (trace-llm), PREPACK_ARGS (trace-serve: more --prepack-* options), SATURATION (stock's
 # saturation rate in req/s from an earlier part of the same grid: not measured again).
 set -uo pipefail
-phase=${1:?usage: gpu_runs.sh paper|nochunk|serve|equiv1|equiv|pp|tp|dp|moe|trace-llm|trace-serve [tag]}
+phase=${1:?usage: bash benchmarks/gpu_runs.sh paper|nochunk|serve|equiv1|equiv|pp|tp|dp|moe|trace-llm|trace-serve [tag]}
 tag=${2:-$(python3 -c "import torch; n=torch.cuda.get_device_name(0).split()[1].lower(); \
 c=torch.cuda.device_count(); print(n if c == 1 else f'{n}x{c}')")}
 out=${OUT:-benchmarks/results}

@@ -1,0 +1,102 @@
+"""What :mod:`benchmarks.ab` shows people: the ratio lines it prints, and a trace replay's
+TTFT figures."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from benchmarks import report
+
+CREDIT = "Data: Azure LLM inference trace 2023 (conversation), CC-BY 4.0"
+
+
+def ratio_lines(result: dict, is_trace: bool) -> list[str]:
+    """One line per workload, arm and headline metric: its ratio to the baseline."""
+    shown = (("ttft_mean_s", "ttft_p50_s", "ttft_p99_s", "output_tokens_per_s", "wall_s")
+             if is_trace else ("prefill_tokens_per_s", "ttft_mean_s", "engine_steps"))
+    lines = []
+    for name, w in result["workloads"].items():
+        for arm, ratios in w["ratios_vs_" + result["baseline"]].items():
+            for metric in shown:
+                if metric in ratios:
+                    r = ratios[metric]
+                    lines.append(f"{name:>12} {arm:>15} {metric:>22}: x{r['mean']:.3f} "
+                                 f"[{r['min']:.3f}, {r['max']:.3f}] {r['verdict']}")
+    return lines
+
+
+def _title(d: dict) -> str:
+    budget = next(iter(d["arms"].values()))["resolved"]["max_num_batched_tokens"]
+    return (f"{d.get('model_shape') or Path(d['model']).name}, {d['entry_point']}, "
+            f"budget {budget} ({d['device']})")
+
+
+def _finish(fig, title: str, bottom: float, path: Path) -> Path:
+    fig.suptitle(title, fontsize=9)
+    fig.text(0.01, 0.01, CREDIT, fontsize=6)
+    fig.tight_layout(rect=(0, bottom, 1, 1))
+    return report.save_figure(fig, path)
+
+
+def plot_trace_load(d: dict, path: Path) -> Path:
+    """TTFT (mean, p99) against load, one line per arm (bars: min-max over repetitions)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(d["workloads"])
+
+    def x_of(name: str) -> float:
+        load = d["workloads"][name].get("load") or {}
+        return load.get("load_factor", load.get("rate_req_per_s", 0.0))
+
+    by_sat = all("load_factor" in (d["workloads"][n].get("load") or {}) for n in names)
+    fig, axes = plt.subplots(1, 2, figsize=(8, 3.2))
+    for ax, metric, label in ((axes[0], "ttft_mean_s", "TTFT mean (s)"),
+                              (axes[1], "ttft_p99_s", "TTFT p99 (s)")):
+        for arm in d["arms"]:
+            pts = sorted((x_of(n), d["workloads"][n]["per_arm"][arm][metric]) for n in names
+                         if metric in d["workloads"][n]["per_arm"].get(arm, {}))
+            if pts:
+                ax.errorbar([x for x, _ in pts], [s["mean"] for _, s in pts],
+                            yerr=[[s["mean"] - s["min"] for _, s in pts],
+                                  [s["max"] - s["mean"] for _, s in pts]],
+                            marker="o", capsize=3, label=arm)
+        ax.set_xlabel("load (x stock saturation)" if by_sat else "arrival rate (req/s)",
+                      fontsize=8)
+        ax.set_ylabel(label, fontsize=8)
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=7)
+    return _finish(fig, f"Trace replay TTFT vs load: {_title(d)}", 0.04, path)
+
+
+def plot_trace_cdf(d: dict, path: Path) -> Path:
+    """TTFT CDFs, one panel per load, one line per arm (every repetition's requests)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(d["workloads"])
+    fig, axes = plt.subplots(1, len(names), figsize=(3.2 * len(names), 3), squeeze=False)
+    for ax, name in zip(axes[0], names):
+        for arm, rows in d["workloads"][name]["runs"].items():
+            ttft = sorted(t for row in rows for t in row["ttft_s"])
+            ax.plot(ttft, [i / len(ttft) for i in range(1, len(ttft) + 1)], label=arm)
+        ax.set_xscale("log")
+        ax.set_title(name, fontsize=9)
+        ax.set_xlabel("TTFT (s)", fontsize=8)
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel("share of requests")
+    axes[0][-1].legend(fontsize=7)
+    return _finish(fig, f"Trace replay TTFT CDF: {_title(d)}", 0.05, path)
+
+
+def plot_trace(d: dict, stem: Path) -> list[Path]:
+    """A trace replay's TTFT against load and its TTFT CDFs: ``<stem>_ttft_load.png`` and
+    ``<stem>_ttft_cdf.png``."""
+    if not d["workloads"]:
+        return []
+    return [plot_trace_load(d, stem.with_name(stem.name + "_ttft_load.png")),
+            plot_trace_cdf(d, stem.with_name(stem.name + "_ttft_cdf.png"))]
