@@ -9,19 +9,31 @@ import subprocess
 import sys
 
 import pytest
-from conftest import ROOT, subprocess_env
 
-from benchmarks import serve_ab, workloads
+from benchmarks import serve_pool, serve_report, serve_runs, serve_traces, workloads
+from benchmarks.tests import suite_env
+from benchmarks.tests.suite_env import ROOT, subprocess_env
 
 SERVE_ARGS = "--dtype float32 --enforce-eager --max-model-len 1024 --kv-cache-memory-bytes 67108864"
 
 
+@pytest.fixture(scope="session")
+def tiny_model() -> str:
+    return suite_env.tiny_model()
+
+
+@pytest.fixture
+def engine_lock():
+    with suite_env.engine_lock():
+        yield
+
+
 def test_trace_has_exact_lengths_poisson_arrivals_and_unique_hash_ids():
     mix = workloads.make("sharegpt", 2000, seed=1)
-    outs = serve_ab.output_lengths("8:64", 2000, seed=1)
+    outs = serve_traces.output_lengths("8:64", 2000, seed=1)
     assert min(outs) >= 8 and max(outs) <= 64 and len(set(outs)) > 1
-    assert serve_ab.output_lengths("8:64", 2000, seed=1) == outs
-    entries = serve_ab.make_trace(mix.lengths, outs, rate=20.0, seed="s/rep0", hash_start=7)
+    assert serve_traces.output_lengths("8:64", 2000, seed=1) == outs
+    entries = serve_traces.make_trace(mix.lengths, outs, rate=20.0, seed="s/rep0", hash_start=7)
     assert [e["input_length"] for e in entries] == list(mix.lengths)
     assert [e["output_length"] for e in entries] == outs
     stamps = [e["timestamp"] for e in entries]
@@ -30,19 +42,19 @@ def test_trace_has_exact_lengths_poisson_arrivals_and_unique_hash_ids():
     ids = [h for e in entries for h in e["hash_ids"]]
     assert len(ids) == len(set(ids)) and min(ids) == 7
     for e in entries:
-        assert len(e["hash_ids"]) == math.ceil(e["input_length"] / serve_ab.CHUNK)
+        assert len(e["hash_ids"]) == math.ceil(e["input_length"] / serve_traces.CHUNK)
     # The same seed at twice the rate is the same process, twice as fast.
-    faster = serve_ab.make_trace(mix.lengths, outs, rate=40.0, seed="s/rep0")
+    faster = serve_traces.make_trace(mix.lengths, outs, rate=40.0, seed="s/rep0")
     assert [e["timestamp"] for e in faster] == pytest.approx([t / 2 for t in stamps], abs=1e-5)
-    assert serve_ab.make_trace(mix.lengths, outs, rate=20.0, seed="s/rep1") != entries
-    offline = serve_ab.make_trace(mix.lengths, outs, rate=None, seed=0)
+    assert serve_traces.make_trace(mix.lengths, outs, rate=20.0, seed="s/rep1") != entries
+    offline = serve_traces.make_trace(mix.lengths, outs, rate=None, seed=0)
     assert {e["timestamp"] for e in offline} == {0.0}
     with pytest.raises(ValueError, match="--output-len"):
-        serve_ab.output_lengths("0", 4, seed=0)
+        serve_traces.output_lengths("0", 4, seed=0)
 
 
 def test_trace_book_never_repeats_hash_ids(tmp_path):
-    book = serve_ab.TraceBook(tmp_path, [5, 40, 16], [2, 2, 2])
+    book = serve_traces.TraceBook(tmp_path, [5, 40, 16], [2, 2, 2])
     a = book.get("a", 10.0, 0)[1]
     b = book.get("b", 10.0, 0)[1]
     assert book.get("a", 10.0, 0)[1] is a
@@ -58,10 +70,10 @@ def test_timed_trace_expands_to_exactly_input_length_tokens(tiny_model, tmp_path
 
     lengths = [1, 15, 16, 17, 31, 32, 33, 100, 257, 1000]
     outs = [4] * len(lengths)
-    entries = serve_ab.make_trace(lengths, outs, rate=5.0, seed=3)
-    path = serve_ab.write_trace(tmp_path / "trace.jsonl", entries)
+    entries = serve_traces.make_trace(lengths, outs, rate=5.0, seed=3)
+    path = serve_traces.write_trace(tmp_path / "trace.jsonl", entries)
     dataset = TimedTrace(
-        dataset_path=str(path), timed_trace_chunk_hash_size=serve_ab.CHUNK,
+        dataset_path=str(path), timed_trace_chunk_hash_size=serve_traces.CHUNK,
         timed_trace_sec_multiplier=1, timed_trace_label_timestamp="timestamp",
         timed_trace_label_input_length="input_length",
         timed_trace_label_output_length="output_length",
@@ -75,7 +87,8 @@ def test_timed_trace_expands_to_exactly_input_length_tokens(tiny_model, tmp_path
     specials = set(tokenizer.all_special_ids)
     assert all(0 <= t < len(tokenizer) and t not in specials for s in samples for t in s.prompt)
     # No shared prefix: the first chunks of the multi-chunk prompts all differ.
-    heads = [tuple(s.prompt[:serve_ab.CHUNK]) for s in samples if len(s.prompt) > serve_ab.CHUNK]
+    chunk = serve_traces.CHUNK
+    heads = [tuple(s.prompt[:chunk]) for s in samples if len(s.prompt) > chunk]
     assert len(heads) == len(set(heads))
 
 
@@ -94,24 +107,24 @@ def test_metrics_parsing_and_packing_summary():
          "overtakes": 0, "planned": 4, "plan_adhered": False, "planner_fault": False,
          "oldest_wait_s": 0.3, "throttled": True},
     ]
-    s = serve_ab.packing_summary([json.dumps(x) for x in steps])
+    s = serve_runs.packing_summary([json.dumps(x) for x in steps])
     assert s["steps"] == 4 and s["prefill_steps"] == 2 and s["prefill_tokens"] == 70
     assert s["mean_prefill_fill"] == 0.6 and s["plan_adherence"] == 0.5 and s["overtakes"] == 1
     assert s["throttled_steps"] == 2 and s["throttled_admitted"] == 3
     before = {"vllm:prompt_tokens_total": 10.0}
     after = {"vllm:prompt_tokens_total": 25.0, "vllm:time_to_first_token_seconds_sum": 0.5,
              "vllm:time_to_first_token_seconds_count": 5.0, "vllm:num_requests_running": 0.0}
-    d = serve_ab.metrics_delta(before, after)
+    d = serve_pool.metrics_delta(before, after)
     assert d["vllm:prompt_tokens_total"] == 15.0 and d["server_ttft_mean_ms"] == 100.0
-    entries = serve_ab.make_trace([3, 4], [2, 2], rate=None, seed=0)
+    entries = serve_traces.make_trace([3, 4], [2, 2], rate=None, seed=0)
     ok = {"completed": 2, "failed": 0, "input_lens": [3, 4], "output_lens": [2, 2]}
-    assert serve_ab.check_run(ok, entries) == []
+    assert serve_runs.check_run(ok, entries) == []
     lost = {**ok, "completed": 1, "failed": 1, "input_lens": [3, 0], "output_lens": [2, 0]}
-    assert len(serve_ab.check_run(lost, entries)) == 3
+    assert len(serve_runs.check_run(lost, entries)) == 3
     delta = {"vllm:prompt_tokens_total": 7.0, "vllm:generation_tokens_total": 4.0,
              "vllm:request_success_total:length": 2.0}
-    assert serve_ab.cross_check(delta, entries) == []
-    assert len(serve_ab.cross_check({**delta, "vllm:prompt_tokens_total": 3.0}, entries)) == 1
+    assert serve_runs.cross_check(delta, entries) == []
+    assert len(serve_runs.cross_check({**delta, "vllm:prompt_tokens_total": 3.0}, entries)) == 1
 
 
 @pytest.mark.engine
@@ -174,13 +187,13 @@ def test_serve_ab_smoke_both_arms_complete(tiny_model, tmp_path, engine_lock):
     ratios = d["per_load"]["1"]["ratios_prepack_vs_stock"]
     for metric in ("mean_ttft_ms", "p99_ttft_ms", "mean_tpot_ms", "request_throughput"):
         assert ratios[metric]["verdict"] == "single run" and ratios[metric]["n"] == 1
-    section = serve_ab.render_section(d)
+    section = serve_report.render_section(d)
     assert "| 1x |" in section and "PrepackSyncScheduler" in section
     assert (tmp_path / "serve_ab.png").stat().st_size > 0
 
 
 def test_stats_files_include_every_data_parallel_rank(tmp_path):
-    from benchmarks.serve_ab import stats_files
+    from benchmarks.serve_runs import stats_files
 
     base = tmp_path / "prepack_stats.jsonl"
     assert stats_files(base) == []
@@ -191,7 +204,7 @@ def test_stats_files_include_every_data_parallel_rank(tmp_path):
 
 
 def test_per_rank_line_sums_each_data_parallel_rank_over_runs():
-    from benchmarks.serve_ab import _per_rank_line
+    from benchmarks.serve_report import _per_rank_line
 
     def run(a0, a1, t):
         return {"packing_per_rank": {
@@ -221,17 +234,17 @@ def test_trace_arrivals_keep_their_pattern_at_every_rate(tmp_path):
     path.write_text(TRACE_CSV)
     w = load(path)
     unit = [a * w.rate for a in w.arrivals]
-    entries = serve_ab.make_trace(w.lengths, w.output_lens, rate=2.5, seed=0,
+    entries = serve_traces.make_trace(w.lengths, w.output_lens, rate=2.5, seed=0,
                                   unit_arrivals=unit)
     stamps = [e["timestamp"] for e in entries]
     # Mean rate 2.5 req/s: the trace compressed by 2.5 / (5 / 4 s).
     assert stamps == pytest.approx([a / 2.0 for a in w.arrivals], abs=1e-5)
     assert [e["input_length"] for e in entries] == list(w.lengths)
     assert [e["output_length"] for e in entries] == [4, 9, 5, 1, 12, 3]
-    assert {e["timestamp"] for e in serve_ab.make_trace(
+    assert {e["timestamp"] for e in serve_traces.make_trace(
         w.lengths, w.output_lens, rate=None, seed=0, unit_arrivals=unit)} == {0.0}
     with pytest.raises(ValueError, match="one arrival per prompt"):
-        serve_ab.make_trace([1, 2], [1, 1], rate=1.0, seed=0, unit_arrivals=[0.0])
+        serve_traces.make_trace([1, 2], [1, 1], rate=1.0, seed=0, unit_arrivals=[0.0])
 
 
 @pytest.mark.engine
@@ -265,6 +278,6 @@ def test_serve_ab_trace_replay_completes(tiny_model, tmp_path, engine_lock):
     for r in runs.values():
         assert r["ok"] and r["bench"]["completed"] == 6 and len(r["bench"]["ttfts_s"]) == 6
         assert r["bench"]["total_output_tokens"] == 34
-    assert "CC-BY 4.0" in serve_ab.render_section(d)
+    assert "CC-BY 4.0" in serve_report.render_section(d)
     assert (tmp_path / "serve_trace.png").stat().st_size > 0
     assert (tmp_path / "serve_trace_ttft_cdf.png").stat().st_size > 0
