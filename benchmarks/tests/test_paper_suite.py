@@ -133,7 +133,8 @@ def test_padded_and_sorted_equal_prompt_alone(model, prompts, alone):
 
 
 def test_check_methods_reports_every_method(model, prompts):
-    check = paper_check.check_methods(model, prompts, paper_pack.DEFAULT_METHODS, paper_attention.KERNEL_SDPA, ATOL)
+    check = paper_check.check_methods(model, prompts, paper_pack.DEFAULT_METHODS,
+                                      paper_attention.KERNEL_SDPA, ATOL)
     assert set(check["methods"]) == {*paper_pack.DEFAULT_METHODS, "prepacked_flat"}
     for method, c in check["methods"].items():
         assert c["within_atol"] and c["first_token_agreement"] == 1.0, (method, c)
