@@ -25,6 +25,17 @@ BASE_ENV = {
     "VLLM_NO_USAGE_STATS": "1",
     "DO_NOT_TRACK": "1",
 }
+# A six-request Azure-format trace window (one prompt longer than the serving tests'
+# --max-model-len, one output of 0 tokens) that the serving tests replay.
+TRACE_CSV = """TIMESTAMP,ContextTokens,GeneratedTokens
+2023-11-16 18:15:46.0000000,374,4
+2023-11-16 18:15:46.5000000,96,9
+2023-11-16 18:15:47.0000000,1879,5
+2023-11-16 18:15:48.0000000,91,0
+2023-11-16 18:15:48.5000000,500,12
+2023-11-16 18:15:50.0000000,40,3
+"""
+
 for _k, _v in BASE_ENV.items():
     os.environ.setdefault(_k, _v)
 
