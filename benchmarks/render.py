@@ -1,4 +1,5 @@
-"""Merge every JSON under benchmarks/results/ into docs/results.md's tables and plots.
+"""Merge every JSON under benchmarks/results/ into docs/results.md's tables and plots
+(:func:`benchmarks.report.write_results_md`, the one writer).
 
     python -m benchmarks.render            # rewrites docs/results.md between the results markers
                                            # and benchmarks/results/*.png
@@ -7,236 +8,22 @@
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import sys
+from collections.abc import Sequence
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+from benchmarks.report import END, RESULTS, RESULTS_MD, START, write_results_md
 
-from benchmarks import ab, paper, report, serve_ab  # noqa: E402
-
-RESULTS = ROOT / "benchmarks" / "results"
-START, END = "<!-- results:start -->", "<!-- results:end -->"
+__all__ = ["END", "START", "main"]
 
 
-def ab_tables(path: Path, d: dict) -> list[str]:
-    arms = list(d["arms"])
-    base = d["baseline"]
-    shape = d.get("model_shape") or Path(d["model"]).name
-    kwargs = next(iter(d["arms"].values())).get("engine_kwargs", {})
-    for key, label in (("tensor_parallel_size", "TP"), ("data_parallel_size", "DP"),
-                       ("pipeline_parallel_size", "PP")):
-        if kwargs.get(key, 1) > 1:
-            shape += f" {label}={kwargs[key]}"
-    if d.get("rate_req_per_s"):
-        shape += f", Poisson arrivals {d['rate_req_per_s']:g} req/s"
-    lines = [f"#### {shape}, chunked prefill {d['chunked_prefill']} "
-             f"({d['device']}, vLLM {d['vllm']}, commit {str(d['git_commit'])[:10]}, "
-             f"{d['repetitions']} reps, `{path.name}`)", "",
-             "| mix | padding | arm | prefill tok/s | TTFT mean s | TTFT p99 s | steps | "
-             f"split prompts | packed share | tok/s vs {base} | TTFT mean vs {base} |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
-    for name, w in d["workloads"].items():
-        ratios = w["ratios_vs_" + base]
-        for arm in arms:
-            pa = w["per_arm"][arm]
-            r = ratios.get(arm, {})
-            lines.append(
-                f"| {name} | {w['workload']['padding_ratio']:.1f}x | {arm} | "
-                f"{pa['prefill_tokens_per_s']['mean']:,.0f} | {pa['ttft_mean_s']['mean']:.3f} | "
-                f"{pa['ttft_p99_s']['mean']:.3f} | {pa['engine_steps']['mean']:.0f} | "
-                f"{pa['split_prompts']['mean']:.0f} | {pa['packed_share']['mean']:.2f} | "
-                f"{report.fmt_ratio(r['prefill_tokens_per_s']) if r else '1'} | "
-                f"{report.fmt_ratio(r['ttft_mean_s']) if r else '1'} |")
-    lines.append("")
-    return lines
-
-
-def trace_table(path: Path, d: dict) -> list[str]:
-    """An offline trace replay: per load and arm, TTFT and throughput, ratios to the
-    baseline with their spreads."""
-    base = d["baseline"]
-    t = d["trace"]
-    resolved = next(iter(d["arms"].values()))["resolved"]
-    sat = d.get("saturation") or {}
-    lines = [f"#### Trace replay, {d.get('model_shape') or Path(d['model']).name}, "
-             f"{d['entry_point']} ({d['device']}, vLLM {d['vllm']}, commit "
-             f"{str(d['git_commit'])[:10]}, {d['repetitions']} reps, `{path.name}`)", "",
-             f"{t['source']} requests {t['start']}..{t['start'] + t['n'] - 1}: prompts "
-             f"{t['mean_len']:.0f} tokens mean ({t['clipped_prompts']} clipped), outputs "
-             f"{t['mean_output_len']:.0f} mean; budget {resolved['max_num_batched_tokens']}, "
-             f"{resolved['max_num_seqs']} sequences, prefix caching "
-             f"{'on' if resolved['enable_prefix_caching'] else 'off'}"
-             + (f"; stock saturation {sat['requests_per_s']:.2f} req/s" if sat else "")
-             + f". Data: {t['attribution']}.", "",
-             "| load | req/s | arm | TTFT mean s | TTFT p50 s | TTFT p99 s | out tok/s | "
-             f"TTFT mean vs {base} | TTFT p99 vs {base} | out tok/s vs {base} |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
-    for w in d["workloads"].values():
-        load = w.get("load") or {}
-        label = (f"{load['load_factor']:g}x sat" if "load_factor" in load
-                 else f"{load.get('compression', 1):g}x time")
-        ratios = w["ratios_vs_" + base]
-        for arm, pa in w["per_arm"].items():
-            r = ratios.get(arm, {})
-            lines.append(
-                f"| {label} | {load.get('rate_req_per_s', 0):.2f} | {arm} | "
-                f"{pa['ttft_mean_s']['mean']:.3f} | {pa['ttft_p50_s']['mean']:.3f} | "
-                f"{pa['ttft_p99_s']['mean']:.3f} | {pa['output_tokens_per_s']['mean']:,.0f} | "
-                + " | ".join(report.fmt_ratio(r.get(m)) if r else "1" for m in
-                             ("ttft_mean_s", "ttft_p99_s", "output_tokens_per_s")) + " |")
-    lines.append("")
-    return lines
-
-
-def kernel_table(path: Path, d: dict) -> list[str]:
-    lines = [f"#### FA3 varlen, packed contiguous vs paged K/V ({d['device']}, "
-             f"commit {str(d['git_commit'])[:10]}, `{path.name}`)", "",
-             "| head shape (q, kv, dim) | pack tokens | prompts | packed ms | paged ms | "
-             "paged/packed | max diff |", "|---|---|---|---|---|---|---|"]
-    for r in d["results"]:
-        s = r["speedup_paged_over_packed"]
-        lines.append(f"| {r['shape']} {tuple(r['heads_q_kv_dim'])} | {r['pack_tokens']} | "
-                     f"{r['prompts']} | {r['packed_ms']['median']:.3f} | "
-                     f"{r['paged_ms']['median']:.3f} | {report.fmt_ratio(s)} | "
-                     f"{r['max_abs_diff_packed_vs_paged']:.0e} |")
-    lines.append("")
-    return lines
-
-
-def equivalence_table(path: Path, d: dict) -> list[str]:
-    parallel = "".join(f" {label}={d.get('engine_args', {}).get(key)}"
-                       for key, label in (("tensor_parallel_size", "TP"),
-                                          ("pipeline_parallel_size", "PP"))
-                       if d.get("engine_args", {}).get(key, 1) > 1)
-    lines = [f"#### Greedy equivalence, {d['model_shape']}{parallel} ({d['device']}, "
-             f"commit {str(d['git_commit'])[:10]}, `{path.name}`)", "",
-             "| pair | toggled | identical outputs | max logprob diff | classes that ran |",
-             "|---|---|---|---|---|"]
-    for pair, c in d["comparisons"].items():
-        a, b = pair.split(" vs ")
-        ran = "; ".join(
-            f"{arm}: {d['runs'][arm]['scheduler_class'].rsplit('.', 1)[-1]} + "
-            f"{d['runs'][arm]['attention_impls'][0].rsplit('.', 1)[-1]} "
-            f"(packed layer calls {d['runs'][arm]['packed_counters']['layer_calls']})"
-            for arm in (a, b))
-        lines.append(f"| {pair} | {c['toggled']} | {c['identical_outputs']}/{c['outputs']} | "
-                     f"{c['max_logprob_diff_on_shared_prefix']:.2g} | {ran} |")
-    batch_inv = {r.get("batch_invariant") for r in d["runs"].values()}
-    lines += ["", f"`VLLM_BATCH_INVARIANT={','.join(sorted(batch_inv))}`.", ""]
-    return lines
-
-
-def plots(results: list[tuple[Path, dict]], out_dir: Path = RESULTS) -> list[str]:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    made = []
-    for path, d in results:
-        if not d.get("benchmark", "").startswith("offline A/B"):
-            continue
-        stem = path.stem
-        if d.get("trace"):
-            made += [p.name for p in ab.plot_trace(d, out_dir / stem)]
-            continue
-        names = list(d["workloads"])
-        fig, axes = plt.subplots(1, len(names), figsize=(3.2 * len(names), 3), squeeze=False)
-        for ax, name in zip(axes[0], names):
-            runs = d["workloads"][name]["runs"]
-            for arm, rows in runs.items():
-                ttft = sorted(t for row in rows for t in row["ttft_s"])
-                ax.plot(ttft, [i / len(ttft) for i in range(1, len(ttft) + 1)], label=arm)
-            ax.set_title(name, fontsize=9)
-            ax.set_xlabel("TTFT (s)", fontsize=8)
-            ax.grid(alpha=0.3)
-        axes[0][0].set_ylabel("share of requests")
-        axes[0][-1].legend(fontsize=7)
-        fig.suptitle(f"TTFT CDF: {d.get('model_shape')}, chunked {d['chunked_prefill']} "
-                     f"({d['device']})", fontsize=9)
-        fig.tight_layout()
-        made.append(report.save_figure(fig, out_dir / f"{stem}_ttft_cdf.png").name)
-
-        fig, ax = plt.subplots(figsize=(1.6 * len(names) + 2, 3))
-        arms = list(d["arms"])
-        width = 0.8 / len(arms)
-        for i, arm in enumerate(arms):
-            vals = [d["workloads"][n]["per_arm"][arm]["prefill_tokens_per_s"]["mean"] / 1e3
-                    for n in names]
-            ax.bar([j + i * width for j in range(len(names))], vals, width, label=arm)
-        ax.set_xticks([j + 0.4 - width / 2 for j in range(len(names))], names, fontsize=8)
-        ax.set_ylabel("prefill k tok/s")
-        ax.legend(fontsize=7)
-        ax.set_title(f"Throughput: {d.get('model_shape')}, chunked {d['chunked_prefill']}",
-                     fontsize=9)
-        fig.tight_layout()
-        made.append(report.save_figure(fig, out_dir / f"{stem}_throughput.png").name)
-    return made
-
-
-def image_dir(markdown: Path) -> str:
-    """``benchmarks/results`` as a link from ``markdown``'s folder."""
-    return os.path.relpath(RESULTS, markdown.resolve().parent).replace(os.sep, "/")
-
-
-def render(plots_dir: Path = RESULTS, images_at: str = "benchmarks/results") -> str:
-    results = []
-    for path in sorted(RESULTS.glob("*.json")):
-        results.append((path, json.loads(path.read_text())))
-    lines: list[str] = []
-    for path, d in results:
-        kind = d.get("benchmark", "")
-        if kind.startswith("greedy equivalence"):
-            lines += equivalence_table(path, d)
-    for path, d in results:
-        if d.get("benchmark", "").startswith("FA3 varlen"):
-            lines += kernel_table(path, d)
-    for path, d in results:
-        if d.get("benchmark", "").startswith("offline A/B"):
-            lines += trace_table(path, d) if d.get("trace") else ab_tables(path, d)
-    for path, d in results:
-        if d.get("benchmark", "").startswith("serving A/B"):
-            # Ratios and verdicts from the raw runs with the current rules.
-            d["per_load"] = serve_ab.aggregate(d["runs"], d["load_factors"], d["repetitions"])
-            serve_args = d["arms"]["stock"].get("serve_args") or []
-            lines += [serve_ab.render_section(d),
-                      f"`{path.name}`; `vllm serve` arguments of both arms: "
-                      f"`{' '.join(map(str, serve_args))}`.", ""]
-    paper_runs = [(p, d) for p, d in results if d.get("benchmark") == paper.BENCHMARK]
-    for path, d in paper_runs:
-        lines += [paper.render_section([d]), f"`{path.name}`", ""]
-    images = plots(results, plots_dir)
-    for path, d in results:
-        kind = d.get("benchmark", "")
-        if kind.startswith("serving A/B") and d.get("runs"):
-            images.append(serve_ab.plot(d, plots_dir / f"{path.stem}.png").name)
-        elif kind == paper.BENCHMARK and d.get("runs"):
-            images.append(paper.plot(d, plots_dir / f"{path.stem}_speedup.png").name)
-    for image in images:
-        lines.append(f"![{image}]({images_at}/{image})")
-    lines.append("")
-    return "\n".join(lines)
-
-
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--readme", default=str(ROOT / "docs" / "results.md"),
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--readme", default=str(RESULTS_MD),
                         help="the Markdown file whose results markers are rewritten")
     parser.add_argument("--plots-dir", default=str(RESULTS))
-    args = parser.parse_args()
-    readme = Path(args.readme)
-    text = readme.read_text()
-    if START not in text or END not in text:
-        sys.exit(f"{readme} has no {START} ... {END} section")
-    head, rest = text.split(START, 1)
-    _, tail = rest.split(END, 1)
-    body = render(Path(args.plots_dir), image_dir(readme))
-    readme.write_text(head + START + "\n" + body + END + tail)
-    print("rendered", readme)
+    args = parser.parse_args(argv)
+    print("rendered", write_results_md(Path(args.readme), Path(args.plots_dir)))
 
 
 if __name__ == "__main__":

@@ -9,23 +9,29 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks import trace_sim
+from benchmarks import trace_sim_drive, trace_sim_model
+from benchmarks.tests import suite_env
 from vllm_prepack.config import PrepackConfig
 
-RESULTS = Path(__file__).resolve().parents[1] / "benchmarks" / "results"
+RESULTS = Path(__file__).resolve().parents[1] / "results"
 STEPS = RESULTS / "trace_llm_8b_b2048_4x_h200_steps.json"
 
 
-def _requests(n: int = 60, rate: float = 400.0) -> list[trace_sim.Request]:
+
+@pytest.fixture(scope="session")
+def tiny_model() -> str:
+    return suite_env.tiny_model()
+
+def _requests(n: int = 60, rate: float = 400.0) -> list[trace_sim_drive.Request]:
     # Prompts of mixed lengths arriving faster than the engine drains them: a queue forms.
     lengths = [(17 * i) % 400 + 8 for i in range(n)]
-    return [trace_sim.Request(i / rate, p, 4 + i % 5) for i, p in enumerate(lengths)]
+    return [trace_sim_drive.Request(i / rate, p, 4 + i % 5) for i, p in enumerate(lengths)]
 
 
-def _run(tiny_model: str, arm: str, **kw) -> trace_sim.Run:
-    return trace_sim.simulate(arm, _requests(), model=tiny_model, budget=256, max_num_seqs=8,
+def _run(tiny_model: str, arm: str, **kw) -> trace_sim_drive.Run:
+    return trace_sim_drive.simulate(arm, _requests(), model=tiny_model, budget=256, max_num_seqs=8,
                               num_blocks=512, max_model_len=1024,
-                              step_model=trace_sim.STEP_MODELS["llama-3.1-8b"], cpu_scale=0.0,
+                              step_model=trace_sim_model.STEP_MODELS["llama-3.1-8b"], cpu_scale=0.0,
                               seed=0, **kw)
 
 
@@ -36,7 +42,7 @@ def test_every_request_gets_its_first_token_and_every_output(tiny_model, arm):
     assert len(run.ttft) == len(reqs)
     assert run.output_tokens == sum(r.output_len for r in reqs)
     assert all(t > 0 for t in run.ttft.values())
-    m = trace_sim.metrics(run)
+    m = trace_sim_drive.metrics(run)
     assert m["ttft_p50_s"] <= m["ttft_p99_s"] and m["throughput_tok_s"] > 0
     if arm != "stock":  # our scheduler ran: its observer counted the admissions
         assert run.counters["admitted"] == len(reqs)
@@ -55,21 +61,21 @@ def test_the_simulator_is_deterministic_without_scheduler_cpu_time(tiny_model):
 
 
 def test_arm_names_and_errors():
-    assert trace_sim.arm_options("stock") is None
-    assert trace_sim.arm_options("stretch4q0") == {"stretch": 4.0, "tail_quantile": 0.0}
-    assert trace_sim.arm_options("stretch2") == {"stretch": 2.0}
+    assert trace_sim_drive.arm_options("stock") is None
+    assert trace_sim_drive.arm_options("stretch4q0") == {"stretch": 4.0, "tail_quantile": 0.0}
+    assert trace_sim_drive.arm_options("stretch2") == {"stretch": 2.0}
     with pytest.raises(ValueError, match="unknown arm 'lifo'; accepted: stock"):
-        trace_sim.arm_options("lifo")
-    for options in trace_sim.ARMS.values():  # every arm is a valid configuration
+        trace_sim_drive.arm_options("lifo")
+    for options in trace_sim_drive.ARMS.values():  # every arm is a valid configuration
         PrepackConfig.from_dict(options or {})
 
 
 def test_step_model_fit_on_the_h200_step_timings():
-    model, fit = trace_sim.fit_step_model(json.loads(STEPS.read_text()))
+    model, fit = trace_sim_model.fit_step_model(json.loads(STEPS.read_text()))
     assert fit["steps"] > 1000 and abs(fit["total_time_error"]) < 1e-6
     for value in (model.base, model.per_token, model.per_decode):
         assert math.isfinite(value)
     assert 0.005 < model.base < 0.05 and model.per_token > 0
-    committed = trace_sim.STEP_MODELS["llama-3.1-8b"]
+    committed = trace_sim_model.STEP_MODELS["llama-3.1-8b"]
     assert committed.base == pytest.approx(model.base, rel=0.02)
     assert committed.per_token == pytest.approx(model.per_token, rel=0.02)

@@ -1,0 +1,187 @@
+"""Serving A/B servers: one ``vllm serve`` per arm (at most one at a time on CPU), checked for
+the scheduler class its engine core built and warmed up; its ``/metrics`` counters."""
+
+from __future__ import annotations
+
+import ast
+import contextlib
+import json
+import random
+import re
+import shlex
+import time
+import urllib.request
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+from tests.harness.server import Server, http_get
+
+ARMS = ("stock", "prepack")
+EXPECTED_CLASSES = {
+    "stock": ("vllm.v1.core.sched.scheduler.Scheduler",
+              "vllm.v1.core.sched.async_scheduler.AsyncScheduler"),
+    "prepack": ("vllm_prepack.adapters.scheduler.PrepackSyncScheduler",
+                "vllm_prepack.adapters.scheduler.PrepackAsyncScheduler"),
+}
+COUNTERS = ("vllm:prompt_tokens_total", "vllm:generation_tokens_total",
+            "vllm:request_success_total:length", "vllm:request_success_total:stop",
+            "vllm:request_success_total:abort", "vllm:request_success_total:error",
+            "vllm:num_preemptions_total", "vllm:prefix_cache_hits_total",
+            "vllm:time_to_first_token_seconds_sum", "vllm:time_to_first_token_seconds_count")
+GAUGES = ("vllm:num_requests_running", "vllm:num_requests_waiting")
+
+
+def log_facts(log: str) -> dict:
+    """What the server log says it ran: vLLM's parsed non-default args and engine config."""
+    facts: dict = {}
+    m = re.search(r"non-default args: (\{.*\})$", log, re.M)
+    if m:
+        try:
+            facts["non_default_args"] = ast.literal_eval(m.group(1))
+        except (ValueError, SyntaxError):
+            facts["non_default_args"] = m.group(1)
+    m = re.search(r"Initializing a V1 LLM engine .*? with config: (.*)$", log, re.M)
+    if m:
+        facts["engine_config"] = m.group(1)
+    return facts
+
+
+def scrape(url: str) -> dict[str, float]:
+    """Selected ``/metrics`` series, summed over labels (request_success by reason)."""
+    values: dict[str, float] = {}
+    for line in http_get(url + "/metrics").splitlines():
+        if not line.startswith("vllm:"):
+            continue
+        name, _, rest = line.partition("{")
+        labels, _, value = rest.rpartition("} ") if rest else ("", "", line.split()[-1])
+        name = name.split()[0]
+        if name == "vllm:request_success_total":
+            reason = re.search(r'finished_reason="(\w+)"', labels)
+            name = f"{name}:{reason.group(1) if reason else 'unknown'}"
+        if name in COUNTERS or name in GAUGES:
+            with contextlib.suppress(ValueError):
+                values[name] = values.get(name, 0.0) + float(value)
+    return values
+
+
+def metrics_delta(before: dict[str, float], after: dict[str, float]) -> dict:
+    out = {k: after.get(k, 0.0) - before.get(k, 0.0) for k in COUNTERS}
+    out.update({k + " (after)": after.get(k) for k in GAUGES})
+    count = out["vllm:time_to_first_token_seconds_count"]
+    out["server_ttft_mean_ms"] = (
+        1000 * out["vllm:time_to_first_token_seconds_sum"] / count if count else None)
+    return out
+
+
+def warmup(url: str, model: str, count: int, lengths: Sequence[int], output_len: int,
+           seed: int) -> None:
+    """``count`` concurrent completions of the mix's lengths, not measured."""
+    if count <= 0:
+        return
+    rng = random.Random(f"warmup/{seed}")
+    picks = [lengths[rng.randrange(len(lengths))] for _ in range(count)]
+
+    def one(length: int) -> None:
+        body = {"model": model, "prompt": [rng.randrange(10, 500) for _ in range(length)],
+                "max_tokens": output_len, "ignore_eos": True, "temperature": 0}
+        req = urllib.request.Request(url + "/v1/completions", data=json.dumps(body).encode(),
+                                     headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(req, timeout=600) as r:
+            r.read()
+
+    with ThreadPoolExecutor(max_workers=count) as pool:
+        list(pool.map(one, picks))
+
+
+
+def wait_for_counts(url: str, before: dict[str, float], requests: int,
+                    timeout: float = 10) -> dict[str, float]:
+    """``/metrics`` after a run, once the finished-request counters have caught up."""
+    deadline = time.monotonic() + timeout
+    while True:
+        after = scrape(url)
+        done = sum(after.get(k, 0.0) - before.get(k, 0.0) for k in COUNTERS
+                   if k.startswith("vllm:request_success_total"))
+        if done >= requests or time.monotonic() > deadline:
+            return after
+        time.sleep(0.2)
+
+
+
+def serve_args(arm: str, args: Any, gpu_util: float | None,
+               stats_path: Path) -> list[str]:
+    """``vllm serve`` arguments of one arm (host and port are added per start)."""
+    caching = {"off": ["--no-enable-prefix-caching"], "on": ["--enable-prefix-caching"],
+               "default": []}[args.prefix_caching]
+    argv = [args.model, *caching, *shlex.split(args.serve_args)]
+    if args.model_shape:
+        argv += ["--load-format", "dummy", "--tokenizer", args.tokenizer]
+    if gpu_util is not None:
+        argv += ["--gpu-memory-utilization", str(gpu_util)]
+    if arm == "prepack":
+        argv += ["--scheduler", "prepack", *shlex.split(args.prepack_args),
+                 "--prepack-stats-path", str(stats_path)]
+    return argv
+
+
+class Pool:
+    """At most one server per arm; with ``one_at_a_time`` at most one server at all."""
+
+    def __init__(self, args: Any, workdir: Path, one_at_a_time: bool,
+                 gpu_util: float | None, lengths: Sequence[int], output_len: int):
+        self.args, self.workdir, self.one_at_a_time = args, workdir, one_at_a_time
+        self.lengths, self.output_len, self.gpu_util = lengths, output_len, gpu_util
+        self.stats_path = workdir / "prepack_stats.jsonl"
+        self.argv = {arm: serve_args(arm, args, gpu_util, self.stats_path) for arm in ARMS}
+        self.servers: dict[str, Server] = {}
+        self.starts: dict[str, list[dict]] = {arm: [] for arm in ARMS}
+        self.facts: dict[str, dict] = {}
+
+    def get(self, arm: str) -> Server:
+        server = self.servers.get(arm)
+        if server is not None and server.alive():
+            return server
+        if self.one_at_a_time:
+            for other in list(self.servers):
+                self.stop(other)
+        index = len(self.starts[arm])
+        server = Server(arm, self.argv[arm], self.workdir / f"server_{arm}_{index}.log")
+        self.servers[arm] = server
+        ready_s = server.wait_ready(self.args.start_timeout)
+        cls = server.scheduler_class()
+        if cls not in EXPECTED_CLASSES[arm]:
+            self.stop(arm)
+            raise RuntimeError(f"{arm}: engine core scheduler class {cls!r}, expected one of "
+                               f"{EXPECTED_CLASSES[arm]}; log {server.log_path}")
+        t0 = time.monotonic()
+        warmup(server.url, self.args.model, self.args.warmup, self.lengths, self.output_len,
+               index)
+        self.starts[arm].append({"port": server.port, "ready_s": round(ready_s, 2),
+                                 "warmup_s": round(time.monotonic() - t0, 2),
+                                 "scheduler_class": cls, "log": str(server.log_path)})
+        self.facts.setdefault(arm, log_facts(server.log()))
+        print(f"[{arm}] server ready in {ready_s:.1f}s, scheduler class {cls}", flush=True)
+        return server
+
+    def stop(self, arm: str) -> None:
+        server = self.servers.pop(arm, None)
+        if server is not None:
+            server.stop()
+
+    def stop_all(self) -> None:
+        for arm in list(self.servers):
+            self.stop(arm)
+
+    def describe(self) -> dict:
+        out = {}
+        for arm in ARMS:
+            classes = sorted({s["scheduler_class"] for s in self.starts[arm]})
+            out[arm] = {"serve_command": ["vllm", "serve", *self.argv[arm], "--host",
+                                          "127.0.0.1", "--port", "<free port>"],
+                        "serve_args": self.argv[arm],
+                        "scheduler_class": classes[0] if len(classes) == 1 else classes,
+                        "starts": self.starts[arm], **self.facts.get(arm, {})}
+        return out
+

@@ -1,0 +1,176 @@
+"""Serving A/B results: per load factor each arm's spread and the prepack/stock paired ratios
+(:mod:`benchmarks.analysis`), the markdown section and the plots."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+from benchmarks import analysis, report
+from benchmarks.serve_pool import ARMS
+
+BASELINE = "stock"
+RATIO_METRICS = {  # bench result key: higher is better
+    "mean_ttft_ms": False, "median_ttft_ms": False, "p99_ttft_ms": False,
+    "mean_tpot_ms": False, "request_throughput": True, "request_goodput": True,
+    "output_throughput": True,
+}
+
+
+def aggregate(runs: list[dict], load_factors: Sequence[float], reps: int) -> dict:
+    """Per load factor: each arm's spread over repetitions, and prepack/stock ratios over the
+    repetitions where both arms completed."""
+    out: dict = {}
+    for lf in load_factors:
+        by = {(r["arm"], r["rep"]): r for r in runs
+              if r.get("load_factor") == lf and r.get("ok")}
+        per_arm = {}
+        for arm in ARMS:
+            rows = [by[(arm, rep)]["bench"] for rep in range(reps) if (arm, rep) in by]
+            per_arm[arm] = {m: analysis.spread([row[m] for row in rows])
+                            for m in [*RATIO_METRICS, "total_token_throughput"]
+                            if rows and all(row.get(m) is not None for row in rows)}
+        paired = [rep for rep in range(reps) if ("stock", rep) in by and ("prepack", rep) in by]
+        rows = {arm: [by[(arm, rep)]["bench"] for rep in paired] for arm in ARMS}
+        ratios = analysis.compare(rows, BASELINE, RATIO_METRICS)["prepack"]
+        out[f"{lf:g}"] = {"paired_reps": len(paired), "per_arm": per_arm,
+                          "ratios_prepack_vs_stock": ratios}
+    return out
+
+
+# -- report ---------------------------------------------------------------------------------
+
+
+def _mean(per_arm: dict, metric: str, fmt: str) -> str:
+    s = per_arm.get(metric)
+    return format(s["mean"], fmt) if s else "-"
+
+
+def _per_rank_line(result: dict) -> str:
+    """Data parallel: the prepack arm's per-rank statistics over its measured runs."""
+    ranks: dict[str, dict[str, int]] = {}
+    for run in result.get("runs", []):
+        for name, p in (run.get("packing_per_rank") or {}).items():
+            r = ranks.setdefault(name.rsplit(".", 2)[-2], {"admitted": 0, "steps": 0,
+                                                            "throttled_steps": 0})
+            for k in r:
+                r[k] += p.get(k, 0)
+    if not ranks:
+        return ""
+    return " Prepack statistics per DP rank over the measured runs: " + "; ".join(
+        f"{rank} admitted {r['admitted']}, {r['steps']} steps, {r['throttled_steps']} "
+        "throttled" for rank, r in sorted(ranks.items())) + "."
+
+
+def _workload_words(w: dict) -> str:
+    if w.get("arrival") == "trace":
+        return (f"{w['source']} requests {w['start']}..{w['start'] + w['n'] - 1} ({w['n']} "
+                f"requests, prompts {w['mean_len']:.0f} tokens mean, {w['clipped_prompts']} "
+                f"clipped; outputs {w['mean_output_len']:.0f} mean) at the trace's "
+                f"inter-arrival times, compressed to each load. Data: {w['attribution']}")
+    return (f"{w['name']} mix, {w['n']} requests, padding {w['padding_ratio']:.1f}x, output "
+            f"{w['output_len']} tokens, Poisson arrivals")
+
+
+def render_section(result: dict) -> str:
+    """A markdown section: setup line and one row per load factor and arm."""
+    w = result["workload"]
+    slo = result.get("slo") or {}
+    sat = result.get("saturation") or {}
+    shape = result.get("model_shape") or Path(result["model"]).name
+    arms = result.get("arms", {})
+    classes = ", ".join(f"{a}: `{str(arms.get(a, {}).get('scheduler_class')).rsplit('.', 1)[-1]}`"
+                        for a in ARMS)
+    lines = [
+        f"#### Serving A/B, {shape} ({result['device']}, vLLM {result['vllm']}, "
+        f"commit {str(result['git_commit'])[:10]}, {result['repetitions']} reps"
+        + ("" if result.get("status", "complete") == "complete" else f"; {result['status']}")
+        + ")", "",
+        f"`vllm bench serve` timed trace: {_workload_words(w)}. Saturation (stock, all at t=0): "
+        f"{sat.get('request_throughput', float('nan')):.2f} req/s. TTFT SLO "
+        f"{slo.get('ttft_ms', float('nan')):.0f} ms ({slo.get('source')}). "
+        f"Scheduler classes: {classes}.{_per_rank_line(result)}", "",
+        "| load | rate req/s | arm | req/s | goodput req/s | TTFT mean ms | TTFT p99 ms | "
+        "TPOT mean ms | TTFT mean vs stock | TTFT p99 vs stock | goodput vs stock |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for lf, agg in result.get("per_load", {}).items():
+        rate = result.get("rates", {}).get(lf)
+        ratios = agg["ratios_prepack_vs_stock"]
+        for arm in ARMS:
+            pa = agg["per_arm"].get(arm, {})
+            own = arm != BASELINE
+            lines.append(
+                f"| {lf}x | {rate:.2f} | {arm} | {_mean(pa, 'request_throughput', '.2f')} | "
+                f"{_mean(pa, 'request_goodput', '.2f')} | {_mean(pa, 'mean_ttft_ms', '.1f')} | "
+                f"{_mean(pa, 'p99_ttft_ms', '.1f')} | {_mean(pa, 'mean_tpot_ms', '.1f')} | "
+                f"{report.fmt_ratio(ratios.get('mean_ttft_ms')) if own else '1'} | "
+                f"{report.fmt_ratio(ratios.get('p99_ttft_ms')) if own else '1'} | "
+                f"{report.fmt_ratio(ratios.get('request_goodput')) if own else '1'} |")
+    lines.append("")
+    return "\n".join(lines)
+
+
+def plot(result: dict, path: str | Path) -> Path:
+    """TTFT mean and goodput against load factor, one line per arm (bars: min-max of reps)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    per_load = result.get("per_load", {})
+    fig, axes = plt.subplots(1, 2, figsize=(8, 3.2))
+    for ax, metric, label in ((axes[0], "mean_ttft_ms", "TTFT mean (ms)"),
+                              (axes[1], "request_goodput", "goodput (req/s within SLO)")):
+        for arm in ARMS:
+            xs, ys, lo, hi = [], [], [], []
+            for lf, agg in per_load.items():
+                s = agg["per_arm"].get(arm, {}).get(metric)
+                if s:
+                    xs.append(float(lf))
+                    ys.append(s["mean"])
+                    lo.append(s["mean"] - s["min"])
+                    hi.append(s["max"] - s["mean"])
+            if xs:
+                ax.errorbar(xs, ys, yerr=[lo, hi], marker="o", capsize=3, label=arm)
+        ax.set_xlabel("load (x stock saturation rate)", fontsize=8)
+        ax.set_ylabel(label, fontsize=8)
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=7)
+    slo = (result.get("slo") or {}).get("ttft_ms")
+    fig.suptitle(f"Serving A/B: {result.get('model_shape') or Path(result['model']).name}, "
+                 f"TTFT SLO {slo or float('nan'):.0f} ms ({result['device']})", fontsize=9)
+    fig.tight_layout()
+    return report.save_figure(fig, path)
+
+
+def plot_cdf(result: dict, path: str | Path) -> Path:
+    """TTFT CDFs, one panel per load factor, one line per arm (all repetitions pooled)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    loads = sorted({r["load_factor"] for r in result.get("runs", []) if r.get("ok")})
+    fig, axes = plt.subplots(1, max(1, len(loads)), figsize=(3.2 * max(1, len(loads)), 3),
+                             squeeze=False)
+    for ax, lf in zip(axes[0], loads):
+        for arm in ARMS:
+            ttft = sorted(t for r in result["runs"] if r.get("ok") and r["arm"] == arm
+                          and r["load_factor"] == lf for t in r["bench"]["ttfts_s"])
+            if ttft:
+                ax.plot(ttft, [i / len(ttft) for i in range(1, len(ttft) + 1)], label=arm)
+        ax.set_xscale("log")
+        ax.set_title(f"{lf:g}x saturation", fontsize=9)
+        ax.set_xlabel("TTFT (s)", fontsize=8)
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel("share of requests")
+    axes[0][-1].legend(fontsize=7)
+    fig.suptitle(f"Serving TTFT CDF: {result.get('model_shape') or Path(result['model']).name}"
+                 f" ({result['device']})", fontsize=9)
+    if result.get("workload", {}).get("arrival") == "trace":
+        fig.text(0.01, 0.01, "Data: Azure LLM inference trace 2023 (conversation), CC-BY 4.0",
+                 fontsize=6)
+    fig.tight_layout(rect=(0, 0.05, 1, 1))
+    return report.save_figure(fig, path)
+

@@ -1,0 +1,197 @@
+"""One serving A/B run: ``vllm bench serve`` (vLLM's own client, in the long-lived
+:mod:`benchmarks.bench_client` process) replays a trace against one arm; the checks a run must
+pass, the ``/metrics`` cross-check and the prepack arm's packing statistics."""
+
+from __future__ import annotations
+
+import json
+import shlex
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+from benchmarks.serve_pool import Pool, metrics_delta, scrape, wait_for_counts
+from benchmarks.serve_traces import CHUNK
+from tests.harness.server import Server, child_env, vllm_command
+from vllm_prepack.stats import judges_plan
+
+ROOT = Path(__file__).resolve().parents[1]
+BENCH_DROP = (  # per-request lists (TTFTs are kept apart), and rate fields a self-timed
+    # replay ignores
+    "input_lens", "output_lens", "ttfts", "itls", "latencies", "start_times", "queue_times",
+    "generated_texts", "errors", "request_rate", "burstiness")
+
+
+class BenchClient:
+    """``vllm bench serve`` runs in one long-lived process (:mod:`benchmarks.bench_client`):
+    vLLM's client code and tokenizer load once instead of once per run."""
+
+    def __init__(self) -> None:
+        self.proc: subprocess.Popen | None = None
+
+    def _start(self) -> subprocess.Popen:
+        proc = subprocess.Popen([sys.executable, "-m", "benchmarks.bench_client"],
+                                stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                                cwd=ROOT, env=child_env(PYTHONHASHSEED="0"))
+        if json.loads(proc.stdout.readline() or "{}").get("ready") is not True:
+            raise RuntimeError("benchmarks.bench_client did not start")
+        return proc
+
+    def run(self, argv: list[str], log_path: Path, timeout: float) -> int | None:
+        """``argv`` after ``vllm bench serve``; None when it ran past ``timeout``."""
+        if self.proc is None or self.proc.poll() is not None:
+            self.proc = self._start()
+        self.proc.stdin.write(json.dumps({"argv": argv, "log": str(log_path)}) + "\n")
+        self.proc.stdin.flush()
+        with ThreadPoolExecutor(1) as pool:
+            future = pool.submit(self.proc.stdout.readline)
+            try:
+                line = future.result(timeout=timeout)
+            except TimeoutError:
+                self.close()  # a hung run: the next run gets a fresh client
+                return None
+        return json.loads(line)["returncode"] if line else 1
+
+    def close(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(timeout=30)
+        self.proc = None
+
+
+CLIENT = BenchClient()
+
+
+def bench_argv(server: Server, args: Any, trace: Path, n: int,
+               slo_ms: float | None, result_dir: Path, name: str) -> list[str]:
+    argv = [vllm_command(), "bench", "serve", "--backend", "vllm", "--base-url", server.url,
+            "--model", args.model, "--tokenizer", args.tokenizer or args.model,
+            "--dataset-name", "timed_trace", "--dataset-path", str(trace),
+            "--num-prompts", str(n), "--timed-trace-chunk-hash-size", str(CHUNK),
+            "--temperature", "0", "--percentile-metrics", "ttft,tpot,itl,e2el",
+            "--metric-percentiles", "50,90,99", "--save-result", "--save-detailed",
+            "--result-dir", str(result_dir), "--result-filename", f"{name}.json",
+            "--disable-tqdm"]
+    if slo_ms is not None:
+        argv += ["--goodput", f"ttft:{slo_ms:.3f}"]
+    return argv
+
+
+def stats_files(path: Path) -> list[Path]:
+    """The prepack arm's statistics files: ``path``, or one per data-parallel engine core
+    (``<stem>.dp<rank>.jsonl``)."""
+    return [p for p in [path, *sorted(path.parent.glob(f"{path.stem}.dp*{path.suffix}"))]
+            if p.exists()]
+
+
+def packing_summary(lines: list[str]) -> dict:
+    steps = [json.loads(line) for line in lines if line.strip()]
+    prefill = [s for s in steps if s["prefill_tokens"]]
+    planned = [s for s in steps
+               if judges_plan(s.get("planned"), s["admitted"], s.get("throttled", False))]
+    throttled = [s for s in steps if s.get("throttled")]
+    return {
+        "steps": len(steps), "prefill_steps": len(prefill),
+        "admitted": sum(s["admitted"] for s in steps),
+        "prefill_tokens": sum(s["prefill_tokens"] for s in steps),
+        "mean_prefill_fill": sum(s["fill"] for s in prefill) / len(prefill) if prefill else None,
+        "partial_prefills": sum(s["partial_prefills"] for s in steps),
+        "overtakes": sum(s["overtakes"] for s in steps),
+        "plan_adherence": (sum(bool(s["plan_adhered"]) for s in planned) / len(planned)
+                           if planned else None),
+        "planner_faults": sum(bool(s["planner_fault"]) for s in steps),
+        "throttled_steps": len(throttled),
+        "throttled_admitted": sum(s["admitted"] for s in throttled),
+        "max_oldest_wait_s": max((s["oldest_wait_s"] for s in steps), default=0.0),
+    }
+
+
+
+def check_run(bench: dict, entries: list[dict]) -> list[str]:
+    """What must hold for a run to count (empty when it does): every request completed, with
+    exactly the trace's prompt and output token counts as the server's usage records them."""
+    n = len(entries)
+    problems = []
+    if bench.get("completed") != n or bench.get("failed"):
+        problems.append(f"completed {bench.get('completed')} of {n}, failed {bench.get('failed')}")
+    if bench.get("input_lens") != [e["input_length"] for e in entries]:
+        problems.append("prompt tokens (server usage) differ from the trace's input lengths")
+    if bench.get("output_lens") != [e["output_length"] for e in entries]:
+        problems.append("output tokens (server usage) differ from the trace's output lengths")
+    return problems
+
+
+def cross_check(delta: dict, entries: list[dict]) -> list[str]:
+    """Disagreements between the server's ``/metrics`` counters and the trace (reported)."""
+    n = len(entries)
+    prompt = sum(e["input_length"] for e in entries)
+    output = sum(e["output_length"] for e in entries)
+    notes = []
+    if delta["vllm:prompt_tokens_total"] != prompt:
+        notes.append(f"/metrics prompt tokens {delta['vllm:prompt_tokens_total']:.0f} != {prompt}")
+    if delta["vllm:generation_tokens_total"] != output:
+        notes.append(f"/metrics generation tokens {delta['vllm:generation_tokens_total']:.0f} "
+                     f"!= {output}")
+    if delta["vllm:request_success_total:length"] != n:
+        notes.append(f"/metrics length-finished requests "
+                     f"{delta['vllm:request_success_total:length']:.0f} != {n}")
+    return notes
+
+
+def run_bench(pool: Pool, arm: str, trace: Path, entries: list[dict], slo_ms: float | None,
+              name: str, args: Any) -> dict:
+    """Replay one trace against one arm; the record of that run (``ok`` False: failed)."""
+    server = pool.get(arm)
+    result_dir = pool.workdir / "bench"
+    cmd = bench_argv(server, args, trace, len(entries), slo_ms, result_dir, name)
+    offsets = {path: path.stat().st_size for path in stats_files(pool.stats_path)}
+    before = scrape(server.url)
+    started = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    t0 = time.monotonic()
+    record: dict = {"name": name, "arm": arm, "started_utc": started, "trace": str(trace),
+                    "requests": len(entries), "bench_command": shlex.join(["vllm", *cmd[1:]])}
+    log_path = pool.workdir / f"bench_{name}.log"
+    returncode = CLIENT.run(cmd[3:], log_path, args.max_duration_s)
+    record["wall_s"] = round(time.monotonic() - t0, 3)
+    record["bench_log"] = str(log_path)
+    raw_path = result_dir / f"{name}.json"
+    if returncode != 0 or not raw_path.exists():
+        why = (f"timed out after {args.max_duration_s}s" if returncode is None
+               else f"vllm bench serve exited {returncode}")
+        record.update(ok=False, problems=[why], bench=None)
+        print(f"RUN FAILED {name}: {why}; log {log_path}", file=sys.stderr, flush=True)
+        pool.stop(arm)  # in-flight requests would leak into the next run
+        return record
+    raw = json.loads(raw_path.read_text())
+    after = wait_for_counts(server.url, before, len(entries))
+    delta = metrics_delta(before, after)
+    problems = check_run(raw, entries)
+    notes = cross_check(delta, entries)
+    bench = {k: v for k, v in raw.items() if k not in BENCH_DROP}
+    bench["ttfts_s"] = [round(t, 6) for t in raw.get("ttfts", [])]
+    errors = [e for e in raw.get("errors", []) if e]
+    if errors:
+        bench["errors"] = errors[:5]
+    record.update(ok=not problems, problems=problems, bench=bench, metrics=delta,
+                  metrics_cross_check=notes or "agrees")
+    if arm == "prepack":
+        per_file = {}
+        for path in stats_files(pool.stats_path):
+            with open(path) as f:
+                f.seek(offsets.get(path, 0))
+                per_file[path.name] = f.read().splitlines()
+        if per_file:
+            record["packing"] = packing_summary([x for lines in per_file.values()
+                                                 for x in lines])
+        if len(per_file) > 1:  # data parallel: one file per engine core
+            record["packing_per_rank"] = {name: packing_summary(lines)
+                                          for name, lines in per_file.items()}
+    if problems:
+        print(f"RUN FAILED {name}: {'; '.join(problems)}", file=sys.stderr, flush=True)
+    if notes:
+        print(f"METRICS DISAGREE {name}: {'; '.join(notes)}", file=sys.stderr, flush=True)
+    return record
+

@@ -1,0 +1,167 @@
+"""The trace simulator's drive: vLLM's real scheduler classes (stock and ours) on a virtual
+clock, one arm over one window of requests, and the metrics of a run."""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import gc
+import random
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from unittest import mock
+
+from vllm.v1.core.sched.scheduler import Scheduler
+
+from benchmarks.trace_sim_model import StepModel, step_features
+from tests.harness.sched import make_request, make_scheduler, runner_output
+from vllm_prepack.adapters.scheduler import PrepackSyncScheduler
+
+ARMS: dict[str, dict | None] = {
+    # name: prepack options (None: stock vLLM)
+    "stock": None,
+    "stretch": {},
+    "fcfs": {"policy": "fcfs", "tail_quantile": 0},
+    "sjf": {"policy": "sjf", "tail_quantile": 0},
+    "hrrn": {"policy": "hrrn"},
+}
+
+
+def arm_options(arm: str) -> dict | None:
+    """An arm's prepack options: a name of :data:`ARMS`, or ``stretch<X>`` (stretch = X)."""
+    if arm in ARMS:
+        return ARMS[arm]
+    if arm.startswith("stretch"):  # stretch<X>[q<Q>]: stretch X, tail quantile Q
+        x, _, q = arm[len("stretch"):].partition("q")
+        try:
+            return {"stretch": float(x), **({"tail_quantile": float(q)} if q else {})}
+        except ValueError:
+            pass
+    raise ValueError(f"unknown arm {arm!r}; accepted: {', '.join(ARMS)}, stretch<X>[q<Q>]")
+
+
+@dataclass(frozen=True)
+class Request:
+    arrival: float
+    prompt_len: int
+    output_len: int
+
+
+@dataclass
+class Run:
+    ttft: dict[str, float]
+    makespan: float
+    output_tokens: int
+    steps: int
+    sched_cpu_s: float
+    counters: dict
+
+
+@contextlib.contextmanager
+def _finally(fn):
+    try:
+        yield
+    finally:
+        fn()
+
+
+class _Clock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def simulate(arm: str, requests: Sequence[Request], *, model: str, budget: int,
+             max_num_seqs: int, num_blocks: int, max_model_len: int, step_model: StepModel,
+             cpu_scale: float, seed: int, async_scheduling: bool = True,
+             prefix_caching: bool = True, options: dict | None = None) -> Run:
+    """One arm over ``requests`` (sorted by arrival); fresh random prompts per ``seed``."""
+    opts = arm_options(arm) if options is None else options
+    cls = Scheduler if opts is None else PrepackSyncScheduler
+    clock = _Clock()
+    rng = random.Random(seed)
+    gc.collect()
+    gc.disable()  # a collector pause would be charged to one step as scheduler time
+    with mock.patch("time.time", clock), _finally(gc.enable):
+        scheduler = make_scheduler(
+            cls, model, budget=budget, max_num_seqs=max_num_seqs, num_blocks=num_blocks,
+            prefix_caching=prefix_caching, max_model_len=max_model_len,
+            additional_config={"prepack": opts or {}})
+        pending = list(requests)
+        arrival = {}
+        ttft: dict[str, float] = {}
+        i = steps = out_tokens = 0
+        cpu = 0.0
+        while i < len(pending) or scheduler.has_unfinished_requests():
+            while i < len(pending) and pending[i].arrival <= clock.now:
+                r = pending[i]
+                req_id = f"r{i}"
+                prompt = [rng.randrange(10, 30000) for _ in range(r.prompt_len)]
+                scheduler.add_request(make_request(prompt, max_tokens=r.output_len,
+                                                   arrival=r.arrival, req_id=req_id))
+                arrival[req_id] = r.arrival
+                i += 1
+            if not scheduler.has_unfinished_requests():
+                clock.now = pending[i].arrival
+                continue
+            c0 = time.thread_time()
+            out = scheduler.schedule()
+            c1 = time.thread_time()
+            features = step_features(scheduler, out)
+            runner = runner_output(scheduler, out)
+            c2 = time.thread_time()
+            scheduler.update_from_output(out, runner)
+            c3 = time.thread_time()
+            host = (c1 - c0 + c3 - c2) * cpu_scale
+            gpu = step_model.seconds(features) if out.total_num_scheduled_tokens else 0.0
+            clock.now += max(gpu, host) if async_scheduling else gpu + host
+            cpu += c1 - c0
+            steps += 1
+            for req_id, sampled in zip(runner.req_ids, runner.sampled_token_ids):
+                if sampled:
+                    out_tokens += 1
+                    ttft.setdefault(req_id, clock.now - arrival[req_id])
+    observer = getattr(scheduler, "prepack_observer", None)
+    counters = {} if observer is None else {
+        k: v for k, v in observer.summary().items() if isinstance(v, (int, float))}
+    first = requests[0].arrival if requests else 0.0
+    return Run(ttft=ttft, makespan=clock.now - first, output_tokens=out_tokens, steps=steps,
+               sched_cpu_s=cpu, counters=counters)
+
+
+def percentile(values: Sequence[float], q: float) -> float:
+    s = sorted(values)
+    return s[min(len(s) - 1, int(round(q / 100 * (len(s) - 1))))]
+
+
+def metrics(run: Run) -> dict:
+    t = list(run.ttft.values())
+    return {"ttft_mean_s": sum(t) / len(t), "ttft_p50_s": percentile(t, 50),
+            "ttft_p99_s": percentile(t, 99), "throughput_tok_s": run.output_tokens / run.makespan,
+            "makespan_s": run.makespan, "steps": run.steps, "completed": len(t),
+            "sched_cpu_us_per_step": 1e6 * run.sched_cpu_s / max(1, run.steps),
+            **{f"prepack_{k}": v for k, v in run.counters.items()
+               if k in ("split_prompts", "overtakes", "planner_faults", "max_oldest_wait_s")}}
+
+
+def compressed(window: Sequence[Request], rate: float) -> list[Request]:
+    """``window`` with its time axis scaled so that requests arrive at ``rate`` per second."""
+    span = window[-1].arrival - window[0].arrival
+    native = (len(window) - 1) / span if span > 0 else float("inf")
+    factor = native / rate
+    t0 = window[0].arrival
+    return [dataclasses.replace(r, arrival=(r.arrival - t0) * factor) for r in window]
+
+
+def window_requests(w) -> list[Request]:
+    """A :class:`benchmarks.trace.TraceWorkload` as simulator requests."""
+    return [Request(a, p, o) for a, p, o in zip(w.arrivals, w.lengths, w.output_lens)]
+
+
+def saturation(requests: Sequence[Request], **kw) -> float:
+    """Stock's completed requests per second with the whole window sent at once."""
+    run = simulate("stock", [dataclasses.replace(r, arrival=0.0) for r in requests], **kw)
+    return len(run.ttft) / run.makespan
