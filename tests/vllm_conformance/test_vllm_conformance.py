@@ -4,8 +4,8 @@ stock vLLM and against each prepack subclass.
 Stock must pass every test. With ``PrepackSyncScheduler`` in place of ``Scheduler`` (arm
 ``sync``) and ``PrepackAsyncScheduler`` in place of ``AsyncScheduler`` (arm ``async``), every
 test passes except those listed in ``expected_differences_<release>.txt`` for that arm, each
-with its reason; a listed test that passes fails the run too (the list must stay true). Each arm runs
-in its own pytest process, in the extracted tree (vLLM's tests import themselves as
+with its reason; a listed test that passes fails the run too (the list must stay true). Each
+arm runs in its own pytest process, in the extracted tree (vLLM's tests import themselves as
 ``tests.*``).
 """
 
