@@ -12,7 +12,7 @@ import pytest
 from vllm_prepack.adapters import cli
 from vllm_prepack.config import PrepackConfig
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 README = ROOT / "README.md"
 DOCS = [README, *sorted((ROOT / "docs").glob("*.md")), ROOT / "patches" / "README.md"]
 
