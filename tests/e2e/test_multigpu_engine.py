@@ -31,19 +31,27 @@ def test_tensor_parallel_2_token_identical_with_packed_path_on_every_rank(
 ):
     import subprocess
 
-    out = tmp_path / "eq.json"
-    cmd = [sys.executable, "-m", "benchmarks.equivalence", "--model", tiny_model,
-           "--arms", "stock,prepack-packed", "--tensor-parallel-size", "2", "--n", "24",
-           "--max-len", "1000", "--max-tokens", "8", "--engine-args", json.dumps(ENGINE_ARGS),
-           "--out", str(out)]
-    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600,
-                          env=subprocess_env(**BIND_TWO_RANKS))
-    assert proc.returncode == 0 and out.exists(), proc.stdout[-3000:] + proc.stderr[-3000:]
-    d = json.loads(out.read_text())
-    assert d["engine_args"]["tensor_parallel_size"] == 2
-    cmp = d["comparisons"]["stock vs prepack-packed"]
-    assert cmp["token_identical"] and cmp["outputs"] == 24, cmp
-    stock, ours = d["runs"]["stock"], d["runs"]["prepack-packed"]
+    # Each arm in its own process (one engine per process, as the TP workers bind cores), the
+    # same engine arguments for both, tensor_parallel_size=2: tests/harness/equivalence.py.
+    engine_args = json.dumps({**ENGINE_ARGS, "tensor_parallel_size": 2})
+    runs = {}
+    for arm, options in (("stock", None), ("prepack-packed", {"packed_attention": "on"})):
+        out = tmp_path / f"{arm}.json"
+        cmd = [sys.executable, "-m", "tests.harness.equivalence", "--model", tiny_model,
+               "--engine-args", engine_args, "--n", "24", "--max-len", "1000",
+               "--max-tokens", "8", "--out", str(out)]
+        if options is not None:
+            cmd += ["--prepack-options", json.dumps(options)]
+        proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600,
+                              env=subprocess_env(**BIND_TWO_RANKS))
+        assert proc.returncode == 0 and out.exists(), proc.stdout[-3000:] + proc.stderr[-3000:]
+        runs[arm] = json.loads(out.read_text())
+    stock, ours = runs["stock"], runs["prepack-packed"]
+    for run in (stock, ours):
+        assert run["engine_kwargs"]["tensor_parallel_size"] == 2
+        assert run["tensor_parallel_size"] == 2
+    assert len(stock["tokens"]) == len(ours["tokens"]) == 24
+    assert ours["tokens"] == stock["tokens"]  # token-identical greedy outputs
     assert stock["scheduler_class"] == "vllm.v1.core.sched.scheduler.Scheduler"
     assert ours["scheduler_class"].endswith("PrepackSyncScheduler")
     assert sorted(r["tp_rank"] for r in ours["ranks"]) == [0, 1]
