@@ -7,11 +7,7 @@ import gc
 import pytest
 
 import vllm_prepack
-from tests.harness.env import (
-    ENGINE_ARGS,
-    MAX_MODEL_LEN,
-    random_prompts,
-)
+from tests.harness.env import ENGINE_ARGS, MAX_MODEL_LEN, random_prompts
 from vllm_prepack.adapters import attention
 
 vllm_prepack.register()

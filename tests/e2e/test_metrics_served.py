@@ -7,10 +7,7 @@ import time
 
 import pytest
 
-from tests.harness.env import (
-    MAX_MODEL_LEN,
-    random_prompts,
-)
+from tests.harness.env import MAX_MODEL_LEN, random_prompts
 from tests.harness.server import serve
 from vllm_prepack import metrics
 

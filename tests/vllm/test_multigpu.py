@@ -9,11 +9,7 @@ import time
 from vllm.v1.core.sched.scheduler import Scheduler
 
 from tests.harness.sched import make_request, make_scheduler, runner_output
-from vllm_prepack.adapters.scheduler import (
-    PrepackSyncScheduler,
-    data_parallel_rank,
-    make_observer,
-)
+from vllm_prepack.adapters.scheduler import PrepackSyncScheduler, data_parallel_rank, make_observer
 from vllm_prepack.config import PrepackConfig
 
 # -- data-parallel prefill throttling (vLLM's prefill_schedule_interval) --------------------

@@ -8,10 +8,7 @@ import importlib.metadata as md
 import re
 import textwrap
 
-from tests.harness.env import (
-    ROOT,
-    run_python,
-)
+from tests.harness.env import ROOT, run_python
 
 PATCHES = sorted((ROOT / "patches").glob("*.patch"))
 

@@ -11,13 +11,7 @@ from vllm.v1.core.sched.async_scheduler import AsyncScheduler
 from vllm.v1.core.sched.scheduler import Scheduler
 from vllm.v1.request import RequestStatus
 
-from tests.harness.sched import (
-    bimodal_prompts,
-    drain,
-    make_request,
-    make_scheduler,
-    runner_output,
-)
+from tests.harness.sched import bimodal_prompts, drain, make_request, make_scheduler, runner_output
 from vllm_prepack.adapters.scheduler import (
     PlanQueue,
     PrepackAsyncScheduler,
