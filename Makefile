@@ -33,10 +33,11 @@ test: venv $(MODEL)/config.json
 # build, whose CPU attention ops are absent) on CPU, in its own venv. VLLM_TARGET_DEVICE=cpu
 # selects vLLM's CPU platform, which the GPU wheel cannot detect by itself.
 VENV033 ?= .venv33
-VLLM033_TESTS ?= tests/test_planner.py tests/test_scheduler.py tests/test_vllm033.py \
-	tests/test_compat.py tests/test_purity.py tests/test_metrics.py tests/test_plugin.py \
-	tests/test_multigpu.py
-VLLM033_CLI_TESTS ?= tests/test_plugin.py::test_help_lists_scheduler_and_bogus_value_fails
+VLLM033_TESTS ?= tests/unit/test_planner.py tests/unit/test_purity.py \
+	tests/vllm/test_scheduler.py tests/vllm/test_vllm033.py tests/vllm/test_compat.py \
+	tests/vllm/test_metrics.py tests/vllm/test_plugin.py tests/vllm/test_multigpu.py \
+	tests/vllm_conformance
+VLLM033_CLI_TESTS ?= tests/e2e/test_plugin_cli.py::test_help_lists_scheduler_and_bogus_value_fails
 
 venv033: $(VENV033)/.installed
 
@@ -50,8 +51,10 @@ test-vllm033: venv033
 	VLLM_TARGET_DEVICE=cpu $(VENV033)/bin/python -m pytest -ra -p no:cacheprovider \
 		$(VLLM033_CLI_TESTS)
 
+# tests/unit: no vLLM, no engine (tests/vllm: vLLM's objects without an engine; tests/e2e:
+# engines, vllm serve, the CLI).
 test-fast: venv
-	$(PY) -m pytest -ra -m "not engine and not cli and not conformance" tests benchmarks/tests
+	$(PY) -m pytest -ra tests/unit
 
 demo: venv $(MODEL)/config.json
 	$(PY) scripts/demo.py --model $(MODEL)
@@ -63,4 +66,4 @@ clean:
 	rm -rf $(VENV) $(VENV033) .models build *.egg-info
 
 soak: venv $(MODEL)/config.json
-	PREPACK_SOAK_STEPS=10000 $(PY) -m pytest -q -s tests/test_soak.py
+	PREPACK_SOAK_STEPS=10000 $(PY) -m pytest -q -s tests/vllm/test_soak.py

@@ -2,7 +2,7 @@
 
 ``register()`` is vLLM's entry point (group ``vllm.general_plugins``); vLLM calls it in the API
 server, the engine core and every worker. ``engine_kwargs()`` is the Python way to select the
-prepack scheduler: ``LLM(model, **vllm_prepack.engine_kwargs(policy="ttft"))``.
+prepack scheduler: ``LLM(model, **vllm_prepack.engine_kwargs(policy="sjf"))``.
 """
 
 from __future__ import annotations

@@ -46,7 +46,7 @@ def require_tested_version() -> None:
 # -- reads and writes of vLLM internals ---------------------------------------------------------
 # Every attribute of vLLM's objects that is not a public interface, as a named function citing
 # the vLLM source it relies on (paths under vllm/, the same in 0.32.0 and 0.33.0 unless noted).
-# The adapters call these instead of reaching into vLLM; tests/test_compat.py pins each against
+# The adapters call these instead of reaching into vLLM; tests/vllm/test_compat.py pins each against
 # the installed vLLM and checks that the adapters name none of INTERNALS themselves.
 # Still read in adapters/scheduler.py itself: the Scheduler's own queues and limits it
 # subclasses (``waiting``, which the plan swaps during ``schedule()``, ``running``,

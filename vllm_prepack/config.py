@@ -14,11 +14,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from vllm_prepack.planner import POLICIES
+
 ADDITIONAL_CONFIG_KEY = "prepack"
 STATS_PATH_ENV = "VLLM_PREPACK_STATS"
 
 SCHEDULERS = ("default", "prepack")
-POLICIES = ("stretch", "fcfs", "sjf", "hrrn")
+# POLICIES (the admission orders) is the planner's own tuple: one definition of what is accepted.
 PACKED_ATTENTION = ("auto", "on", "off")
 SCHEDULING_POLICIES = ("fcfs", "priority")
 """vLLM's ``--scheduling-policy`` values; prepack orders admission within a priority class."""

@@ -14,6 +14,8 @@ import time
 import urllib.request
 from pathlib import Path
 
+from tests.harness.env import ROOT, subprocess_env
+
 SCHEDULER_LINE = re.compile(r"Engine core scheduler class: (\S+)")
 
 
@@ -98,3 +100,32 @@ class Server:
                 os.killpg(self.proc.pid, 9)
                 self.proc.wait(timeout=30)
         self._log.close()
+
+
+class JsonServer(Server):
+    """A ``vllm serve`` process with the tests' environment (:mod:`tests.harness.env`) and a
+    JSON POST."""
+
+    def __init__(self, args: list[str], log_path: Path, **env: str) -> None:
+        super().__init__("vllm serve", args, log_path, env=subprocess_env(**env), cwd=ROOT)
+
+    def post(self, path: str, body: dict, timeout: float = 120) -> dict:
+        import json
+
+        req = urllib.request.Request(
+            self.url + path, data=json.dumps(body).encode(),
+            headers={"Content-Type": "application/json"},
+        )
+        with urllib.request.urlopen(req, timeout=timeout) as r:
+            return json.loads(r.read())
+
+
+@contextlib.contextmanager
+def serve(args: list[str], log_path: Path, **env: str):
+    """A :class:`JsonServer`, ready, stopped on exit."""
+    server = JsonServer(args, log_path, **env)
+    try:
+        server.wait_ready()
+        yield server
+    finally:
+        server.stop()

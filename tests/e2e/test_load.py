@@ -13,7 +13,9 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
-from conftest import MAX_MODEL_LEN, serve
+
+from tests.harness.env import MAX_MODEL_LEN
+from tests.harness.server import serve
 
 ARGS = ["--dtype", "float32", "--enforce-eager", "--max-model-len", str(MAX_MODEL_LEN),
         "--kv-cache-memory-bytes", str(64 << 20), "--seed", "0", "--max-num-seqs", "16",

@@ -1,5 +1,6 @@
-"""The prepack scheduler against vLLM's real Scheduler and KV cache manager (no model), its
-waiting queue (PlanQueue) on real vLLM requests, and the scheduler in a real engine."""
+"""The prepack scheduler against vLLM's real Scheduler and KV cache manager (no model), and its
+waiting queue (PlanQueue) on real vLLM requests. In a real engine:
+tests/e2e/test_scheduler_engine.py."""
 
 from __future__ import annotations
 
@@ -10,13 +11,7 @@ from vllm.v1.core.sched.async_scheduler import AsyncScheduler
 from vllm.v1.core.sched.scheduler import Scheduler
 from vllm.v1.request import RequestStatus
 
-from tests.harness.sched import (
-    bimodal_prompts,
-    drain,
-    make_request,
-    make_scheduler,
-    runner_output,
-)
+from tests.harness.sched import bimodal_prompts, drain, make_request, make_scheduler, runner_output
 from vllm_prepack.adapters.scheduler import (
     PlanQueue,
     PrepackAsyncScheduler,
@@ -465,48 +460,6 @@ def test_reset_prefix_cache_requeues_the_running_requests_in_order(tiny_model, c
     assert list(scheduler.waiting) == requests
 
 
-# -- a real engine -----------------------------------------------------------------------------
-
-
-@pytest.mark.engine
-def test_every_policy_token_identical_in_a_real_engine(tiny_model, engine_lock):
-    """Each policy, in a real CPU engine (fp32, eager): greedy output equals stock vLLM's, and
-    the engine core ran our class with its counters moving."""
-    import gc
-
-    from conftest import ENGINE_ARGS, MAX_MODEL_LEN, random_prompts
-    from vllm import LLM, SamplingParams
-    from vllm.inputs import TokensPrompt
-
-    import vllm_prepack
-
-    prompts = [TokensPrompt(prompt_token_ids=p)
-               for p in random_prompts(40, seed=9, max_len=MAX_MODEL_LEN - 8)]
-    params = SamplingParams(temperature=0, max_tokens=6)
-
-    def run(**kwargs):
-        llm = LLM(tiny_model, **ENGINE_ARGS, max_num_batched_tokens=1024, **kwargs)
-        scheduler = llm.llm_engine.engine_core.engine_core.scheduler
-        outs = [list(o.outputs[0].token_ids) for o in llm.generate(prompts, params,
-                                                                   use_tqdm=False)]
-        summary = getattr(scheduler, "prepack_observer", None)
-        result = outs, type(scheduler), summary and summary.summary()
-        del llm, scheduler
-        gc.collect()
-        return result
-
-    stock, stock_cls, _ = run()
-    assert stock_cls is Scheduler
-    for policy in ("stretch", "fcfs", "sjf", "hrrn"):
-        ours, cls, summary = run(**vllm_prepack.engine_kwargs(policy=policy))
-        assert cls is PrepackSyncScheduler
-        assert summary["planned_steps"] > 0 and summary["admitted"] == len(prompts)
-        assert summary["plan_adherence"] > 0.5
-        if policy in ("stretch", "sjf"):
-            assert summary["overtakes"] > 0  # the order really changed
-        assert ours == stock, policy
-
-
 def test_bad_options_fail_before_vllm_builds_the_scheduler(tiny_model, monkeypatch):
     from vllm_prepack.config import PrepackConfigError
 
@@ -552,45 +505,6 @@ def test_grammar_ready_request_is_not_starved(tiny_model, cls):
             break
         scheduler.update_from_output(out, runner_output(scheduler, out))
     assert admitted_at == 1, (admitted_at, old.status)
-
-
-@pytest.mark.engine
-def test_priority_policy_token_identical_in_a_real_engine(tiny_model, engine_lock):
-    """--scheduling-policy priority, requests of two priorities, in a real CPU engine (fp32,
-    eager): greedy output equals stock vLLM's with the same policy, and the engine core ran
-    our class with plans."""
-    import gc
-
-    from conftest import ENGINE_ARGS, MAX_MODEL_LEN, random_prompts
-    from vllm import LLM, SamplingParams
-    from vllm.inputs import TokensPrompt
-
-    import vllm_prepack
-
-    prompts = [TokensPrompt(prompt_token_ids=p)
-               for p in random_prompts(32, seed=11, max_len=MAX_MODEL_LEN // 2)]
-    priority = [i % 2 for i in range(len(prompts))]
-    params = SamplingParams(temperature=0, max_tokens=6)
-
-    def run(**kwargs):
-        llm = LLM(tiny_model, **ENGINE_ARGS, max_num_batched_tokens=1024,
-                  scheduling_policy="priority", **kwargs)
-        scheduler = llm.llm_engine.engine_core.engine_core.scheduler
-        outs = [list(o.outputs[0].token_ids)
-                for o in llm.generate(prompts, params, priority=priority, use_tqdm=False)]
-        observer = getattr(scheduler, "prepack_observer", None)
-        result = outs, type(scheduler), observer and observer.summary()
-        del llm, scheduler
-        gc.collect()
-        return result
-
-    stock, stock_cls, _ = run()
-    assert stock_cls is Scheduler
-    ours, cls, summary = run(**vllm_prepack.engine_kwargs())
-    assert cls is PrepackSyncScheduler
-    assert summary["planned_steps"] > 0 and summary["admitted"] == len(prompts)
-    assert ours == stock
-
 
 
 def test_lower_class_waits_while_a_higher_one_is_left_waiting(tiny_model):

@@ -31,7 +31,7 @@ def test_installed_vllm_is_supported():
 
 # -- every read of vLLM internals, pinned against the installed vLLM -----------------------------
 
-ADAPTERS = Path(__file__).resolve().parents[1] / "vllm_prepack" / "adapters"
+ADAPTERS = Path(__file__).resolve().parents[2] / "vllm_prepack" / "adapters"
 
 
 def test_adapters_read_no_vllm_internal_except_through_compat():

@@ -1,8 +1,8 @@
-"""The plugin as vLLM loads it: entry point, register(), the CLI, serving, the patches."""
+"""The plugin through vLLM's command line and engines: --help and bad options, VLLM_PLUGINS,
+bench throughput, serving, engine_kwargs, and the patches applied to a copy of vLLM."""
 
 from __future__ import annotations
 
-import importlib.metadata as md
 import re
 import shutil
 import subprocess
@@ -11,96 +11,18 @@ import textwrap
 from pathlib import Path
 
 import pytest
-from conftest import (
+
+from tests.harness.env import (
     ENGINE_ARGS,
     MAX_MODEL_LEN,
     ROOT,
     random_prompts,
-    run_python,
     run_vllm,
-    serve,
     subprocess_env,
 )
+from tests.harness.server import serve
 
 PATCHES = sorted((ROOT / "patches").glob("*.patch"))
-
-
-def test_entry_points_are_found():
-    eps = {ep.name: ep.value for ep in md.entry_points(group="vllm.general_plugins")}
-    assert eps.get("prepack") == "vllm_prepack:register"
-    named = {ep.name: ep.value for ep in md.entry_points(group="vllm.schedulers")}
-    assert named.get("prepack") == "vllm_prepack.adapters.scheduler:PrepackScheduler"
-    loggers = {ep.name: ep.value for ep in md.entry_points(group="vllm.stat_logger_plugins")}
-    assert loggers.get("prepack") == "vllm_prepack.adapters.metrics:PrepackStatLogger"
-    from vllm.plugins import load_plugins_by_group
-
-    plugins = load_plugins_by_group("vllm.general_plugins")
-    import vllm_prepack
-
-    assert plugins["prepack"] is vllm_prepack.register
-    from vllm.v1.metrics.loggers import load_stat_logger_plugin_factories
-
-    from vllm_prepack.adapters.metrics import PrepackStatLogger
-
-    assert PrepackStatLogger in load_stat_logger_plugin_factories()
-
-
-def test_register_twice_is_harmless():
-    out = run_python(textwrap.dedent("""
-        import vllm_prepack
-        from vllm.engine.arg_utils import AsyncEngineArgs, EngineArgs
-        from vllm.config.scheduler import SchedulerConfig
-        from vllm.utils.argparse_utils import FlexibleArgumentParser
-        vllm_prepack.register()
-        add, frm = EngineArgs.add_cli_args, EngineArgs.from_cli_args
-        get = SchedulerConfig.get_scheduler_cls
-        vllm_prepack.register()
-        assert EngineArgs.add_cli_args is add and SchedulerConfig.get_scheduler_cls is get
-        assert EngineArgs.from_cli_args.__func__ is frm.__func__
-        parser = AsyncEngineArgs.add_cli_args(FlexibleArgumentParser())
-        n = sum("--scheduler" in a.option_strings for a in parser._actions)
-        print("scheduler options:", n)
-    """))
-    assert out.returncode == 0, out.stderr
-    assert "scheduler options: 1" in out.stdout
-
-
-def test_untested_vllm_version_warns_and_patches_nothing():
-    out = run_python(textwrap.dedent("""
-        import vllm
-        vllm.__version__ = "0.99.0"
-        import vllm_prepack
-        from vllm.engine.arg_utils import EngineArgs
-        from vllm.config.scheduler import SchedulerConfig
-        add, get = EngineArgs.add_cli_args, SchedulerConfig.get_scheduler_cls
-        vllm_prepack.register(); vllm_prepack.register()
-        assert EngineArgs.add_cli_args is add and SchedulerConfig.get_scheduler_cls is get
-        from vllm_prepack import adapters
-        assert not adapters.installed_hooks()
-        try:
-            vllm_prepack.engine_kwargs()
-        except Exception as e:
-            print("engine_kwargs error:", e)
-    """), VLLM_PLUGINS="")
-    assert out.returncode == 0, out.stderr
-    log = out.stdout + out.stderr
-    assert len(re.findall(r"installed vLLM is 0\.99\.0", log)) == 2, log  # one warning + error
-    assert "engine_kwargs error:" in log and "0.32" in log and "0.33" in log
-
-
-def test_untested_version_cli_prepack_fails_naming_both_versions(tiny_model):
-    code = textwrap.dedent(f"""
-        import sys, vllm
-        vllm.__version__ = "0.99.0"
-        from vllm.entrypoints.cli.main import main
-        sys.argv = ["vllm", "serve", {tiny_model!r}, "--scheduler", "prepack"]
-        main()
-    """)
-    out = run_python(code)
-    log = out.stdout + out.stderr
-    assert out.returncode != 0
-    assert "0.99.0" in log and "0.32" in log and "0.33" in log, log
-    assert "--scheduler prepack" in log, log
 
 
 @pytest.mark.cli
@@ -285,12 +207,6 @@ def _patched_vllm(tmp_path: Path) -> Path:
                              capture_output=True, text=True)
         assert out.returncode == 0, f"{patch.name} does not apply:\n{out.stdout}{out.stderr}"
     return root
-
-
-def test_runtime_hooks_equal_patches():
-    from vllm_prepack.adapters import HOOKS
-
-    assert {p.stem for p in PATCHES} == set(HOOKS)
 
 
 @pytest.mark.cli

@@ -5,7 +5,7 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
-from conftest import ROOT, run_python
+from tests.harness.env import ROOT, run_python
 
 PACKAGE = ROOT / "vllm_prepack"
 GLUE = {"compat.py", "log.py", "__init__.py"}  # __init__ reaches vLLM only through compat

@@ -12,7 +12,7 @@ import pytest
 from vllm_prepack.adapters import cli
 from vllm_prepack.config import PrepackConfig
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 README = ROOT / "README.md"
 DOCS = [README, *sorted((ROOT / "docs").glob("*.md")), ROOT / "patches" / "README.md"]
 
@@ -122,3 +122,28 @@ def test_make_targets_named_in_the_readme_exist():
     targets = set(re.findall(r"^([\w-]+):", makefile, flags=re.M))
     named = set(re.findall(r"\bmake ([\w-]+)", README.read_text()))
     assert named and named <= targets, named - targets
+
+
+def test_engine_kwargs_accepts_exactly_the_config_options(monkeypatch):
+    """``vllm_prepack.engine_kwargs(...)``, the Python way to pass the options the table lists:
+    every option by its field name, and an unknown one rejected naming the accepted ones."""
+    import vllm_prepack
+    from vllm_prepack import compat
+    from vllm_prepack.config import ADDITIONAL_CONFIG_KEY, SCHEDULER_QUALNAME, PrepackConfigError
+
+    # The version gate reads the installed vLLM (tests/vllm/test_plugin.py covers it); here,
+    # without vLLM, only the options.
+    monkeypatch.setattr(compat, "require_tested_version", lambda: None)
+    defaults = PrepackConfig().to_dict()
+    assert list(defaults) == list(options_table())
+    for name, value in defaults.items():
+        assert vllm_prepack.engine_kwargs(**{name: value}) == {
+            "scheduler_cls": SCHEDULER_QUALNAME,
+            "additional_config": {ADDITIONAL_CONFIG_KEY: {name: value}},
+        }
+    every = vllm_prepack.engine_kwargs(**defaults, additional_config={"other": 1})
+    assert every["additional_config"] == {"other": 1, ADDITIONAL_CONFIG_KEY: defaults}
+    with pytest.raises(PrepackConfigError) as err:
+        vllm_prepack.engine_kwargs(bogus_option=1)
+    for name in ("bogus_option", *PrepackConfig.field_names()):
+        assert name in str(err.value), err.value

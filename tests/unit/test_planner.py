@@ -756,7 +756,7 @@ def test_bad_values() -> None:
 
 
 def test_planner_imports_only_the_standard_library() -> None:
-    source = Path(__file__).parents[1] / "vllm_prepack" / "planner.py"
+    source = Path(__file__).parents[2] / "vllm_prepack" / "planner.py"
     tree = ast.parse(source.read_text())
     roots = set()
     for node in ast.walk(tree):
@@ -781,3 +781,25 @@ def test_no_lower_class_admitted_past_a_passed_over_higher_one(s: Scenario) -> N
             passed = c
         elif c.key in admitted and passed is not None:
             assert c.priority == passed.priority, (passed, c)
+
+
+@pytest.mark.parametrize(("policy", "stretch"), [
+    *((p, s) for p in ("stretch", "fcfs", "sjf", "hrrn", "ttft", "split", "STRETCH", "")
+      for s in (0, 8.0)),
+    *(("stretch", s) for s in (-1, float("nan"), float("inf"), True, "8", 1e6)),
+])
+def test_config_and_the_planner_accept_the_same_policies(policy, stretch) -> None:
+    from vllm_prepack import config, planner
+
+    assert config.POLICIES is planner.POLICIES  # one definition
+    try:
+        check_policy(policy, stretch)
+        planner_ok = True
+    except ValueError:
+        planner_ok = False
+    try:
+        PrepackConfig(policy=policy, stretch=stretch)
+        config_ok = True
+    except PrepackConfigError:
+        config_ok = False
+    assert planner_ok == config_ok, (policy, stretch)
