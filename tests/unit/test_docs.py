@@ -14,7 +14,9 @@ from vllm_prepack.config import PrepackConfig
 
 ROOT = Path(__file__).resolve().parents[2]
 README = ROOT / "README.md"
-DOCS = [README, *sorted((ROOT / "docs").glob("*.md")), ROOT / "patches" / "README.md"]
+DOCS = [README, *sorted((ROOT / "docs").glob("*.md")), ROOT / "patches" / "README.md",
+        ROOT / "benchmarks" / "README.md",
+        ROOT / "benchmarks" / "results" / "archive" / "README.md"]
 
 # Top-level entries a backticked path may start with to count as a repository path (other
 # paths in the text are vLLM's, or files a run writes).

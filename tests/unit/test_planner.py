@@ -6,6 +6,7 @@ import ast
 import bisect
 import inspect
 import itertools
+import os
 import sys
 from dataclasses import dataclass, field
 from fractions import Fraction
@@ -31,7 +32,9 @@ from vllm_prepack.planner import (
     plan,
 )
 
-PROPERTY = settings(derandomize=True, max_examples=300, deadline=None)
+# 300 examples per property in make test; make test-fast sets fewer (PREPACK_PROPERTY_EXAMPLES).
+PROPERTY = settings(derandomize=True, deadline=None,
+                    max_examples=int(os.environ.get("PREPACK_PROPERTY_EXAMPLES", "300")))
 BIG = 10**9
 
 

@@ -16,7 +16,7 @@ import tarfile
 import urllib.request
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 CACHE = Path(os.environ.get("PREPACK_CONFORMANCE_CACHE", ROOT / ".cache" / "vllm-conformance"))
 INDEX = os.environ.get("PREPACK_CONFORMANCE_INDEX", "https://pypi.org/simple")
 
