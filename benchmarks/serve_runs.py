@@ -16,7 +16,7 @@ from typing import Any
 from benchmarks.serve_pool import Pool, metrics_delta, scrape, wait_for_counts
 from benchmarks.serve_traces import CHUNK
 from tests.harness.server import Server, child_env, vllm_command
-from vllm_prepack.stats import judges_plan
+from vllm_prepack.stats import summarize_records
 
 ROOT = Path(__file__).resolve().parents[1]
 BENCH_DROP = (  # per-request lists (TTFTs are kept apart), and rate fields a self-timed
@@ -88,26 +88,8 @@ def stats_files(path: Path) -> list[Path]:
 
 
 def packing_summary(lines: list[str]) -> dict:
-    steps = [json.loads(line) for line in lines if line.strip()]
-    prefill = [s for s in steps if s["prefill_tokens"]]
-    planned = [s for s in steps
-               if judges_plan(s.get("planned"), s["admitted"], s.get("throttled", False))]
-    throttled = [s for s in steps if s.get("throttled")]
-    return {
-        "steps": len(steps), "prefill_steps": len(prefill),
-        "admitted": sum(s["admitted"] for s in steps),
-        "prefill_tokens": sum(s["prefill_tokens"] for s in steps),
-        "mean_prefill_fill": sum(s["fill"] for s in prefill) / len(prefill) if prefill else None,
-        "partial_prefills": sum(s["partial_prefills"] for s in steps),
-        "overtakes": sum(s["overtakes"] for s in steps),
-        "plan_adherence": (sum(bool(s["plan_adhered"]) for s in planned) / len(planned)
-                           if planned else None),
-        "planner_faults": sum(bool(s["planner_fault"]) for s in steps),
-        "throttled_steps": len(throttled),
-        "throttled_admitted": sum(s["admitted"] for s in throttled),
-        "max_oldest_wait_s": max((s["oldest_wait_s"] for s in steps), default=0.0),
-    }
-
+    """The packing statistics of JSONL lines (:func:`vllm_prepack.stats.summarize_records`)."""
+    return summarize_records(json.loads(line) for line in lines if line.strip())
 
 
 def check_run(bench: dict, entries: list[dict]) -> list[str]:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import IO
 
@@ -211,6 +211,34 @@ class PackingObserver:
             + (f" packed_tokens={self.packed['tokens']} packed_steps={self.packed['steps']}"
                if self.packed.get("steps") else "")
         )
+
+
+REPLAYED = ("steps", "prefill_steps", "admitted", "prefill_tokens", "mean_prefill_fill",
+            "overtakes", "plan_adherence", "planner_faults", "throttled_steps",
+            "throttled_admitted", "max_oldest_wait_s")
+"""The keys of :meth:`PackingObserver.summary` that a JSONL file's records determine."""
+
+
+def summarize_records(records: Iterable[Mapping]) -> dict:
+    """The summary of a JSONL statistics file (one :class:`StepStats` record a line), made by
+    the same accumulation as the engine core's observer (:data:`REPLAYED` keys), plus the
+    number of partial prefills; ``mean_prefill_fill`` is None when no step carried prompt
+    tokens. Fields a record lacks take 0 (or their :class:`StepStats` default)."""
+    names = {f.name for f in dataclasses.fields(StepStats)}
+    zeros = dict.fromkeys(("step", "time", "scheduled_tokens", "budget", "waiting", "running"), 0)
+    observer = PackingObserver(budget=0)
+    partial = 0
+    for record in records:
+        step = StepStats(**{**zeros, **{k: v for k, v in record.items() if k in names}})
+        observer.steps += 1
+        observer._accumulate(step)
+        partial += step.partial_prefills
+    summary = observer.summary()
+    out = {key: summary[key] for key in REPLAYED}
+    if not observer.prefill_steps:
+        out["mean_prefill_fill"] = None
+    out["partial_prefills"] = partial
+    return out
 
 
 def judges_plan(planned: int | None, admitted: int, throttled: bool) -> bool:

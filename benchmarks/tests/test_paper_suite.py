@@ -21,17 +21,11 @@ from benchmarks import (
     paper_pack,
     paper_report,
 )
-from benchmarks.tests import suite_env
 from benchmarks.tests.suite_env import ROOT, subprocess_env
 
 ATOL = 1e-4
 # FFD at capacity 25 packs these as (25), (19, 3), (12, 7): prompts 2 and 0 share a row.
 LENGTHS = [7, 19, 3, 12, 25]
-
-
-@pytest.fixture(scope="session")
-def tiny_model() -> str:
-    return suite_env.tiny_model()
 
 
 @pytest.fixture(scope="module")

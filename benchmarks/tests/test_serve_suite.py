@@ -11,21 +11,9 @@ import sys
 import pytest
 
 from benchmarks import serve_report
-from benchmarks.tests import suite_env
 from benchmarks.tests.suite_env import ROOT, TRACE_CSV, subprocess_env
 
 SERVE_ARGS = "--dtype float32 --enforce-eager --max-model-len 1024 --kv-cache-memory-bytes 67108864"
-
-
-@pytest.fixture(scope="session")
-def tiny_model() -> str:
-    return suite_env.tiny_model()
-
-
-@pytest.fixture
-def engine_lock():
-    with suite_env.engine_lock():
-        yield
 
 
 def _assert_measured_run(arm: str, r: dict, slo: dict) -> None:

@@ -10,13 +10,7 @@ import math
 import pytest
 
 from benchmarks import serve_pool, serve_runs, serve_traces, workloads
-from benchmarks.tests import suite_env
 from benchmarks.tests.suite_env import TRACE_CSV
-
-
-@pytest.fixture(scope="session")
-def tiny_model() -> str:
-    return suite_env.tiny_model()
 
 
 def test_trace_has_exact_lengths_poisson_arrivals_and_unique_hash_ids():

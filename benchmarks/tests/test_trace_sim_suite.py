@@ -10,17 +10,11 @@ from pathlib import Path
 import pytest
 
 from benchmarks import trace_sim_drive, trace_sim_model
-from benchmarks.tests import suite_env
 from vllm_prepack.config import PrepackConfig
 
 RESULTS = Path(__file__).resolve().parents[1] / "results"
 STEPS = RESULTS / "trace_llm_8b_b2048_4x_h200_steps.json"
 
-
-
-@pytest.fixture(scope="session")
-def tiny_model() -> str:
-    return suite_env.tiny_model()
 
 def _requests(n: int = 60, rate: float = 400.0) -> list[trace_sim_drive.Request]:
     # Prompts of mixed lengths arriving faster than the engine drains them: a queue forms.

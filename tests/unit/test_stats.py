@@ -5,7 +5,14 @@ from __future__ import annotations
 import io
 import json
 
-from vllm_prepack.stats import PackingObserver, ScheduledPrefill, judges_plan, reset
+from vllm_prepack.stats import (
+    REPLAYED,
+    PackingObserver,
+    ScheduledPrefill,
+    judges_plan,
+    reset,
+    summarize_records,
+)
 
 
 def prefill(req_id, tokens, *, before=0, prompt=None, new=True, arrival=0.0):
@@ -75,3 +82,18 @@ def test_jsonl_lines_and_reset():
     reset(observer)
     assert observer.steps == 0 and observer.overtakes == 0 and observer.jsonl is out
     assert observer.summary()["dp_rank"] == 1
+
+
+def test_a_jsonl_file_summarizes_as_the_observer_that_wrote_it():
+    out = io.StringIO()
+    observer = PackingObserver(budget=64, jsonl=out)
+    record(observer, [prefill("a", 40, arrival=1.0), prefill("b", 20, prompt=50, arrival=2.0)],
+           oldest=1.5, planned=["a", "b"])
+    record(observer, [prefill("b", 30, before=20, new=False, arrival=2.0)], oldest=None)
+    record(observer, [], oldest=3.0, planned=["c"], throttled=True)
+    record(observer, [prefill("c", 8, arrival=3.0)], oldest=None, planned=["c", "d"])
+    replayed = summarize_records(json.loads(line) for line in out.getvalue().splitlines())
+    summary = observer.summary()
+    assert {k: replayed[k] for k in REPLAYED} == {k: summary[k] for k in REPLAYED}
+    assert replayed["partial_prefills"] == 1 and replayed["steps"] == 4
+    assert summarize_records([])["mean_prefill_fill"] is None
