@@ -1,11 +1,8 @@
-"""Writing results for people: ratio cells, figures, and docs/results.md (the one writer of
-its tables and plots, keyed by each result JSON's ``benchmark`` field)."""
+"""Writing results for people: ratio cells and figures (``benchmarks.render`` writes
+docs/results.md from them)."""
 
 from __future__ import annotations
 
-import json
-import os
-from collections.abc import Callable
 from pathlib import Path
 
 
@@ -27,72 +24,3 @@ def fmt_ratio(r: dict | None) -> str:
     marks = {"win": " **win**", "loss": " **loss**", "tie": ""}
     mark = marks.get(r["verdict"], f" ({r['verdict']})")
     return f"{r['mean']:.2f} [{r['min']:.2f}-{r['max']:.2f}]{mark}"
-
-
-# -- docs/results.md --------------------------------------------------------------------------
-
-ROOT = Path(__file__).resolve().parents[1]
-RESULTS = ROOT / "benchmarks" / "results"
-RESULTS_MD = ROOT / "docs" / "results.md"
-START, END = "<!-- results:start -->", "<!-- results:end -->"
-OFFLINE = ("offline A/B", "offline A/B, prefill only", "offline A/B, trace replay")
-
-
-def sections() -> dict[str, tuple[Callable, Callable | None, int]]:
-    """Benchmark kind (a result JSON's ``benchmark`` field) -> its section function
-    ``(path, result) -> lines``, its figure function ``(path, result, out_dir) -> names`` (or
-    None) and the place of its sections in the document. Kinds not listed (trace simulation,
-    planner cost, step timings) are cited from the prose, not tabled."""
-    from benchmarks import paper, serve_ab
-    from benchmarks import report_sections as s
-
-    return {
-        "greedy equivalence": (s.equivalence_table, None, 0),
-        "FA3 varlen: packed contiguous K/V vs paged K/V, causal prefill":
-            (s.kernel_table, None, 1),
-        OFFLINE[0]: (s.ab_tables, s.offline_figures, 2),
-        OFFLINE[1]: (s.ab_tables, s.offline_figures, 2),
-        OFFLINE[2]: (s.trace_table, s.offline_figures, 2),
-        serve_ab.BENCHMARK: (s.serving_section, s.serving_figures, 3),
-        paper.BENCHMARK: (s.paper_section, s.paper_figures, 4),
-    }
-
-
-def render(plots_dir: Path = RESULTS, images_at: str = "benchmarks/results",
-           results_dir: Path = RESULTS) -> str:
-    """The markdown between the results markers: every section, then every figure (offline
-    A/B figures first, then the others in file order)."""
-    table = sections()
-    results = [(path, json.loads(path.read_text()))
-               for path in sorted(results_dir.glob("*.json"))]
-    known = [(p, d) for p, d in results if isinstance(d, dict) and d.get("benchmark") in table]
-    lines: list[str] = []
-    for path, d in sorted(known, key=lambda pd: table[pd[1]["benchmark"]][2]):
-        lines += table[d["benchmark"]][0](path, d)
-    images: list[str] = []
-    for path, d in sorted(known, key=lambda pd: pd[1]["benchmark"] not in OFFLINE):
-        figures = table[d["benchmark"]][1]
-        if figures is not None:
-            images += figures(path, d, plots_dir)
-    lines += [f"![{image}]({images_at}/{image})" for image in images]
-    lines.append("")
-    return "\n".join(lines)
-
-
-def image_dir(markdown: Path) -> str:
-    """``benchmarks/results`` as a link from ``markdown``'s folder."""
-    return os.path.relpath(RESULTS, markdown.resolve().parent).replace(os.sep, "/")
-
-
-def write_results_md(markdown: Path = RESULTS_MD, plots_dir: Path = RESULTS) -> Path:
-    """Rewrite the part of ``markdown`` between the results markers (and the figures in
-    ``plots_dir``). Everything before the start marker and after the end marker is kept as
-    written: the prose and the hand-written "Trace simulator calibration" section."""
-    text = markdown.read_text()
-    if START not in text or END not in text:
-        raise SystemExit(f"{markdown} has no {START} ... {END} section")
-    head, rest = text.split(START, 1)
-    _, tail = rest.split(END, 1)
-    body = render(plots_dir, image_dir(markdown))
-    markdown.write_text(head + START + "\n" + body + END + tail)
-    return markdown
