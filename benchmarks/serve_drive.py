@@ -118,6 +118,12 @@ def decide_slo(opts: ServeOptions, book: TraceBook, pool: Pool, rate: float) -> 
     return slo
 
 
+def arm_order(rep: int, load_index: int) -> tuple[str, ...]:
+    """The arms' order on one (repetition, load) trace: alternating from one repetition to the
+    next at every load, and from one load to the next within a repetition."""
+    return ARMS if (rep + load_index) % 2 == 0 else ARMS[::-1]
+
+
 def measure_pairs(opts: ServeOptions, book: TraceBook, pool: Pool, result: dict,
                   sat: float, overhead: float, bar: Any, save: Callable[[], None],
                   t_start: float) -> None:
@@ -125,7 +131,7 @@ def measure_pairs(opts: ServeOptions, book: TraceBook, pool: Pool, result: dict,
     appended to ``result["runs"]`` and saved; stops at ``--time-budget-s``."""
     slo_ms = result["slo"]["ttft_ms"]
     pairs = [(rep, lf) for rep in range(opts.reps) for lf in opts.load_factor_list]
-    for k, (rep, lf) in enumerate(pairs):
+    for rep, lf in pairs:
         rate = lf * sat
         est = 2 * estimate_run_s(opts.n, rate, sat, overhead)
         if opts.time_budget_s and time.monotonic() - t_start + est > opts.time_budget_s:
@@ -133,8 +139,7 @@ def measure_pairs(opts: ServeOptions, book: TraceBook, pool: Pool, result: dict,
             print(result["status"], flush=True)
             return
         trace, entries = book.get(f"rep{rep}_lf{lf:g}", rate, f"{opts.seed}/rep{rep}")
-        order = ARMS if k % 2 == 0 else ARMS[::-1]
-        for position, arm in enumerate(order):
+        for position, arm in enumerate(arm_order(rep, opts.load_factor_list.index(lf))):
             record = run_bench(pool, arm, trace, entries, slo_ms,
                                f"{arm}_lf{lf:g}_rep{rep}", opts)
             record.update(load_factor=lf, rate=rate, rep=rep, position=position)

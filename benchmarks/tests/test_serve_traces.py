@@ -9,7 +9,7 @@ import math
 
 import pytest
 
-from benchmarks import serve_pool, serve_runs, serve_traces, workloads
+from benchmarks import serve_drive, serve_pool, serve_runs, serve_traces, workloads
 from benchmarks.tests.suite_env import TRACE_CSV
 
 
@@ -157,3 +157,16 @@ def test_trace_arrivals_keep_their_pattern_at_every_rate(tmp_path):
         serve_traces.make_trace([1, 2], [1, 1], rate=1.0, seed=0, unit_arrivals=[0.0])
 
 
+
+
+@pytest.mark.parametrize("loads", [1, 2, 3])
+def test_every_load_runs_each_arm_first_in_alternate_repetitions(loads):
+    """Arm order must not be tied to the load: with an even number of loads, alternating by
+    the (repetition, load) pair index ran one arm first at every repetition of a load."""
+    for li in range(loads):
+        firsts = [serve_drive.arm_order(rep, li)[0] for rep in range(4)]
+        assert firsts[0::2] == [firsts[0]] * 2 and firsts[1::2] == [firsts[1]] * 2
+        assert firsts[0] != firsts[1]
+        assert sorted(serve_drive.arm_order(0, li)) == sorted(serve_pool.ARMS)
+    if loads > 1:
+        assert serve_drive.arm_order(0, 0) != serve_drive.arm_order(0, 1)
