@@ -26,7 +26,7 @@ def sections() -> dict[str, tuple[Callable, Callable | None, int]]:
     ``(path, result) -> lines``, its figure function ``(path, result, out_dir) -> names`` (or
     None) and the place of its sections in the document. Kinds not listed (trace simulation,
     planner cost, step timings) are cited from the prose, not tabled."""
-    from benchmarks import paper, serve_ab
+    from benchmarks import paper, serve_ab, trace_calib
     from benchmarks import report_sections as s
 
     return {
@@ -37,7 +37,8 @@ def sections() -> dict[str, tuple[Callable, Callable | None, int]]:
         OFFLINE[1]: (s.ab_tables, s.offline_figures, 2),
         OFFLINE[2]: (s.trace_table, s.offline_figures, 2),
         serve_ab.BENCHMARK: (s.serving_section, s.serving_figures, 3),
-        paper.BENCHMARK: (s.paper_section, s.paper_figures, 4),
+        trace_calib.BENCHMARK: (s.calibration_table, None, 4),
+        paper.BENCHMARK: (s.paper_section, s.paper_figures, 5),
     }
 
 
@@ -70,7 +71,7 @@ def image_dir(markdown: Path) -> str:
 def write_results_md(markdown: Path = RESULTS_MD, plots_dir: Path = RESULTS) -> Path:
     """Rewrite the part of ``markdown`` between the results markers (and the figures in
     ``plots_dir``). Everything before the start marker and after the end marker is kept as
-    written: the prose and the hand-written "Trace simulator calibration" section."""
+    written: the prose."""
     text = markdown.read_text()
     if START not in text or END not in text:
         raise SystemExit(f"{markdown} has no {START} ... {END} section")

@@ -127,6 +127,29 @@ def serving_section(path: Path, d: dict) -> list[str]:
             f"`{' '.join(map(str, serve_args))}`.", ""]
 
 
+def calibration_table(path: Path, d: dict) -> list[str]:
+    """The simulator's ratios beside the GPU's, point by point, with the decisions on both."""
+    device = d["points"][0]["device"] if d["points"] else "-"
+    lines = [f"#### Trace simulator against the GPU ({device}, simulator arm "
+             f"`{d['simulator_arm']}`, CPU, commit {str(d['git_commit'])[:10]})",
+             "", "| GPU result, vLLM, budget, load | metric | GPU | simulator | within "
+             f"{d['tolerance']:.0%} | inside GPU spread | overtakes / split per run, GPU vs "
+             "simulator |", "|---|---|---|---|---|---|---|"]
+    for p in d["points"]:
+        g, s = p["gpu"], p["sim"]
+        where = f"`{p['gpu_file']}`, {p['vllm']}, {p['budget']}, {p['load']:g}x"
+        decided = (f"{g['overtakes_per_run']:.0f} / {g['split_per_run']:.0f} vs "
+                   f"{s['overtakes_per_run']:.0f} / {s['split_per_run']:.0f}")
+        if p["same_admissions_on_gpu"]:
+            decided += " (GPU: stock's admissions, its ratios are noise)"
+        for m, a in p["agreement"].items():
+            lines.append(f"| {where} | {m} | {report.fmt_ratio(g['ratios'][m])} | "
+                         f"{s['ratios'][m]:.2f} | {'yes' if a['within_15pct'] else 'no'} | "
+                         f"{'yes' if a['within_gpu_spread'] else 'no'} | {decided} |")
+            where = decided = ""
+    return lines + ["", f"`{path.name}`", ""]
+
+
 def paper_section(path: Path, d: dict) -> list[str]:
     from benchmarks import paper_report
 

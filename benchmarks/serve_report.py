@@ -46,6 +46,18 @@ def _mean(per_arm: dict, metric: str, fmt: str) -> str:
     return format(s["mean"], fmt) if s else "-"
 
 
+def decisions(result: dict, load: str) -> str:
+    """The prepack arm's overtakes and split prompts per run at ``load`` (its packing
+    statistics): how often its admissions differed from arrival order."""
+    runs = [r["packing"] for r in result.get("runs", []) if r.get("arm") != BASELINE
+            and r.get("packing") and f"{r.get('load_factor', -1):g}" == load]
+    if not runs:
+        return "-"
+    per_run = [sum(r.get(k) or 0 for r in runs) / len(runs)
+               for k in ("overtakes", "partial_prefills")]
+    return f"{per_run[0]:.0f} / {per_run[1]:.0f}"
+
+
 def _per_rank_line(result: dict) -> str:
     """Data parallel: the prepack arm's per-rank statistics over its measured runs."""
     ranks: dict[str, dict[str, int]] = {}
@@ -91,8 +103,9 @@ def render_section(result: dict) -> str:
         f"{slo.get('ttft_ms', float('nan')):.0f} ms ({slo.get('source')}). "
         f"Scheduler classes: {classes}.{_per_rank_line(result)}", "",
         "| load | rate req/s | arm | req/s | goodput req/s | TTFT mean ms | TTFT p99 ms | "
-        "TPOT mean ms | TTFT mean vs stock | TTFT p99 vs stock | goodput vs stock |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "TPOT mean ms | overtakes / split prompts per run | TTFT mean vs stock | "
+        "TTFT p99 vs stock | goodput vs stock |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for lf, agg in result.get("per_load", {}).items():
         rate = result.get("rates", {}).get(lf)
@@ -104,6 +117,7 @@ def render_section(result: dict) -> str:
                 f"| {lf}x | {rate:.2f} | {arm} | {_mean(pa, 'request_throughput', '.2f')} | "
                 f"{_mean(pa, 'request_goodput', '.2f')} | {_mean(pa, 'mean_ttft_ms', '.1f')} | "
                 f"{_mean(pa, 'p99_ttft_ms', '.1f')} | {_mean(pa, 'mean_tpot_ms', '.1f')} | "
+                f"{decisions(result, lf) if own else '-'} | "
                 f"{report.fmt_ratio(ratios.get('mean_ttft_ms')) if own else '1'} | "
                 f"{report.fmt_ratio(ratios.get('p99_ttft_ms')) if own else '1'} | "
                 f"{report.fmt_ratio(ratios.get('request_goodput')) if own else '1'} |")

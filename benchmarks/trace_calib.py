@@ -1,0 +1,163 @@
+"""Calibration of the trace simulator against GPU trace replays: for each point of each GPU
+``vllm serve`` result (same trace window, budget, sequences and load as a multiple of each
+one's own stock saturation), the simulator's prepack/stock ratios beside the GPU's, and the
+scheduler's decisions on both (overtakes and split prompts per run, the longest wait left in
+the queue after a step).
+
+Where the GPU's prepack arm left no request waiting after any step and overtook nothing, its
+admissions were stock's: that point's GPU ratios measure the setup's run-to-run noise, not the
+policy, and the row says so.
+
+    python -m benchmarks.trace_calib \\
+        --gpu benchmarks/results/trace_serve_8b_b2048_1.0_1.5_h200.json \\
+        --out benchmarks/results/trace_calib_serve_8b_h200.json      # CPU, about 1 min a file
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+from collections.abc import Sequence
+from pathlib import Path
+
+from benchmarks import harness
+from benchmarks.trace_sim import SimOptions
+
+BENCHMARK = "trace simulator calibration against GPU trace replays"
+METRICS = {"mean_ttft_ms": "ttft_mean_s", "p99_ttft_ms": "ttft_p99_s",
+           "request_goodput": "throughput_tok_s"}
+"""GPU metric -> the simulator's (goodput: every request within the SLO at these points, so
+the simulator's throughput ratio stands for it)."""
+TOLERANCE = 0.15
+ARM = "stretch"
+"""The simulator arm of prepack's defaults."""
+
+
+@dataclasses.dataclass(frozen=True)
+class CalibOptions:
+    gpu: tuple[str, ...]
+    max_num_seqs: int = 1024
+    num_blocks: int = 20_666
+    out: str | None = None
+
+
+def per_load(result: dict) -> dict[str, dict]:
+    """The GPU result's ratios per load, with the current rules (as docs/results.md)."""
+    from benchmarks import serve_report
+
+    return serve_report.aggregate(result["runs"], result["load_factors"],
+                                  result["repetitions"])
+
+
+def gpu_point(result: dict, load: str) -> dict:
+    """The GPU's ratios (spreads) and the prepack arm's decisions at one load."""
+    agg = per_load(result)[load]
+    runs = [r["packing"] for r in result["runs"]
+            if r.get("arm") == "prepack" and r.get("packing")
+            and f"{r.get('load_factor', -1):g}" == f"{float(load):g}"]
+    n = max(1, len(runs))
+    return {"ratios": {m: agg["ratios_prepack_vs_stock"].get(m) for m in METRICS},
+            "paired_reps": agg.get("paired_reps"),
+            "overtakes_per_run": sum(r.get("overtakes") or 0 for r in runs) / n,
+            "split_per_run": sum(r.get("partial_prefills") or 0 for r in runs) / n,
+            "max_oldest_wait_s": max((r.get("max_oldest_wait_s") or 0.0 for r in runs),
+                                     default=None)}
+
+
+def budget_of(result: dict) -> int:
+    args = result["arms"]["stock"]["serve_args"]
+    return int(args[args.index("--max-num-batched-tokens") + 1])
+
+
+def sim_points(result: dict, opts: CalibOptions, bar) -> dict[str, dict]:
+    """The simulator on the GPU result's window, budget and loads: load -> its ratios and
+    the prepack arm's decisions."""
+    from benchmarks import trace_sim
+
+    w = result["workload"]
+    sim = SimOptions(shape=result["model_shape"], start=w["start"], n=w["n"],
+                     budgets=(budget_of(result),), max_num_seqs=opts.max_num_seqs,
+                     loads=tuple(float(lf) for lf in result["per_load"]),
+                     arms=("stock", ARM), seeds=(0,), num_blocks=opts.num_blocks)
+    out = {}
+    for pt in trace_sim.grid(sim, bar):
+        run = pt["per_arm"][ARM][0]
+        out[f"{pt['load']:g}"] = {
+            "ratios": {m: pt["ratios"][ARM][s]["median"] for m, s in METRICS.items()},
+            "saturation_req_s": pt["saturation_req_s"],
+            "stock_ttft_mean_s": pt["per_arm"]["stock"][0]["ttft_mean_s"],
+            "overtakes_per_run": run.get("prepack_overtakes"),
+            "split_per_run": run.get("prepack_split_prompts"),
+            "max_oldest_wait_s": run.get("prepack_max_oldest_wait_s")}
+    return out
+
+
+def compare(gpu: dict, sim: dict) -> dict:
+    """Per metric: within 15% of the GPU's median ratio, and inside the GPU's min-max."""
+    out = {}
+    for m, g in gpu["ratios"].items():
+        if not g:
+            continue
+        s = sim["ratios"][m]
+        out[m] = {"within_15pct": abs(s / g["median"] - 1) <= TOLERANCE,
+                  "within_gpu_spread": g["min"] <= s <= g["max"]}
+    return out
+
+
+def same_admissions(gpu: dict) -> bool:
+    """No request left waiting after any step and none overtaken: stock's admissions."""
+    return gpu["overtakes_per_run"] == 0 and not gpu["max_oldest_wait_s"]
+
+
+def run(opts: CalibOptions) -> dict:
+    from tqdm import tqdm
+
+    results = [(Path(p), json.loads(Path(p).read_text())) for p in opts.gpu]
+    points = []
+    with tqdm(total=sum(2 * len(d["per_load"]) for _, d in results), desc="trace calib",
+              unit="run") as bar:
+        for path, d in results:
+            sim = sim_points(d, opts, bar)
+            for load in d["per_load"]:
+                g, s = gpu_point(d, load), sim[f"{float(load):g}"]
+                points.append({"gpu_file": path.name, "vllm": d["vllm"], "device": d["device"],
+                               "git_commit": d["git_commit"], "budget": budget_of(d),
+                               "load": float(load), "window": d["workload"]["description"],
+                               "gpu_saturation_req_s": d["saturation"]["request_throughput"],
+                               "gpu": g, "sim": s, "agreement": compare(g, s),
+                               "same_admissions_on_gpu": same_admissions(g)})
+    result = {"benchmark": BENCHMARK, **harness.environment(), "tolerance": TOLERANCE,
+              "max_num_seqs": opts.max_num_seqs, "num_blocks": opts.num_blocks,
+              "simulator_arm": ARM, "points": points}
+    for p in points:
+        print(f"{p['gpu_file']} load {p['load']:g}: " + "  ".join(
+            f"{m} gpu {p['gpu']['ratios'][m]['median']:.2f} sim {p['sim']['ratios'][m]:.2f}"
+            for m in p["agreement"]))
+    if opts.out:
+        harness.write_json(opts.out, result)
+        print("wrote", opts.out)
+    return result
+
+
+def parse(argv: Sequence[str] | None = None) -> CalibOptions:
+    p = argparse.ArgumentParser(description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--gpu", nargs="+", required=True,
+                   help="GPU trace replay results (benchmarks.serve_ab --workload trace JSON)")
+    p.add_argument("--max-num-seqs", type=int, default=CalibOptions.max_num_seqs,
+                   help="the GPU servers' max_num_seqs (vllm serve's default on an H200)")
+    p.add_argument("--num-blocks", type=int, default=CalibOptions.num_blocks,
+                   help="KV-cache blocks (the 8B shape at 0.4 of an H200)")
+    p.add_argument("--out")
+    a = p.parse_args(argv)
+    return CalibOptions(gpu=tuple(a.gpu), max_num_seqs=a.max_num_seqs,
+                        num_blocks=a.num_blocks, out=a.out)
+
+
+def main(argv: Sequence[str] | None = None) -> dict:
+    return run(parse(argv))
+
+
+if __name__ == "__main__":
+    main()
