@@ -37,6 +37,7 @@ ARM = "stretch"
 @dataclasses.dataclass(frozen=True)
 class CalibOptions:
     gpu: tuple[str, ...]
+    trace: str | None = None
     max_num_seqs: int = 1024
     num_blocks: int = 20_666
     out: str | None = None
@@ -50,9 +51,9 @@ def per_load(result: dict) -> dict[str, dict]:
                                   result["repetitions"])
 
 
-def gpu_point(result: dict, load: str) -> dict:
-    """The GPU's ratios (spreads) and the prepack arm's decisions at one load."""
-    agg = per_load(result)[load]
+def gpu_point(result: dict, agg: dict, load: str) -> dict:
+    """The GPU's ratios (spreads, ``agg``: its :func:`per_load` entry) and the prepack arm's
+    decisions at one load."""
     runs = [r["packing"] for r in result["runs"]
             if r.get("arm") == "prepack" and r.get("packing")
             and f"{r.get('load_factor', -1):g}" == f"{float(load):g}"]
@@ -70,15 +71,15 @@ def budget_of(result: dict) -> int:
     return int(args[args.index("--max-num-batched-tokens") + 1])
 
 
-def sim_points(result: dict, opts: CalibOptions, bar) -> dict[str, dict]:
+def sim_points(result: dict, loads: list[str], opts: CalibOptions, bar) -> dict[str, dict]:
     """The simulator on the GPU result's window, budget and loads: load -> its ratios and
     the prepack arm's decisions."""
     from benchmarks import trace_sim
 
     w = result["workload"]
-    sim = SimOptions(shape=result["model_shape"], start=w["start"], n=w["n"],
+    sim = SimOptions(shape=result["model_shape"], trace=opts.trace, start=w["start"], n=w["n"],
                      budgets=(budget_of(result),), max_num_seqs=opts.max_num_seqs,
-                     loads=tuple(float(lf) for lf in result["per_load"]),
+                     loads=tuple(float(lf) for lf in loads),
                      arms=("stock", ARM), seeds=(0,), num_blocks=opts.num_blocks)
     out = {}
     for pt in trace_sim.grid(sim, bar):
@@ -113,14 +114,18 @@ def same_admissions(gpu: dict) -> bool:
 def run(opts: CalibOptions) -> dict:
     from tqdm import tqdm
 
-    results = [(Path(p), json.loads(Path(p).read_text())) for p in opts.gpu]
+    results = []
+    for p in opts.gpu:
+        d = json.loads(Path(p).read_text())
+        agg = per_load(d)
+        results.append((Path(p), d, agg, [k for k, v in agg.items() if v["paired_reps"]]))
     points = []
-    with tqdm(total=sum(2 * len(d["per_load"]) for _, d in results), desc="trace calib",
+    with tqdm(total=sum(2 * len(loads) for *_, loads in results), desc="trace calib",
               unit="run") as bar:
-        for path, d in results:
-            sim = sim_points(d, opts, bar)
-            for load in d["per_load"]:
-                g, s = gpu_point(d, load), sim[f"{float(load):g}"]
+        for path, d, agg, loads in results:
+            sim = sim_points(d, loads, opts, bar)
+            for load in loads:
+                g, s = gpu_point(d, agg[load], load), sim[f"{float(load):g}"]
                 points.append({"gpu_file": path.name, "vllm": d["vllm"], "device": d["device"],
                                "git_commit": d["git_commit"], "budget": budget_of(d),
                                "load": float(load), "window": d["workload"]["description"],
@@ -145,13 +150,15 @@ def parse(argv: Sequence[str] | None = None) -> CalibOptions:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--gpu", nargs="+", required=True,
                    help="GPU trace replay results (benchmarks.serve_ab --workload trace JSON)")
+    p.add_argument("--trace", help="the trace file of the GPU runs (default: the Azure "
+                   "conversation trace, as benchmarks.trace finds it)")
     p.add_argument("--max-num-seqs", type=int, default=CalibOptions.max_num_seqs,
                    help="the GPU servers' max_num_seqs (vllm serve's default on an H200)")
     p.add_argument("--num-blocks", type=int, default=CalibOptions.num_blocks,
                    help="KV-cache blocks (the 8B shape at 0.4 of an H200)")
     p.add_argument("--out")
     a = p.parse_args(argv)
-    return CalibOptions(gpu=tuple(a.gpu), max_num_seqs=a.max_num_seqs,
+    return CalibOptions(gpu=tuple(a.gpu), trace=a.trace, max_num_seqs=a.max_num_seqs,
                         num_blocks=a.num_blocks, out=a.out)
 
 

@@ -18,7 +18,7 @@ MODULES = sorted(set(re.findall(r"python -m benchmarks\.(\w+)", README.read_text
 
 def test_the_readme_documents_every_suite():
     assert {"ab", "serve_ab", "paper", "equivalence", "kernel_bench", "planner_cost",
-            "step_timing", "trace_sim", "render"} <= set(MODULES)
+            "step_timing", "trace_sim", "trace_calib", "render"} <= set(MODULES)
 
 
 @pytest.mark.cli
