@@ -1,0 +1,62 @@
+"""The simulator's calibration against a GPU replay, at CI size: the simulator runs on the GPU
+result's own window, budget and loads, its ratios and decisions sit beside the GPU's, and a
+point where the GPU's prepack arm made stock's admissions is marked as noise."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from benchmarks import trace_calib
+from benchmarks.tests.suite_env import TRACE_CSV
+
+
+def _bench(ttft: float, p99: float, goodput: float) -> dict:
+    return {"mean_ttft_ms": ttft, "median_ttft_ms": ttft, "p99_ttft_ms": p99,
+            "mean_tpot_ms": 20.0, "request_throughput": goodput, "request_goodput": goodput,
+            "output_throughput": 100.0, "total_token_throughput": 900.0}
+
+
+def _gpu_result(overtakes: int, oldest: float) -> dict:
+    runs = []
+    for rep, (stock, prepack) in enumerate([(100.0, 80.0), (120.0, 90.0)]):
+        for arm, ttft in (("stock", stock), ("prepack", prepack)):
+            runs.append({"arm": arm, "rep": rep, "load_factor": 1.0, "ok": True,
+                         "bench": _bench(ttft, 3 * ttft, 5.0),
+                         "packing": None if arm == "stock" else {
+                             "overtakes": overtakes, "partial_prefills": 1,
+                             "max_oldest_wait_s": oldest}})
+    return {"benchmark": "serving A/B", "model_shape": "llama-3.1-8b", "vllm": "0.33.0",
+            "device": "GPU: test", "git_commit": "0" * 40, "load_factors": [1.0],
+            "repetitions": 2, "workload": {"start": 0, "n": 6, "description": "test window"},
+            "saturation": {"request_throughput": 4.0},
+            "arms": {"stock": {"serve_args": ["m", "--max-num-batched-tokens", "256"]}},
+            "runs": runs}
+
+
+@pytest.mark.parametrize("overtakes, oldest, noise", [(0, 0.0, True), (3, 0.5, False)])
+def test_calibration_puts_the_simulator_beside_the_gpu(tmp_path, overtakes, oldest, noise):
+    trace = tmp_path / "trace.csv"
+    trace.write_text(TRACE_CSV)
+    gpu = tmp_path / "gpu.json"
+    gpu.write_text(json.dumps(_gpu_result(overtakes, oldest)))
+    out = tmp_path / "calib.json"
+    result = trace_calib.main(["--gpu", str(gpu), "--trace", str(trace), "--max-num-seqs", "4",
+                               "--num-blocks", "256", "--out", str(out)])
+    assert json.loads(out.read_text())["points"] == result["points"]
+    (point,) = result["points"]
+    assert (point["budget"], point["load"], point["gpu_file"]) == (256, 1.0, "gpu.json")
+    g = point["gpu"]["ratios"]["mean_ttft_ms"]
+    assert (g["min"], g["max"]) == pytest.approx((0.75, 0.8))
+    assert point["gpu"]["overtakes_per_run"] == overtakes
+    assert point["same_admissions_on_gpu"] is noise
+    sim = point["sim"]
+    assert sim["saturation_req_s"] > 0 and sim["overtakes_per_run"] is not None
+    for metric, agreement in point["agreement"].items():
+        s, gm = sim["ratios"][metric], point["gpu"]["ratios"][metric]
+        assert agreement["within_15pct"] == (abs(s / gm["median"] - 1) <= 0.15)
+        assert agreement["within_gpu_spread"] == (gm["min"] <= s <= gm["max"])
+    # six requests that never queue: the simulated arms make the same admissions
+    assert sim["ratios"]["mean_ttft_ms"] == pytest.approx(1.0, abs=0.05)
+    assert not point["agreement"]["mean_ttft_ms"]["within_15pct"]
