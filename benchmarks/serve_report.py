@@ -46,16 +46,24 @@ def _mean(per_arm: dict, metric: str, fmt: str) -> str:
     return format(s["mean"], fmt) if s else "-"
 
 
-def decisions(result: dict, load: str) -> str:
-    """The prepack arm's overtakes and split prompts per run at ``load`` (its packing
-    statistics): how often its admissions differed from arrival order."""
+def decisions(result: dict, load: str) -> dict | None:
+    """The prepack arm's decisions at ``load`` from its packing statistics: overtakes and split
+    prompts per run, and the longest wait any request was left with after a step (None: no
+    statistics). No overtake and no wait left: it made stock's admissions."""
     runs = [r["packing"] for r in result.get("runs", []) if r.get("arm") != BASELINE
             and r.get("packing") and f"{r.get('load_factor', -1):g}" == load]
     if not runs:
-        return "-"
-    per_run = [sum(r.get(k) or 0 for r in runs) / len(runs)
-               for k in ("overtakes", "partial_prefills")]
-    return f"{per_run[0]:.0f} / {per_run[1]:.0f}"
+        return None
+    per_run = {k: sum(r.get(k) or 0 for r in runs) / len(runs)
+               for k in ("overtakes", "partial_prefills")}
+    return {"overtakes_per_run": per_run["overtakes"],
+            "split_per_run": per_run["partial_prefills"],
+            "max_oldest_wait_s": max(r.get("max_oldest_wait_s") or 0.0 for r in runs)}
+
+
+def _decisions_cell(result: dict, load: str) -> str:
+    d = decisions(result, load)
+    return "-" if d is None else f"{d['overtakes_per_run']:.0f} / {d['split_per_run']:.0f}"
 
 
 def _per_rank_line(result: dict) -> str:
@@ -117,7 +125,7 @@ def render_section(result: dict) -> str:
                 f"| {lf}x | {rate:.2f} | {arm} | {_mean(pa, 'request_throughput', '.2f')} | "
                 f"{_mean(pa, 'request_goodput', '.2f')} | {_mean(pa, 'mean_ttft_ms', '.1f')} | "
                 f"{_mean(pa, 'p99_ttft_ms', '.1f')} | {_mean(pa, 'mean_tpot_ms', '.1f')} | "
-                f"{decisions(result, lf) if own else '-'} | "
+                f"{_decisions_cell(result, lf) if own else '-'} | "
                 f"{report.fmt_ratio(ratios.get('mean_ttft_ms')) if own else '1'} | "
                 f"{report.fmt_ratio(ratios.get('p99_ttft_ms')) if own else '1'} | "
                 f"{report.fmt_ratio(ratios.get('request_goodput')) if own else '1'} |")

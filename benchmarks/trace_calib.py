@@ -54,16 +54,12 @@ def per_load(result: dict) -> dict[str, dict]:
 def gpu_point(result: dict, agg: dict, load: str) -> dict:
     """The GPU's ratios (spreads, ``agg``: its :func:`per_load` entry) and the prepack arm's
     decisions at one load."""
-    runs = [r["packing"] for r in result["runs"]
-            if r.get("arm") == "prepack" and r.get("packing")
-            and f"{r.get('load_factor', -1):g}" == f"{float(load):g}"]
-    n = max(1, len(runs))
+    from benchmarks import serve_report
+
+    decided = serve_report.decisions(result, f"{float(load):g}") or {
+        "overtakes_per_run": None, "split_per_run": None, "max_oldest_wait_s": None}
     return {"ratios": {m: agg["ratios_prepack_vs_stock"].get(m) for m in METRICS},
-            "paired_reps": agg.get("paired_reps"),
-            "overtakes_per_run": sum(r.get("overtakes") or 0 for r in runs) / n,
-            "split_per_run": sum(r.get("partial_prefills") or 0 for r in runs) / n,
-            "max_oldest_wait_s": max((r.get("max_oldest_wait_s") or 0.0 for r in runs),
-                                     default=None)}
+            "paired_reps": agg.get("paired_reps"), **decided}
 
 
 def budget_of(result: dict) -> int:
@@ -108,7 +104,7 @@ def compare(gpu: dict, sim: dict) -> dict:
 
 def same_admissions(gpu: dict) -> bool:
     """No request left waiting after any step and none overtaken: stock's admissions."""
-    return gpu["overtakes_per_run"] == 0 and not gpu["max_oldest_wait_s"]
+    return gpu["overtakes_per_run"] == 0 and gpu["max_oldest_wait_s"] == 0
 
 
 def run(opts: CalibOptions) -> dict:
