@@ -61,9 +61,18 @@ def decisions(result: dict, load: str) -> dict | None:
             "max_oldest_wait_s": max(r.get("max_oldest_wait_s") or 0.0 for r in runs)}
 
 
+def same_admissions(decided: dict) -> bool:
+    """No request overtaken and none left waiting after any step: stock's admissions, so the
+    point's ratios measure run-to-run noise, not the policy."""
+    return decided["overtakes_per_run"] == 0 and decided["max_oldest_wait_s"] == 0
+
+
 def _decisions_cell(result: dict, load: str) -> str:
     d = decisions(result, load)
-    return "-" if d is None else f"{d['overtakes_per_run']:.0f} / {d['split_per_run']:.0f}"
+    if d is None:
+        return "-"
+    cell = f"{d['overtakes_per_run']:.0f} / {d['split_per_run']:.0f}"
+    return cell + " (stock's admissions)" if same_admissions(d) else cell
 
 
 def _per_rank_line(result: dict) -> str:

@@ -21,7 +21,7 @@ import json
 from collections.abc import Sequence
 from pathlib import Path
 
-from benchmarks import harness
+from benchmarks import harness, serve_report
 from benchmarks.trace_sim import SimOptions
 
 BENCHMARK = "trace simulator calibration against GPU trace replays"
@@ -45,8 +45,6 @@ class CalibOptions:
 
 def per_load(result: dict) -> dict[str, dict]:
     """The GPU result's ratios per load, with the current rules (as docs/results.md)."""
-    from benchmarks import serve_report
-
     return serve_report.aggregate(result["runs"], result["load_factors"],
                                   result["repetitions"])
 
@@ -54,9 +52,7 @@ def per_load(result: dict) -> dict[str, dict]:
 def gpu_point(result: dict, agg: dict, load: str) -> dict:
     """The GPU's ratios (spreads, ``agg``: its :func:`per_load` entry) and the prepack arm's
     decisions at one load."""
-    from benchmarks import serve_report
-
-    decided = serve_report.decisions(result, f"{float(load):g}") or {
+    decided = serve_report.decisions(result, load) or {
         "overtakes_per_run": None, "split_per_run": None, "max_oldest_wait_s": None}
     return {"ratios": {m: agg["ratios_prepack_vs_stock"].get(m) for m in METRICS},
             "paired_reps": agg.get("paired_reps"), **decided}
@@ -102,11 +98,6 @@ def compare(gpu: dict, sim: dict) -> dict:
     return out
 
 
-def same_admissions(gpu: dict) -> bool:
-    """No request left waiting after any step and none overtaken: stock's admissions."""
-    return gpu["overtakes_per_run"] == 0 and gpu["max_oldest_wait_s"] == 0
-
-
 def run(opts: CalibOptions) -> dict:
     from tqdm import tqdm
 
@@ -121,13 +112,13 @@ def run(opts: CalibOptions) -> dict:
         for path, d, agg, loads in results:
             sim = sim_points(d, loads, opts, bar)
             for load in loads:
-                g, s = gpu_point(d, agg[load], load), sim[f"{float(load):g}"]
+                g, s = gpu_point(d, agg[load], load), sim[load]
                 points.append({"gpu_file": path.name, "vllm": d["vllm"], "device": d["device"],
                                "git_commit": d["git_commit"], "budget": budget_of(d),
                                "load": float(load), "window": d["workload"]["description"],
                                "gpu_saturation_req_s": d["saturation"]["request_throughput"],
                                "gpu": g, "sim": s, "agreement": compare(g, s),
-                               "same_admissions_on_gpu": same_admissions(g)})
+                               "same_admissions_on_gpu": serve_report.same_admissions(g)})
     result = {"benchmark": BENCHMARK, **harness.environment(), "tolerance": TOLERANCE,
               "max_num_seqs": opts.max_num_seqs, "num_blocks": opts.num_blocks,
               "simulator_arm": ARM, "points": points}

@@ -157,8 +157,6 @@ def test_trace_arrivals_keep_their_pattern_at_every_rate(tmp_path):
         serve_traces.make_trace([1, 2], [1, 1], rate=1.0, seed=0, unit_arrivals=[0.0])
 
 
-
-
 @pytest.mark.parametrize("loads", [1, 2, 3])
 def test_every_load_runs_each_arm_first_in_alternate_repetitions(loads):
     """Arm order must not be tied to the load: with an even number of loads, alternating by
