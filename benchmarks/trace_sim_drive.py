@@ -56,6 +56,8 @@ class Run:
     steps: int
     sched_cpu_s: float
     counters: dict
+    tpot: dict[str, float] = dataclasses.field(default_factory=dict)
+    """Per request with two or more output tokens: seconds per output token after the first."""
 
 
 @contextlib.contextmanager
@@ -95,6 +97,7 @@ def simulate(arm: str, requests: Sequence[Request], *, model: str, budget: int,
         ttft: dict[str, float] = {}
         i = steps = out_tokens = 0
         cpu = 0.0
+        last: dict[str, tuple[float, int]] = {}  # request -> (time of its latest token, tokens)
         while i < len(pending) or scheduler.has_unfinished_requests():
             while i < len(pending) and pending[i].arrival <= clock.now:
                 r = pending[i]
@@ -124,12 +127,14 @@ def simulate(arm: str, requests: Sequence[Request], *, model: str, budget: int,
                 if sampled:
                     out_tokens += 1
                     ttft.setdefault(req_id, clock.now - arrival[req_id])
+                    last[req_id] = (clock.now, last.get(req_id, (0.0, 0))[1] + 1)
     observer = getattr(scheduler, "prepack_observer", None)
     counters = {} if observer is None else {
         k: v for k, v in observer.summary().items() if isinstance(v, (int, float))}
     first = requests[0].arrival if requests else 0.0
+    tpot = {r: (t - arrival[r] - ttft[r]) / (n - 1) for r, (t, n) in last.items() if n > 1}
     return Run(ttft=ttft, makespan=clock.now - first, output_tokens=out_tokens, steps=steps,
-               sched_cpu_s=cpu, counters=counters)
+               sched_cpu_s=cpu, counters=counters, tpot=tpot)
 
 
 def percentile(values: Sequence[float], q: float) -> float:
@@ -140,7 +145,9 @@ def percentile(values: Sequence[float], q: float) -> float:
 def metrics(run: Run) -> dict:
     t = list(run.ttft.values())
     return {"ttft_mean_s": sum(t) / len(t), "ttft_p50_s": percentile(t, 50),
-            "ttft_p99_s": percentile(t, 99), "throughput_tok_s": run.output_tokens / run.makespan,
+            "ttft_p99_s": percentile(t, 99),
+            "tpot_mean_s": sum(run.tpot.values()) / len(run.tpot) if run.tpot else 0.0,
+            "throughput_tok_s": run.output_tokens / run.makespan,
             "makespan_s": run.makespan, "steps": run.steps, "completed": len(t),
             "sched_cpu_us_per_step": 1e6 * run.sched_cpu_s / max(1, run.steps),
             **{f"prepack_{k}": v for k, v in run.counters.items()

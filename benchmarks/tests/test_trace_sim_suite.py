@@ -38,6 +38,9 @@ def test_every_request_gets_its_first_token_and_every_output(tiny_model, arm):
     assert all(t > 0 for t in run.ttft.values())
     m = trace_sim_drive.metrics(run)
     assert m["ttft_p50_s"] <= m["ttft_p99_s"] and m["throughput_tok_s"] > 0
+    # Every request decoding 4+ tokens has a time per output token, at least one step's time.
+    assert set(run.tpot) == set(run.ttft)
+    assert min(run.tpot.values()) >= trace_sim_model.STEP_MODELS["llama-3.1-8b"].base
     if arm != "stock":  # our scheduler ran: its observer counted the admissions
         assert run.counters["admitted"] == len(reqs)
 
