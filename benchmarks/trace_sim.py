@@ -4,8 +4,10 @@ Requests arrive at their trace times (compressed to a load); each step runs vLLM
 ``schedule()`` and ``update_from_output()`` with a synthetic model output (one sampled token
 per request whose prompt is complete; ``ignore_eos`` with the trace's output length). The
 clock advances by a step-time model fitted to GPU step timings (prefill tokens, decode
-requests, attention context; :class:`StepModel`) plus the scheduler's own CPU time, measured
-here and scaled to the GPU host (``cpu_scale``). TTFT is counted from arrival to the end of
+requests, attention context; :class:`StepModel`) plus the scheduler's own CPU time scaled to
+the GPU host (``cpu_scale``): by default a :class:`HostModel` fitted to this machine's
+measured times (``--fit-host``), so that a run is a function of its inputs; ``--host
+measured`` times every step instead. TTFT is counted from arrival to the end of
 the step that completes the prompt. Loads are multiples of stock's saturation rate on the
 same trace window.
 
@@ -16,6 +18,9 @@ ratios (:mod:`benchmarks.analysis`) and the CLI.
     python -m benchmarks.trace_sim --shape llama-3.1-8b --budgets 2048,8192 \\
         --loads 0.5,0.8,1.0,1.2,1.5 --arms stock,stretch,sjf,hrrn --seeds 0,1,2 \\
         --out benchmarks/results/trace_sim_8b.json
+    python -m benchmarks.trace_sim --fit-host --shape llama-3.2-1b --budgets 2048,8192 \\
+        --loads 0.5,1.0,1.5 --arms stock,stretch,hrrn --seeds 0 --n 800 \\
+        --out benchmarks/results/trace_sim_host_fit_cpu.json
 """
 
 from __future__ import annotations
@@ -34,7 +39,7 @@ from benchmarks.trace_sim_drive import (
     simulate,
     window_requests,
 )
-from benchmarks.trace_sim_model import CPU_SCALE, STEP_MODELS
+from benchmarks.trace_sim_model import CPU_SCALE, HOST_MODEL, STEP_MODELS, fit_host_model
 
 BENCHMARK = "trace simulation: vLLM's schedulers on a virtual clock (CPU)"
 METRICS = {"ttft_mean_s": False, "ttft_p50_s": False, "ttft_p99_s": False,
@@ -59,6 +64,8 @@ class SimOptions:
     num_blocks: int = 40_000
     max_model_len: int = 8192
     cpu_scale: float = CPU_SCALE
+    host: str = "model"
+    fit_host: bool = False
     out: str | None = None
 
 
@@ -81,7 +88,8 @@ def grid(opts: SimOptions, bar) -> list[dict]:
     for budget in opts.budgets:
         kw = dict(model=model, budget=budget, max_num_seqs=opts.max_num_seqs,
                   num_blocks=opts.num_blocks, max_model_len=opts.max_model_len,
-                  step_model=STEP_MODELS[opts.shape], cpu_scale=opts.cpu_scale)
+                  step_model=STEP_MODELS[opts.shape], cpu_scale=opts.cpu_scale,
+                  host=opts.host)
         sat = saturation(requests, seed=0, **kw)
         native = (len(requests) - 1) / (requests[-1].arrival - requests[0].arrival)
         loads = [native * opts.compression / sat] if opts.compression else opts.loads
@@ -100,12 +108,56 @@ def grid(opts: SimOptions, bar) -> list[dict]:
     return points
 
 
+def fit_hosts(opts: SimOptions, bar) -> dict:
+    """The :class:`HostModel` fitted to every arm's measured scheduler CPU time per step over
+    the grid's budgets and loads (the first seed's window), and each arm's own fit."""
+    from benchmarks import trace
+    from benchmarks.models import config_dir
+
+    window = window_requests(trace.load(opts.trace, start=opts.start, n=opts.n,
+                                        max_model_len=opts.max_model_len))
+    samples: dict[str, list] = {arm: [] for arm in opts.arms}
+    for budget in opts.budgets:
+        kw = dict(model=str(config_dir(opts.shape)), budget=budget,
+                  max_num_seqs=opts.max_num_seqs, num_blocks=opts.num_blocks,
+                  max_model_len=opts.max_model_len, step_model=STEP_MODELS[opts.shape],
+                  cpu_scale=opts.cpu_scale, host="measured", seed=opts.seeds[0])
+        sat = saturation(window, **kw)
+        for load in opts.loads:
+            for arm in opts.arms:
+                bar.set_postfix(budget=budget, load=load, arm=arm)
+                simulate(arm, compressed(window, load * sat), samples=samples[arm], **kw)
+                bar.update()
+    fits = {arm: fit_host_model(s) for arm, s in samples.items()}
+    fits["all"] = fit_host_model([x for s in samples.values() for x in s])
+    return {arm: {"model": dataclasses.asdict(m), "fit": f} for arm, (m, f) in fits.items()}
+
+
 def run(opts: SimOptions) -> dict:
-    """The grid, its ratios printed; the result JSON (written to ``opts.out``)."""
+    """The grid, its ratios printed; the result JSON (written to ``opts.out``). With
+    ``fit_host``: each arm's fitted host model instead."""
     from tqdm import tqdm
 
     from benchmarks import trace
 
+    if opts.fit_host:
+        with tqdm(total=len(opts.budgets) * len(opts.loads) * len(opts.arms),
+                  desc="host fit", unit="run") as bar:
+            fits = fit_hosts(opts, bar)
+        for arm, f in fits.items():
+            print(f"{arm:>8}: " + "  ".join(f"{k} {v * 1e6:.1f} us" for k, v in f["model"].items())
+                  + f"  (mean {f['fit']['mean_s'] * 1e3:.2f} ms per step, "
+                  f"mean abs error {f['fit']['mean_abs_error_s'] * 1e3:.2f} ms)")
+        result = {"benchmark": "trace simulator: scheduler CPU time per step, fitted (CPU)",
+                  **harness.environment(), "shape": opts.shape, "n": opts.n,
+                  "start": opts.start, "budgets": list(opts.budgets),
+                  "loads": list(opts.loads), "max_num_seqs": opts.max_num_seqs,
+                  "arms": list(opts.arms), "workload": {"trace": trace.ATTRIBUTION},
+                  "host_model": fits.pop("all"), "per_arm": fits}
+        if opts.out:
+            harness.write_json(opts.out, result)
+            print("wrote", opts.out)
+        return result
     loads = 1 if opts.compression else len(opts.loads)
     with tqdm(total=len(opts.budgets) * loads * len(opts.seeds) * len(opts.arms),
               desc="trace sim", unit="run") as bar:
@@ -116,7 +168,9 @@ def run(opts: SimOptions) -> dict:
                 f"{m} {report.fmt_ratio(v)}" for m, v in r.items()))
     result = {"benchmark": BENCHMARK, **harness.environment(), "shape": opts.shape,
               "step_model": dataclasses.asdict(STEP_MODELS[opts.shape]),
-              "cpu_scale": opts.cpu_scale, "max_num_seqs": opts.max_num_seqs,
+              "cpu_scale": opts.cpu_scale, "host": opts.host,
+              "host_model": dataclasses.asdict(HOST_MODEL) if opts.host == "model" else None,
+              "max_num_seqs": opts.max_num_seqs,
               "num_blocks": opts.num_blocks, "max_model_len": opts.max_model_len,
               "workload": {"trace": trace.ATTRIBUTION, "start": opts.start, "n": opts.n},
               "arms": {a: arm_options(a) for a in opts.arms}, "seeds": list(opts.seeds),
@@ -154,6 +208,11 @@ def parse(argv: Sequence[str] | None = None) -> SimOptions:
     p.add_argument("--num-blocks", type=int, default=d.num_blocks)
     p.add_argument("--max-model-len", type=int, default=d.max_model_len)
     p.add_argument("--cpu-scale", type=float, default=d.cpu_scale)
+    p.add_argument("--host", choices=("model", "measured"), default=d.host,
+                   help="scheduler CPU time per step: the fitted model, or timed")
+    p.add_argument("--fit-host", action="store_true",
+                   help="fit the host model to the arms' measured steps over the grid (first "
+                   "seed) and write it")
     p.add_argument("--out", default=None)
     args = p.parse_args(argv)
     try:

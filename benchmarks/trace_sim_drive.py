@@ -14,7 +14,7 @@ from unittest import mock
 
 from vllm.v1.core.sched.scheduler import Scheduler
 
-from benchmarks.trace_sim_model import StepModel, step_features
+from benchmarks.trace_sim_model import HOST_MODEL, StepModel, step_features
 from tests.harness.sched import make_request, make_scheduler, runner_output
 from vllm_prepack.adapters.scheduler import PrepackSyncScheduler
 
@@ -79,9 +79,17 @@ class _Clock:
 def simulate(arm: str, requests: Sequence[Request], *, model: str, budget: int,
              max_num_seqs: int, num_blocks: int, max_model_len: int, step_model: StepModel,
              cpu_scale: float, seed: int, async_scheduling: bool = True,
-             prefix_caching: bool = True, options: dict | None = None) -> Run:
-    """One arm over ``requests`` (sorted by arrival); fresh random prompts per ``seed``."""
+             prefix_caching: bool = True, options: dict | None = None, host: str = "model",
+             samples: list | None = None) -> Run:
+    """One arm over ``requests`` (sorted by arrival); fresh random prompts per ``seed``.
+
+    The scheduler's CPU time per step is the fitted :data:`HOST_MODEL` (``host="model"``) or
+    this step's measured time (``"measured"``; appended to ``samples`` as ``(scheduled,
+    new, seconds)``), times ``cpu_scale``."""
     opts = arm_options(arm) if options is None else options
+    if host not in ("model", "measured"):
+        raise ValueError(f"invalid host {host!r}; accepted: model, measured")
+    host_model = HOST_MODEL if host == "model" else None
     cls = Scheduler if opts is None else PrepackSyncScheduler
     clock = _Clock()
     rng = random.Random(seed)
@@ -99,14 +107,7 @@ def simulate(arm: str, requests: Sequence[Request], *, model: str, budget: int,
         cpu = 0.0
         last: dict[str, tuple[float, int]] = {}  # request -> (time of its latest token, tokens)
         while i < len(pending) or scheduler.has_unfinished_requests():
-            while i < len(pending) and pending[i].arrival <= clock.now:
-                r = pending[i]
-                req_id = f"r{i}"
-                prompt = [rng.randrange(10, 30000) for _ in range(r.prompt_len)]
-                scheduler.add_request(make_request(prompt, max_tokens=r.output_len,
-                                                   arrival=r.arrival, req_id=req_id))
-                arrival[req_id] = r.arrival
-                i += 1
+            i = _arrive(scheduler, pending, i, clock.now, rng, arrival)
             if not scheduler.has_unfinished_requests():
                 clock.now = pending[i].arrival
                 continue
@@ -118,7 +119,8 @@ def simulate(arm: str, requests: Sequence[Request], *, model: str, budget: int,
             c2 = time.thread_time()
             scheduler.update_from_output(out, runner)
             c3 = time.thread_time()
-            host = (c1 - c0 + c3 - c2) * cpu_scale
+            host = _host_seconds(host_model, samples, c1 - c0 + c3 - c2, (
+                len(out.num_scheduled_tokens), len(out.scheduled_new_reqs))) * cpu_scale
             gpu = step_model.seconds(features) if out.total_num_scheduled_tokens else 0.0
             clock.now += max(gpu, host) if async_scheduling else gpu + host
             cpu += c1 - c0
@@ -128,13 +130,37 @@ def simulate(arm: str, requests: Sequence[Request], *, model: str, budget: int,
                     out_tokens += 1
                     ttft.setdefault(req_id, clock.now - arrival[req_id])
                     last[req_id] = (clock.now, last.get(req_id, (0.0, 0))[1] + 1)
-    observer = getattr(scheduler, "prepack_observer", None)
-    counters = {} if observer is None else {
-        k: v for k, v in observer.summary().items() if isinstance(v, (int, float))}
     first = requests[0].arrival if requests else 0.0
     tpot = {r: (t - arrival[r] - ttft[r]) / (n - 1) for r, (t, n) in last.items() if n > 1}
     return Run(ttft=ttft, makespan=clock.now - first, output_tokens=out_tokens, steps=steps,
-               sched_cpu_s=cpu, counters=counters, tpot=tpot)
+               sched_cpu_s=cpu, counters=_counters(scheduler), tpot=tpot)
+
+
+def _counters(scheduler) -> dict:
+    """Our scheduler's packing statistics (numbers only); none for stock's."""
+    observer = getattr(scheduler, "prepack_observer", None)
+    return {} if observer is None else {
+        k: v for k, v in observer.summary().items() if isinstance(v, (int, float))}
+
+
+def _arrive(scheduler, pending: Sequence[Request], i: int, now: float, rng: random.Random,
+            arrival: dict[str, float]) -> int:
+    """Add the requests from ``pending[i]`` on that have arrived by ``now``; the next index."""
+    while i < len(pending) and pending[i].arrival <= now:
+        r = pending[i]
+        req_id = f"r{i}"
+        prompt = [rng.randrange(10, 30000) for _ in range(r.prompt_len)]
+        scheduler.add_request(make_request(prompt, max_tokens=r.output_len, arrival=r.arrival,
+                                           req_id=req_id))
+        arrival[req_id] = r.arrival
+        i += 1
+    return i
+
+
+def _host_seconds(model, samples: list | None, measured: float, counts: tuple) -> float:
+    if samples is not None:
+        samples.append((*counts, measured))
+    return measured if model is None else model.seconds(*counts)
 
 
 def percentile(values: Sequence[float], q: float) -> float:

@@ -39,6 +39,47 @@ CPU_SCALE = 1.6
 file's ``sched_cpu_s`` + ``update_s`` against :func:`simulate`'s measurement)."""
 
 
+@dataclass(frozen=True)
+class HostModel:
+    """Seconds of scheduler CPU time of one step on this machine (``schedule()`` plus
+    ``update_from_output()``): ``base + per_scheduled * requests in the step + per_new *
+    requests admitted by the step`` (an admission looks up and allocates the prompt's KV
+    blocks). Running requests are left out: nearly all of them are scheduled every step, so
+    the two counts cannot be told apart."""
+
+    base: float
+    per_scheduled: float
+    per_new: float
+
+    def seconds(self, scheduled: int, new: int) -> float:
+        return max(0.0, self.base + self.per_scheduled * scheduled + self.per_new * new)
+
+
+HOST_MODEL = HostModel(base=-0.00013987200727091968, per_scheduled=3.5609752365041345e-05,
+                       per_new=0.0005161027936560901)
+"""Fitted by :func:`fit_host_model` to every arm's steps in
+benchmarks/results/trace_sim_host_fit_cpu.json (this CPU machine, vLLM 0.32.0;
+``python -m benchmarks.trace_sim --fit-host ...``). One model for every arm: the arms' own
+fits differ by less than the same arm's fits from one run to the next on this machine (the
+planner's own cost is measured by ``benchmarks.planner_cost``). The simulator's default
+(``host="model"``), so that a run is a function of its inputs."""
+
+
+def fit_host_model(samples: list[tuple[int, int, float]]) -> tuple[HostModel, dict]:
+    """Least-squares fit of measured scheduler CPU seconds per step to the scheduled and
+    admitted request counts (``samples``: ``(scheduled, new, seconds)``)."""
+    import numpy as np
+
+    a = np.asarray(samples, dtype=float)
+    x = np.column_stack([np.ones(len(a)), a[:, :2]])
+    coef, *_ = np.linalg.lstsq(x, a[:, 2], rcond=None)
+    model = HostModel(*(float(c) for c in coef))
+    pred = np.maximum(0.0, x @ coef)
+    return model, {"steps": len(a), "mean_s": float(a[:, 2].mean()),
+                   "mean_abs_error_s": float(np.abs(pred - a[:, 2]).mean()),
+                   "total_time_error": float(pred.sum() / a[:, 2].sum() - 1)}
+
+
 def fit_step_model(steps: dict, skip_reps: tuple[int, ...] = (0,)) -> tuple[StepModel, dict]:
     """Least-squares fit of the step period (gap between consecutive ``schedule()`` calls)
     to prefill tokens, decode requests and context, over every arm and repetition of a

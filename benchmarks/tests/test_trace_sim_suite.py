@@ -23,9 +23,10 @@ def _requests(n: int = 60, rate: float = 400.0) -> list[trace_sim_drive.Request]
 
 
 def _run(tiny_model: str, arm: str, **kw) -> trace_sim_drive.Run:
+    kw = {"cpu_scale": 0.0, **kw}
     return trace_sim_drive.simulate(arm, _requests(), model=tiny_model, budget=256, max_num_seqs=8,
                               num_blocks=512, max_model_len=1024,
-                              step_model=trace_sim_model.STEP_MODELS["llama-3.1-8b"], cpu_scale=0.0,
+                              step_model=trace_sim_model.STEP_MODELS["llama-3.1-8b"],
                               seed=0, **kw)
 
 
@@ -76,3 +77,39 @@ def test_step_model_fit_on_the_h200_step_timings():
     committed = trace_sim_model.STEP_MODELS["llama-3.1-8b"]
     assert committed.base == pytest.approx(model.base, rel=0.02)
     assert committed.per_token == pytest.approx(model.per_token, rel=0.02)
+
+
+HOST_FIT = RESULTS / "trace_sim_host_fit_cpu.json"
+
+
+def test_host_model_fit_recovers_a_linear_cost():
+    truth = trace_sim_model.HostModel(base=2e-4, per_scheduled=3e-5, per_new=1e-4)
+    samples = [(s, n, truth.seconds(s, n)) for s in range(1, 400, 37) for n in range(0, 30, 7)]
+    model, fit = trace_sim_model.fit_host_model(samples)
+    for name in ("base", "per_scheduled", "per_new"):
+        assert getattr(model, name) == pytest.approx(getattr(truth, name), rel=1e-6)
+    assert abs(fit["total_time_error"]) < 1e-9
+
+
+def test_the_committed_host_model_is_the_committed_fit():
+    fit = json.loads(HOST_FIT.read_text())
+    assert trace_sim_model.HOST_MODEL == trace_sim_model.HostModel(**fit["host_model"]["model"])
+    assert fit["host_model"]["fit"]["steps"] > 10_000
+    model = trace_sim_model.HOST_MODEL
+    assert model.per_scheduled > 0 and model.seconds(300, 0) > model.seconds(10, 0)
+    assert set(fit["per_arm"]) == set(fit["arms"])
+
+
+def test_the_simulator_is_deterministic_with_the_host_model(tiny_model):
+    runs = [_run(tiny_model, "stretch", cpu_scale=1.6) for _ in range(2)]
+    assert runs[0].ttft == runs[1].ttft
+    with pytest.raises(ValueError, match="invalid host 'wall'; accepted: model, measured"):
+        _run(tiny_model, "stock", host="wall")
+
+
+def test_measured_host_time_is_collected_per_step(tiny_model):
+    samples: list = []
+    run = _run(tiny_model, "stock", cpu_scale=1.0, host="measured", samples=samples)
+    assert len(samples) == run.steps
+    assert all(s[2] >= 0 and s[0] >= s[1] for s in samples)  # the admitted are scheduled
+    assert sum(s[1] for s in samples) == len(_requests())  # each admitted once
