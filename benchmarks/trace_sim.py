@@ -74,6 +74,13 @@ def ratios(per_arm: dict[str, list[dict]], baseline: str = "stock") -> dict:
     return analysis.compare(per_arm, baseline, METRICS)
 
 
+def _engine(opts: SimOptions, model: str, budget: int, **extra) -> dict:
+    """:func:`simulate`'s engine settings for one budget."""
+    return dict(model=model, budget=budget, max_num_seqs=opts.max_num_seqs,
+                num_blocks=opts.num_blocks, max_model_len=opts.max_model_len,
+                step_model=STEP_MODELS[opts.shape], cpu_scale=opts.cpu_scale, **extra)
+
+
 def grid(opts: SimOptions, bar) -> list[dict]:
     """Every (budget, load) point: arms side by side on the same seeds."""
     from benchmarks import trace
@@ -86,10 +93,7 @@ def grid(opts: SimOptions, bar) -> list[dict]:
     requests = windows[opts.seeds[0]]
     points = []
     for budget in opts.budgets:
-        kw = dict(model=model, budget=budget, max_num_seqs=opts.max_num_seqs,
-                  num_blocks=opts.num_blocks, max_model_len=opts.max_model_len,
-                  step_model=STEP_MODELS[opts.shape], cpu_scale=opts.cpu_scale,
-                  host=opts.host)
+        kw = _engine(opts, model, budget, host=opts.host)
         sat = saturation(requests, seed=0, **kw)
         native = (len(requests) - 1) / (requests[-1].arrival - requests[0].arrival)
         loads = [native * opts.compression / sat] if opts.compression else opts.loads
@@ -118,10 +122,8 @@ def fit_hosts(opts: SimOptions, bar) -> dict:
                                         max_model_len=opts.max_model_len))
     samples: dict[str, list] = {arm: [] for arm in opts.arms}
     for budget in opts.budgets:
-        kw = dict(model=str(config_dir(opts.shape)), budget=budget,
-                  max_num_seqs=opts.max_num_seqs, num_blocks=opts.num_blocks,
-                  max_model_len=opts.max_model_len, step_model=STEP_MODELS[opts.shape],
-                  cpu_scale=opts.cpu_scale, host="measured", seed=opts.seeds[0])
+        kw = _engine(opts, str(config_dir(opts.shape)), budget, host="measured",
+                     seed=opts.seeds[0])
         sat = saturation(window, **kw)
         for load in opts.loads:
             for arm in opts.arms:
@@ -133,31 +135,37 @@ def fit_hosts(opts: SimOptions, bar) -> dict:
     return {arm: {"model": dataclasses.asdict(m), "fit": f} for arm, (m, f) in fits.items()}
 
 
-def run(opts: SimOptions) -> dict:
-    """The grid, its ratios printed; the result JSON (written to ``opts.out``). With
-    ``fit_host``: each arm's fitted host model instead."""
+def run_host_fit(opts: SimOptions) -> dict:
+    """The host model's fit, printed; its result JSON (written to ``opts.out``)."""
     from tqdm import tqdm
 
     from benchmarks import trace
 
-    if opts.fit_host:
-        with tqdm(total=len(opts.budgets) * len(opts.loads) * len(opts.arms),
-                  desc="host fit", unit="run") as bar:
-            fits = fit_hosts(opts, bar)
-        for arm, f in fits.items():
-            print(f"{arm:>8}: " + "  ".join(f"{k} {v * 1e6:.1f} us" for k, v in f["model"].items())
-                  + f"  (mean {f['fit']['mean_s'] * 1e3:.2f} ms per step, "
-                  f"mean abs error {f['fit']['mean_abs_error_s'] * 1e3:.2f} ms)")
-        result = {"benchmark": "trace simulator: scheduler CPU time per step, fitted (CPU)",
-                  **harness.environment(), "shape": opts.shape, "n": opts.n,
-                  "start": opts.start, "budgets": list(opts.budgets),
-                  "loads": list(opts.loads), "max_num_seqs": opts.max_num_seqs,
-                  "arms": list(opts.arms), "workload": {"trace": trace.ATTRIBUTION},
-                  "host_model": fits.pop("all"), "per_arm": fits}
-        if opts.out:
-            harness.write_json(opts.out, result)
-            print("wrote", opts.out)
-        return result
+    with tqdm(total=len(opts.budgets) * len(opts.loads) * len(opts.arms),
+              desc="host fit", unit="run") as bar:
+        fits = fit_hosts(opts, bar)
+    for arm, f in fits.items():
+        print(f"{arm:>8}: " + "  ".join(f"{k} {v * 1e6:.1f} us" for k, v in f["model"].items())
+              + f"  (mean {f['fit']['mean_s'] * 1e3:.2f} ms per step, "
+              f"mean abs error {f['fit']['mean_abs_error_s'] * 1e3:.2f} ms)")
+    result = {"benchmark": "trace simulator: scheduler CPU time per step, fitted (CPU)",
+              **harness.environment(), "shape": opts.shape, "n": opts.n, "start": opts.start,
+              "budgets": list(opts.budgets), "loads": list(opts.loads),
+              "max_num_seqs": opts.max_num_seqs, "arms": list(opts.arms),
+              "workload": {"trace": trace.ATTRIBUTION},
+              "host_model": fits.pop("all"), "per_arm": fits}
+    if opts.out:
+        harness.write_json(opts.out, result)
+        print("wrote", opts.out)
+    return result
+
+
+def run(opts: SimOptions) -> dict:
+    """The grid, its ratios printed; the result JSON (written to ``opts.out``)."""
+    from tqdm import tqdm
+
+    from benchmarks import trace
+
     loads = 1 if opts.compression else len(opts.loads)
     with tqdm(total=len(opts.budgets) * loads * len(opts.seeds) * len(opts.arms),
               desc="trace sim", unit="run") as bar:
@@ -225,7 +233,8 @@ def parse(argv: Sequence[str] | None = None) -> SimOptions:
 
 
 def main(argv: Sequence[str] | None = None) -> dict:
-    return run(parse(argv))
+    opts = parse(argv)
+    return run_host_fit(opts) if opts.fit_host else run(opts)
 
 
 if __name__ == "__main__":

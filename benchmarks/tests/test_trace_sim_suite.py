@@ -113,3 +113,20 @@ def test_measured_host_time_is_collected_per_step(tiny_model):
     assert len(samples) == run.steps
     assert all(s[2] >= 0 and s[0] >= s[1] for s in samples)  # the admitted are scheduled
     assert sum(s[1] for s in samples) == len(_requests())  # each admitted once
+
+
+def test_the_host_fit_cli_writes_a_pooled_and_a_per_arm_fit(tmp_path):
+    from benchmarks import trace_sim
+    from benchmarks.tests.suite_env import TRACE_CSV
+
+    trace = tmp_path / "trace.csv"
+    trace.write_text(TRACE_CSV)
+    out = tmp_path / "fit.json"
+    result = trace_sim.main(["--fit-host", "--trace", str(trace), "--n", "6", "--budgets", "256",
+                             "--loads", "1.0,2.0", "--arms", "stock,stretch", "--seeds", "0",
+                             "--max-num-seqs", "4", "--num-blocks", "256", "--out", str(out)])
+    assert json.loads(out.read_text())["host_model"] == result["host_model"]
+    assert set(result["per_arm"]) == {"stock", "stretch"}
+    pooled = result["host_model"]["fit"]["steps"]
+    assert pooled == sum(f["fit"]["steps"] for f in result["per_arm"].values()) > 0
+    assert set(result["host_model"]["model"]) == {"base", "per_scheduled", "per_new"}
