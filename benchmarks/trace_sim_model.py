@@ -71,13 +71,22 @@ def fit_host_model(samples: list[tuple[int, int, float]]) -> tuple[HostModel, di
     import numpy as np
 
     a = np.asarray(samples, dtype=float)
-    x = np.column_stack([np.ones(len(a)), a[:, :2]])
-    coef, *_ = np.linalg.lstsq(x, a[:, 2], rcond=None)
-    model = HostModel(*(float(c) for c in coef))
-    pred = np.maximum(0.0, x @ coef)
-    return model, {"steps": len(a), "mean_s": float(a[:, 2].mean()),
-                   "mean_abs_error_s": float(np.abs(pred - a[:, 2]).mean()),
-                   "total_time_error": float(pred.sum() / a[:, 2].sum() - 1)}
+    coef, fit = _least_squares(a[:, :2], a[:, 2], floor=0.0)
+    return HostModel(*coef), fit
+
+
+def _least_squares(features, y, floor: float | None = None) -> tuple[list[float], dict]:
+    """``y ~ c0 + features @ c``: the coefficients and the fit's errors (predictions clipped
+    at ``floor`` when given, as the model that uses them clips)."""
+    import numpy as np
+
+    x = np.column_stack([np.ones(len(y)), features])
+    coef, *_ = np.linalg.lstsq(x, y, rcond=None)
+    pred = x @ coef if floor is None else np.maximum(floor, x @ coef)
+    return [float(c) for c in coef], {
+        "steps": int(len(y)), "mean_s": float(y.mean()),
+        "mean_abs_error_s": float(np.abs(pred - y).mean()),
+        "total_time_error": float(pred.sum() / y.sum() - 1)}
 
 
 def fit_step_model(steps: dict, skip_reps: tuple[int, ...] = (0,)) -> tuple[StepModel, dict]:
@@ -96,17 +105,12 @@ def fit_step_model(steps: dict, skip_reps: tuple[int, ...] = (0,)) -> tuple[Step
                 period = np.diff(t)
                 keep = period < 1.0  # idle gaps between arrivals are not steps
                 f = [np.asarray(run[c][:-1], dtype=float) for c in ("prefill", "decode_reqs")]
-                x = np.stack([np.ones_like(period), f[0], f[1]], 1)[keep]
+                x = np.stack([f[0], f[1]], 1)[keep]
                 xs.append(x)
                 ys.append(period[keep])
-    x, y = np.concatenate(xs), np.concatenate(ys)
-    coef, *_ = np.linalg.lstsq(x, y, rcond=None)
-    pred = x @ coef
-    model = StepModel(base=float(coef[0]), per_token=float(coef[1]),
-                      per_decode=float(coef[2]))
-    fit = {"steps": int(len(y)), "mean_period_s": float(y.mean()),
-           "mean_abs_error_s": float(np.abs(pred - y).mean()),
-           "total_time_error": float(pred.sum() / y.sum() - 1)}
+    coef, fit = _least_squares(np.concatenate(xs), np.concatenate(ys))
+    model = StepModel(base=coef[0], per_token=coef[1], per_decode=coef[2])
+    fit["mean_period_s"] = fit.pop("mean_s")
     return model, fit
 
 
