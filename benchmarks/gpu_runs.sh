@@ -24,7 +24,8 @@
 # shared folder beside the checkout does not travel). Their sizes can be set from the
 # environment: N (requests), START (first row), REPS, BUDGET (max_num_batched_tokens),
 # COMPRESSION (trace-llm; or LOADS, multiples of stock's saturation rate), LOADS (trace-serve),
-# ARMS (trace-llm), PREPACK_ARGS (trace-serve: more --prepack-* options), SATURATION (stock's
+# ARMS (trace-llm), PREPACK_ARGS (trace-serve: more --prepack-* options), GRAPHS (trace-serve:
+# 1 for compile and CUDA graphs), SATURATION (stock's
 # saturation rate in req/s from an earlier part of the same grid: not measured again).
 set -uo pipefail
 phase=${1:?usage: bash benchmarks/gpu_runs.sh paper|nochunk|serve|equiv1|equiv|pp|tp|dp|moe|trace-llm|trace-serve [tag]}
@@ -148,14 +149,17 @@ trace-serve)
   # saturation rate on the window (measured first), exact input/output lengths, fixed TTFT
   # SLO for goodput (no calibration run). Pairs that would end past the time budget are
   # skipped (status "partial"); run the rest with LOADS=... in another call.
+  # GRAPHS=1: vLLM's default torch.compile and CUDA graphs instead of --enforce-eager (name
+  # tagged _graphs; the servers' compile cache stays on a warm machine for the next call).
   budget=${BUDGET:-2048}
   loads=${LOADS:-1.0,1.5}
-  name="trace_serve_8b_b${budget}_${loads//,/_}_$tag"
+  if [ "${GRAPHS:-0}" = 1 ]; then mode= mode_tag=_graphs; else mode=--enforce-eager mode_tag=; fi
+  name="trace_serve_8b_b${budget}_${loads//,/_}${mode_tag}_$tag"
   run "$name" 580 $py -m benchmarks.serve_ab --model-shape llama-3.1-8b \
     --tokenizer .models/tiny-llama --workload trace ${TRACE:+--trace "$TRACE"} \
     --trace-start "${START:-0}" --n "${N:-300}" --load-factors "$loads" --reps "${REPS:-3}" \
     --ttft-slo-ms "${SLO_MS:-2000}" --time-budget-s 520 --max-duration-s 200 \
-    --serve-args "--enforce-eager --max-model-len 8192 --max-num-batched-tokens $budget" \
+    --serve-args "$mode --max-model-len 8192 --max-num-batched-tokens $budget" \
     ${SATURATION:+--saturation-rate "$SATURATION"} \
     ${PREPACK_ARGS:+--prepack-args "$PREPACK_ARGS"} --out "$out/$name.json"
   progress "$out/$name.log"
