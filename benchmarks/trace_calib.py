@@ -8,6 +8,10 @@ Where the GPU's prepack arm left no request waiting after any step and overtook 
 admissions were stock's: that point's GPU ratios measure the setup's run-to-run noise, not the
 policy, and the row says so.
 
+The simulator's step model was fitted to eager steps (``--enforce-eager``): a result whose
+servers ran with torch.compile and CUDA graphs is skipped, and listed under ``skipped`` with
+the reason.
+
     python -m benchmarks.trace_calib \\
         --gpu benchmarks/results/trace_serve_8b_b2048_1.0_1.5_h200.json \\
         --out benchmarks/results/trace_calib_serve_8b_h200.json      # CPU, about 1 min a file
@@ -30,6 +34,8 @@ METRICS = {"mean_ttft_ms": "ttft_mean_s", "p99_ttft_ms": "ttft_p99_s",
 """GPU metric -> the simulator's (goodput: every request within the SLO at these points, so
 the simulator's throughput ratio stands for it)."""
 TOLERANCE = 0.15
+SKIP_GRAPHS = ("servers ran with torch.compile and CUDA graphs; the step model is fitted to "
+               "eager steps")
 ARM = "stretch"
 """The simulator arm of prepack's defaults."""
 
@@ -61,6 +67,11 @@ def gpu_point(result: dict, agg: dict, load: str) -> dict:
 def budget_of(result: dict) -> int:
     args = result["arms"]["stock"]["serve_args"]
     return int(args[args.index("--max-num-batched-tokens") + 1])
+
+
+def eager(result: dict) -> bool:
+    """Whether the GPU servers ran eager, as the simulator's step model was measured."""
+    return "--enforce-eager" in result["arms"]["stock"]["serve_args"]
 
 
 def sim_points(result: dict, loads: list[str], opts: CalibOptions, bar) -> dict[str, dict]:
@@ -101,9 +112,13 @@ def compare(gpu: dict, sim: dict) -> dict:
 def run(opts: CalibOptions) -> dict:
     from tqdm import tqdm
 
-    results = []
+    results, skipped = [], []
     for p in opts.gpu:
         d = json.loads(Path(p).read_text())
+        if not eager(d):
+            skipped.append({"gpu_file": Path(p).name, "reason": SKIP_GRAPHS})
+            print(f"{Path(p).name}: skipped ({SKIP_GRAPHS})")
+            continue
         agg = per_load(d)
         results.append((Path(p), d, agg, [k for k, v in agg.items() if v["paired_reps"]]))
     points = []
@@ -121,7 +136,7 @@ def run(opts: CalibOptions) -> dict:
                                "same_admissions_on_gpu": serve_report.same_admissions(g)})
     result = {"benchmark": BENCHMARK, **harness.environment(), "tolerance": TOLERANCE,
               "max_num_seqs": opts.max_num_seqs, "num_blocks": opts.num_blocks,
-              "simulator_arm": ARM, "points": points}
+              "simulator_arm": ARM, "points": points, "skipped": skipped}
     for p in points:
         print(f"{p['gpu_file']} load {p['load']:g}: " + "  ".join(
             f"{m} gpu {p['gpu']['ratios'][m]['median']:.2f} sim {p['sim']['ratios'][m]:.2f}"

@@ -18,7 +18,7 @@ def _bench(ttft: float, p99: float, goodput: float) -> dict:
             "output_throughput": 100.0, "total_token_throughput": 900.0}
 
 
-def _gpu_result(overtakes: int, oldest: float) -> dict:
+def _gpu_result(overtakes: int, oldest: float, mode: str = "--enforce-eager") -> dict:
     runs = []
     for rep, (stock, prepack) in enumerate([(100.0, 80.0), (120.0, 90.0)]):
         for arm, ttft in (("stock", stock), ("prepack", prepack)):
@@ -31,7 +31,7 @@ def _gpu_result(overtakes: int, oldest: float) -> dict:
             "device": "GPU: test", "git_commit": "0" * 40, "load_factors": [1.0],
             "repetitions": 2, "workload": {"start": 0, "n": 6, "description": "test window"},
             "saturation": {"request_throughput": 4.0},
-            "arms": {"stock": {"serve_args": ["m", "--max-num-batched-tokens", "256"]}},
+            "arms": {"stock": {"serve_args": ["m", mode, "--max-num-batched-tokens", "256"]}},
             "runs": runs}
 
 
@@ -60,3 +60,16 @@ def test_calibration_puts_the_simulator_beside_the_gpu(tmp_path, overtakes, olde
     # six requests that never queue: the simulated arms make the same admissions
     assert sim["ratios"]["mean_ttft_ms"] == pytest.approx(1.0, abs=0.05)
     assert not point["agreement"]["mean_ttft_ms"]["within_15pct"]
+
+
+def test_calibration_skips_a_replay_with_cuda_graphs(tmp_path):
+    """The step model is eager: a compiled, graph-captured replay gets no simulator row."""
+    trace = tmp_path / "trace.csv"
+    trace.write_text(TRACE_CSV)
+    eager, graphs = tmp_path / "eager.json", tmp_path / "graphs.json"
+    eager.write_text(json.dumps(_gpu_result(3, 0.5)))
+    graphs.write_text(json.dumps(_gpu_result(3, 0.5, mode="--max-model-len=8192")))
+    result = trace_calib.main(["--gpu", str(graphs), str(eager), "--trace", str(trace),
+                               "--max-num-seqs", "4", "--num-blocks", "256"])
+    assert [p["gpu_file"] for p in result["points"]] == ["eager.json"]
+    assert result["skipped"] == [{"gpu_file": "graphs.json", "reason": trace_calib.SKIP_GRAPHS}]
