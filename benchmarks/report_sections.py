@@ -215,9 +215,15 @@ def _offline_throughput(d: dict, path: Path) -> Path:
 
 
 def serving_figures(path: Path, d: dict, out_dir: Path) -> list[str]:
-    from benchmarks import serve_report
+    from benchmarks import serve_plots
 
-    return [serve_report.plot(d, out_dir / f"{path.stem}.png").name] if d.get("runs") else []
+    if not d.get("runs"):
+        return []
+    names = [serve_plots.plot(d, out_dir / f"{path.stem}.png").name]
+    if d.get("workload", {}).get("arrival") == "trace":
+        arrivals = out_dir / f"{path.stem}_ttft_by_arrival.png"
+        names.append(serve_plots.plot_arrivals(d, arrivals).name)
+    return names
 
 
 def paper_figures(path: Path, d: dict, out_dir: Path) -> list[str]:

@@ -50,8 +50,9 @@ only where the whole spread excludes 1.0.
 
 Modules: :mod:`benchmarks.serve_options` (options, CLI), :mod:`benchmarks.serve_traces`,
 :mod:`benchmarks.serve_pool` (servers, ``/metrics``), :mod:`benchmarks.serve_runs` (one run,
-its checks), :mod:`benchmarks.serve_drive` (saturation, SLO, the measured pairs) and
-:mod:`benchmarks.serve_report` (aggregation, section, plots).
+its checks), :mod:`benchmarks.serve_drive` (saturation, SLO, the measured pairs),
+:mod:`benchmarks.serve_report` (aggregation, section) and :mod:`benchmarks.serve_plots` (TTFT
+and goodput against load, TTFT CDFs, TTFT by arrival for trace replays).
 
     python -m benchmarks.serve_ab --model-shape llama-3.2-1b --tokenizer .models/tiny-llama \\
         --workload lognormal --n 400 --output-len 32 --load-factors 0.5,0.8,1.0,1.2 --reps 2 \\
@@ -69,8 +70,9 @@ from pathlib import Path
 
 from benchmarks import harness, serve_drive
 from benchmarks.serve_options import ServeOptions, parse
+from benchmarks.serve_plots import plot, plot_arrivals, plot_cdf
 from benchmarks.serve_pool import Pool
-from benchmarks.serve_report import BASELINE, aggregate, plot, plot_cdf, render_section
+from benchmarks.serve_report import BASELINE, aggregate, render_section
 from benchmarks.serve_runs import CLIENT
 from benchmarks.serve_traces import CHUNK, TraceBook
 
@@ -169,6 +171,9 @@ def main(argv: Sequence[str] | None = None) -> dict:
         print("wrote", plot(result, plot_path))
         cdf = Path(plot_path).with_name(Path(plot_path).stem + "_ttft_cdf.png")
         print("wrote", plot_cdf(result, cdf))
+        if result["workload"].get("arrival") == "trace":
+            by_arrival = Path(plot_path).with_name(Path(plot_path).stem + "_ttft_by_arrival.png")
+            print("wrote", plot_arrivals(result, by_arrival))
     if opts.out:
         print("wrote", opts.out)
     print(render_section(result))

@@ -85,6 +85,7 @@ def test_serve_ab_smoke_both_arms_complete(tiny_model, tmp_path, engine_lock):
     section = serve_report.render_section(d)
     assert "| 1x |" in section and "PrepackSyncScheduler" in section
     assert (tmp_path / "serve_ab.png").stat().st_size > 0
+    assert not (tmp_path / "serve_ab_ttft_by_arrival.png").exists()  # Poisson: no trace order
 
 
 @pytest.mark.engine
@@ -121,3 +122,4 @@ def test_serve_ab_trace_replay_completes(tiny_model, tmp_path, engine_lock):
     assert "CC-BY 4.0" in serve_report.render_section(d)
     assert (tmp_path / "serve_trace.png").stat().st_size > 0
     assert (tmp_path / "serve_trace_ttft_cdf.png").stat().st_size > 0
+    assert (tmp_path / "serve_trace_ttft_by_arrival.png").stat().st_size > 0

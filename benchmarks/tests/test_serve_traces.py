@@ -168,3 +168,13 @@ def test_every_load_runs_each_arm_first_in_alternate_repetitions(loads):
         assert sorted(serve_drive.arm_order(0, li)) == sorted(serve_pool.ARMS)
     if loads > 1:
         assert serve_drive.arm_order(0, 0) != serve_drive.arm_order(0, 1)
+
+
+def test_moving_mean_of_ttft_by_arrival():
+    from benchmarks.serve_plots import moving_mean
+
+    assert moving_mean([1.0, 3.0, 5.0, 7.0], 2) == [2.0, 4.0, 6.0]
+    assert moving_mean([4.0, 0.0, 2.0], 3) == [2.0]
+    values = [0.1 * i * i for i in range(30)]
+    assert moving_mean(values, 7) == pytest.approx(
+        [sum(values[i:i + 7]) / 7 for i in range(24)])
