@@ -40,10 +40,7 @@ def _finish(fig, title: str, bottom: float, path: Path) -> Path:
 
 def plot_trace_load(d: dict, path: Path) -> Path:
     """TTFT (mean, p99) against load, one line per arm (bars: min-max over repetitions)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = report.pyplot()
 
     names = list(d["workloads"])
 
@@ -73,10 +70,7 @@ def plot_trace_load(d: dict, path: Path) -> Path:
 
 def plot_trace_cdf(d: dict, path: Path) -> Path:
     """TTFT CDFs, one panel per load, one line per arm (every repetition's requests)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = report.pyplot()
 
     names = list(d["workloads"])
     fig, axes = plt.subplots(1, len(names), figsize=(3.2 * len(names), 3), squeeze=False)

@@ -74,10 +74,7 @@ def print_table(result: dict) -> None:
 def plot(result: dict, path: str | Path) -> Path:
     """PNG: speedup over ``padded`` (total time) against batch size, one line per method,
     one panel per (model, workload)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = report.pyplot()
 
     runs = result["runs"]
     cols = min(3, len(runs))

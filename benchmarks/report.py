@@ -6,6 +6,16 @@ from __future__ import annotations
 from pathlib import Path
 
 
+def pyplot():
+    """matplotlib's pyplot on the Agg backend (no display)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
 def save_figure(fig, path: str | Path) -> Path:
     """Write a matplotlib figure as a PNG (parent folders made) and close it."""
     import matplotlib.pyplot as plt

@@ -166,17 +166,8 @@ def offline_figures(path: Path, d: dict, out_dir: Path) -> list[str]:
             _offline_throughput(d, out_dir / f"{path.stem}_throughput.png").name]
 
 
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
 def _offline_cdf(d: dict, path: Path) -> Path:
-    plt = _pyplot()
+    plt = report.pyplot()
     names = list(d["workloads"])
     fig, axes = plt.subplots(1, len(names), figsize=(3.2 * len(names), 3), squeeze=False)
     for ax, name in zip(axes[0], names):
@@ -196,7 +187,7 @@ def _offline_cdf(d: dict, path: Path) -> Path:
 
 
 def _offline_throughput(d: dict, path: Path) -> Path:
-    plt = _pyplot()
+    plt = report.pyplot()
     names = list(d["workloads"])
     fig, ax = plt.subplots(figsize=(1.6 * len(names) + 2, 3))
     arms = list(d["arms"])
@@ -219,11 +210,7 @@ def serving_figures(path: Path, d: dict, out_dir: Path) -> list[str]:
 
     if not d.get("runs"):
         return []
-    names = [serve_plots.plot(d, out_dir / f"{path.stem}.png").name]
-    if d.get("workload", {}).get("arrival") == "trace":
-        arrivals = out_dir / f"{path.stem}_ttft_by_arrival.png"
-        names.append(serve_plots.plot_arrivals(d, arrivals).name)
-    return names
+    return [p.name for p in serve_plots.figures(d, out_dir / f"{path.stem}.png")]
 
 
 def paper_figures(path: Path, d: dict, out_dir: Path) -> list[str]:

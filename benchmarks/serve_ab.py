@@ -70,7 +70,7 @@ from pathlib import Path
 
 from benchmarks import harness, serve_drive
 from benchmarks.serve_options import ServeOptions, parse
-from benchmarks.serve_plots import plot, plot_arrivals, plot_cdf
+from benchmarks.serve_plots import figures
 from benchmarks.serve_pool import Pool
 from benchmarks.serve_report import BASELINE, aggregate, render_section
 from benchmarks.serve_runs import CLIENT
@@ -168,12 +168,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
     result = run(opts)
     plot_path = opts.plot or (str(Path(opts.out).with_suffix(".png")) if opts.out else None)
     if plot_path and result["per_load"]:
-        print("wrote", plot(result, plot_path))
-        cdf = Path(plot_path).with_name(Path(plot_path).stem + "_ttft_cdf.png")
-        print("wrote", plot_cdf(result, cdf))
-        if result["workload"].get("arrival") == "trace":
-            by_arrival = Path(plot_path).with_name(Path(plot_path).stem + "_ttft_by_arrival.png")
-            print("wrote", plot_arrivals(result, by_arrival))
+        for path in figures(result, plot_path):
+            print("wrote", path)
     if opts.out:
         print("wrote", opts.out)
     print(render_section(result))

@@ -10,16 +10,23 @@ from benchmarks import report
 from benchmarks.serve_pool import ARMS
 
 
+def figures(result: dict, path: str | Path) -> list[Path]:
+    """Every plot of ``result``: TTFT and goodput against load at ``path``, and beside it
+    ``<stem>_ttft_cdf.png`` and, for trace replays, ``<stem>_ttft_by_arrival.png``."""
+    path = Path(path)
+    out = [plot(result, path), plot_cdf(result, path.with_name(f"{path.stem}_ttft_cdf.png"))]
+    if result.get("workload", {}).get("arrival") == "trace":
+        out.append(plot_arrivals(result, path.with_name(f"{path.stem}_ttft_by_arrival.png")))
+    return out
+
+
 def _model_name(result: dict) -> str:
     return result.get("model_shape") or Path(result["model"]).name
 
 
 def plot(result: dict, path: str | Path) -> Path:
     """TTFT mean and goodput against load factor, one line per arm (bars: min-max of reps)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = report.pyplot()
 
     per_load = result.get("per_load", {})
     fig, axes = plt.subplots(1, 2, figsize=(8, 3.2))
@@ -49,10 +56,7 @@ def plot(result: dict, path: str | Path) -> Path:
 
 def plot_cdf(result: dict, path: str | Path) -> Path:
     """TTFT CDFs, one panel per load factor, one line per arm (all repetitions pooled)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = report.pyplot()
 
     loads = sorted({r["load_factor"] for r in result.get("runs", []) if r.get("ok")})
     fig, axes = plt.subplots(1, max(1, len(loads)), figsize=(3.2 * max(1, len(loads)), 3),
@@ -92,10 +96,7 @@ def moving_mean(values: Sequence[float], window: int) -> list[float]:
 def plot_arrivals(result: dict, path: str | Path, window: int = 10) -> Path:
     """Trace replays: TTFT against arrival order, one panel per load factor, one line per run
     (a moving mean over ``window`` requests): where the queues form, and in which runs."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = report.pyplot()
 
     loads = sorted({r["load_factor"] for r in result.get("runs", []) if r.get("ok")})
     fig, axes = plt.subplots(1, max(1, len(loads)), figsize=(4 * max(1, len(loads)), 3),
