@@ -16,6 +16,17 @@ def pyplot():
     return plt
 
 
+def cdf_panel(ax, samples: dict[str, list[float]], title: str) -> None:
+    """One panel of TTFT CDFs: a line per label (empty samples skipped)."""
+    for label, values in samples.items():
+        if values:
+            values = sorted(values)
+            ax.plot(values, [i / len(values) for i in range(1, len(values) + 1)], label=label)
+    ax.set_title(title, fontsize=9)
+    ax.set_xlabel("TTFT (s)", fontsize=8)
+    ax.grid(alpha=0.3)
+
+
 def save_figure(fig, path: str | Path) -> Path:
     """Write a matplotlib figure as a PNG (parent folders made) and close it."""
     import matplotlib.pyplot as plt

@@ -62,15 +62,10 @@ def plot_cdf(result: dict, path: str | Path) -> Path:
     fig, axes = plt.subplots(1, max(1, len(loads)), figsize=(3.2 * max(1, len(loads)), 3),
                              squeeze=False)
     for ax, lf in zip(axes[0], loads):
-        for arm in ARMS:
-            ttft = sorted(t for r in result["runs"] if r.get("ok") and r["arm"] == arm
-                          and r["load_factor"] == lf for t in r["bench"]["ttfts_s"])
-            if ttft:
-                ax.plot(ttft, [i / len(ttft) for i in range(1, len(ttft) + 1)], label=arm)
+        report.cdf_panel(ax, {arm: [t for r in result["runs"] if r.get("ok") and r["arm"] == arm
+                                    and r["load_factor"] == lf for t in r["bench"]["ttfts_s"]]
+                              for arm in ARMS}, f"{lf:g}x saturation")
         ax.set_xscale("log")
-        ax.set_title(f"{lf:g}x saturation", fontsize=9)
-        ax.set_xlabel("TTFT (s)", fontsize=8)
-        ax.grid(alpha=0.3)
     axes[0][0].set_ylabel("share of requests")
     axes[0][-1].legend(fontsize=7)
     fig.suptitle(f"Serving TTFT CDF: {_model_name(result)}"
