@@ -7,8 +7,6 @@ from pathlib import Path
 
 from benchmarks import report
 
-CREDIT = "Data: Azure LLM inference trace 2023 (conversation), CC-BY 4.0"
-
 
 def ratio_lines(result: dict, is_trace: bool) -> list[str]:
     """One line per workload, arm and headline metric: its ratio to the baseline."""
@@ -33,7 +31,7 @@ def _title(d: dict) -> str:
 
 def _finish(fig, title: str, bottom: float, path: Path) -> Path:
     fig.suptitle(title, fontsize=9)
-    fig.text(0.01, 0.01, CREDIT, fontsize=6)
+    fig.text(0.01, 0.01, report.TRACE_CREDIT, fontsize=6)
     fig.tight_layout(rect=(0, bottom, 1, 1))
     return report.save_figure(fig, path)
 
@@ -41,7 +39,6 @@ def _finish(fig, title: str, bottom: float, path: Path) -> Path:
 def plot_trace_load(d: dict, path: Path) -> Path:
     """TTFT (mean, p99) against load, one line per arm (bars: min-max over repetitions)."""
     plt = report.pyplot()
-
     names = list(d["workloads"])
 
     def x_of(name: str) -> float:
@@ -71,7 +68,6 @@ def plot_trace_load(d: dict, path: Path) -> Path:
 def plot_trace_cdf(d: dict, path: Path) -> Path:
     """TTFT CDFs, one panel per load, one line per arm (every repetition's requests)."""
     plt = report.pyplot()
-
     names = list(d["workloads"])
     fig, axes = plt.subplots(1, len(names), figsize=(3.2 * len(names), 3), squeeze=False)
     for ax, name in zip(axes[0], names):

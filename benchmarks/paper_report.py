@@ -75,7 +75,6 @@ def plot(result: dict, path: str | Path) -> Path:
     """PNG: speedup over ``padded`` (total time) against batch size, one line per method,
     one panel per (model, workload)."""
     plt = report.pyplot()
-
     runs = result["runs"]
     cols = min(3, len(runs))
     nrows = math.ceil(len(runs) / cols)

@@ -5,6 +5,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+TRACE_CREDIT = "Data: Azure LLM inference trace 2023 (conversation), CC-BY 4.0"
+"""The trace's attribution as a figure footnote."""
+
 
 def pyplot():
     """matplotlib's pyplot on the Agg backend (no display)."""

@@ -24,10 +24,17 @@ def _model_name(result: dict) -> str:
     return result.get("model_shape") or Path(result["model"]).name
 
 
+def _load_panels(result: dict, width: float):
+    """A figure with one panel per load factor that has a completed run: loads, figure, axes."""
+    loads = sorted({r["load_factor"] for r in result.get("runs", []) if r.get("ok")})
+    fig, axes = report.pyplot().subplots(1, max(1, len(loads)),
+                                         figsize=(width * max(1, len(loads)), 3), squeeze=False)
+    return loads, fig, axes[0]
+
+
 def plot(result: dict, path: str | Path) -> Path:
     """TTFT mean and goodput against load factor, one line per arm (bars: min-max of reps)."""
     plt = report.pyplot()
-
     per_load = result.get("per_load", {})
     fig, axes = plt.subplots(1, 2, figsize=(8, 3.2))
     for ax, metric, label in ((axes[0], "mean_ttft_ms", "TTFT mean (ms)"),
@@ -56,26 +63,20 @@ def plot(result: dict, path: str | Path) -> Path:
 
 def plot_cdf(result: dict, path: str | Path) -> Path:
     """TTFT CDFs, one panel per load factor, one line per arm (all repetitions pooled)."""
-    plt = report.pyplot()
-
-    loads = sorted({r["load_factor"] for r in result.get("runs", []) if r.get("ok")})
-    fig, axes = plt.subplots(1, max(1, len(loads)), figsize=(3.2 * max(1, len(loads)), 3),
-                             squeeze=False)
-    for ax, lf in zip(axes[0], loads):
+    loads, fig, axes = _load_panels(result, 3.2)
+    for ax, lf in zip(axes, loads):
         report.cdf_panel(ax, {arm: [t for r in result["runs"] if r.get("ok") and r["arm"] == arm
                                     and r["load_factor"] == lf for t in r["bench"]["ttfts_s"]]
                               for arm in ARMS}, f"{lf:g}x saturation")
         ax.set_xscale("log")
-    axes[0][0].set_ylabel("share of requests")
-    axes[0][-1].legend(fontsize=7)
+    axes[0].set_ylabel("share of requests")
+    axes[-1].legend(fontsize=7)
     fig.suptitle(f"Serving TTFT CDF: {_model_name(result)}"
                  f" ({result['device']})", fontsize=9)
     if result.get("workload", {}).get("arrival") == "trace":
-        fig.text(0.01, 0.01, "Data: Azure LLM inference trace 2023 (conversation), CC-BY 4.0",
-                 fontsize=6)
+        fig.text(0.01, 0.01, report.TRACE_CREDIT, fontsize=6)
     fig.tight_layout(rect=(0, 0.05, 1, 1))
     return report.save_figure(fig, path)
-
 
 
 def moving_mean(values: Sequence[float], window: int) -> list[float]:
@@ -91,13 +92,9 @@ def moving_mean(values: Sequence[float], window: int) -> list[float]:
 def plot_arrivals(result: dict, path: str | Path, window: int = 10) -> Path:
     """Trace replays: TTFT against arrival order, one panel per load factor, one line per run
     (a moving mean over ``window`` requests): where the queues form, and in which runs."""
-    plt = report.pyplot()
-
-    loads = sorted({r["load_factor"] for r in result.get("runs", []) if r.get("ok")})
-    fig, axes = plt.subplots(1, max(1, len(loads)), figsize=(4 * max(1, len(loads)), 3),
-                             squeeze=False)
+    loads, fig, axes = _load_panels(result, 4)
     colors = dict(zip(ARMS, ("tab:blue", "tab:orange"), strict=True))
-    for ax, lf in zip(axes[0], loads):
+    for ax, lf in zip(axes, loads):
         for r in result["runs"]:
             ttft = r["bench"]["ttfts_s"] if r.get("ok") and r["load_factor"] == lf else []
             if len(ttft) < window:
@@ -110,10 +107,9 @@ def plot_arrivals(result: dict, path: str | Path, window: int = 10) -> Path:
         ax.set_xlabel("request, in arrival order", fontsize=8)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=6)
-    axes[0][0].set_ylabel(f"TTFT (s), mean of {window} requests", fontsize=8)
+    axes[0].set_ylabel(f"TTFT (s), mean of {window} requests", fontsize=8)
     fig.suptitle(f"Serving TTFT by arrival: {_model_name(result)}"
                  f" ({result['device']})", fontsize=9)
-    fig.text(0.01, 0.01, "Data: Azure LLM inference trace 2023 (conversation), CC-BY 4.0",
-             fontsize=6)
+    fig.text(0.01, 0.01, report.TRACE_CREDIT, fontsize=6)
     fig.tight_layout(rect=(0, 0.05, 1, 1))
     return report.save_figure(fig, path)
