@@ -24,9 +24,9 @@ OFFLINE = ("offline A/B", "offline A/B, prefill only", "offline A/B, trace repla
 def sections() -> dict[str, tuple[Callable, Callable | None, int]]:
     """Benchmark kind (a result JSON's ``benchmark`` field) -> its section function
     ``(path, result) -> lines``, its figure function ``(path, result, out_dir) -> names`` (or
-    None) and the place of its sections in the document. Kinds not listed (trace simulation,
-    planner cost, step timings) are cited from the prose, not tabled."""
-    from benchmarks import paper, serve_ab, trace_calib
+    None) and the place of its sections in the document. Kinds not listed (planner cost, step
+    timings, the simulator's host fit) are cited from the prose, not tabled."""
+    from benchmarks import paper, serve_ab, sim_report, trace_calib, trace_sim
     from benchmarks import report_sections as s
 
     return {
@@ -38,6 +38,7 @@ def sections() -> dict[str, tuple[Callable, Callable | None, int]]:
         OFFLINE[2]: (s.trace_table, s.offline_figures, 2),
         serve_ab.BENCHMARK: (s.serving_section, s.serving_figures, 3),
         trace_calib.BENCHMARK: (s.calibration_table, None, 4),
+        trace_sim.BENCHMARK: (sim_report.section, sim_report.figures, 4),
         paper.BENCHMARK: (s.paper_section, s.paper_figures, 5),
     }
 

@@ -24,3 +24,24 @@ def test_render_writes_tables_from_committed_results(tmp_path, bench_env):
     if any((ROOT / "benchmarks" / "results").glob("ab_*.json")):
         assert "| mix | padding | arm |" in text and "ttft_cdf.png" in text
         assert list(tmp_path.glob("*_ttft_cdf.png"))
+    if any((ROOT / "benchmarks" / "results").glob("trace_sim_*_serve.json")):
+        assert "#### Trace simulation, llama-3.1-8b" in text and "stretch (defaults)" in text
+        assert (tmp_path / "trace_sim_8b_serve_frontier.png").exists()
+
+
+def test_simulation_section_and_frontier_from_a_result(tmp_path):
+    from benchmarks import sim_report
+
+    spread = {"median": 0.9, "min": 0.8, "max": 1.1, "mean": 0.9}
+    ratios = {m: spread for m in sim_report.METRICS}
+    result = {"shape": "llama-3.1-8b", "max_num_seqs": 1024, "vllm": "0.32.0",
+              "git_commit": "abc", "seeds": [0, 1], "workload": {"n": 8, "start": 0,
+                                                                   "trace": "credit"},
+              "arms": {"stock": None, "stretch": {}, "stretch4": {"stretch": 4.0}},
+              "points": [{"budget": 2048, "load": 1.5,
+                          "ratios": {"stretch": ratios, "stretch4": ratios}}]}
+    lines = sim_report.section(tmp_path / "sim.json", result)
+    assert "| 2048 | 1.50x | stretch (defaults) | 0.90 [0.80-1.10] |" in "\n".join(lines)
+    assert "\n| | | stretch4 (stretch 4) | 0.90 [0.80-1.10] |" in "\n".join(lines)
+    assert sim_report.figures(tmp_path / "sim.json", result, tmp_path) == ["sim_frontier.png"]
+    assert (tmp_path / "sim_frontier.png").stat().st_size > 0

@@ -1,0 +1,98 @@
+"""docs/results.md's section for a trace simulation (``benchmarks.trace_sim``): a table of
+each arm's ratios to stock per budget and load, and a figure of mean against p99 TTFT ratio
+per point, one marker per arm, so the trade-off between the two is seen at a glance."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from benchmarks import report
+
+DEFAULT_ARM = "stretch"
+"""The arm that runs the plugin's defaults (``benchmarks.trace_sim_drive.ARMS``)."""
+
+METRICS = ("ttft_mean_s", "ttft_p50_s", "ttft_p99_s", "throughput_tok_s")
+
+
+def cell(r: dict | None) -> str:
+    """``median [min-max]`` of a ratio spread over the simulated windows."""
+    if not r:
+        return "-"
+    return f"{r['median']:.2f} [{r['min']:.2f}-{r['max']:.2f}]"
+
+
+def arm_label(arm: str, options: dict | None) -> str:
+    if options is None:
+        return f"{arm} (vLLM)"
+    if not options:
+        return f"{arm} (defaults)"
+    return f"{arm} (" + ", ".join(f"{k} {v:g}" if isinstance(v, float) else f"{k} {v}"
+                                  for k, v in options.items()) + ")"
+
+
+def runs(seeds: list[int]) -> str:
+    """``3 windows``, or ``1 window, 3 runs`` where a window was simulated again."""
+    n = len(set(seeds))
+    text = f"{n} window" + ("s" if n != 1 else "")
+    return text if n == len(seeds) else f"{text}, {len(seeds)} runs"
+
+
+def section(path: Path, d: dict) -> list[str]:
+    """Per point and arm: TTFT and throughput ratios to stock, median [min-max] over seeds."""
+    seeds = d["seeds"]
+    lines = [f"#### Trace simulation, {d['shape']}, {d['max_num_seqs']} sequences (CPU, "
+             f"vLLM {d['vllm']}, commit {str(d['git_commit'])[:10]}, {runs(seeds)}, "
+             f"`{path.name}`)", "",
+             f"{d['workload']['n']} requests per window from row {d['workload']['start']} "
+             f"(seeds {', '.join(map(str, seeds))}); loads are multiples of stock's simulated "
+             f"saturation. Data: {d['workload']['trace']}.", "",
+             "| budget | load | arm | TTFT mean | TTFT p50 | TTFT p99 | throughput |",
+             "|---|---|---|---|---|---|---|"]
+    for pt in d["points"]:
+        where = f"| {pt['budget']} | {pt['load']:.2f}x"
+        for arm, r in pt["ratios"].items():
+            lines.append(f"{where} | {arm_label(arm, d['arms'].get(arm))} | "
+                         + " | ".join(cell(r.get(m)) for m in METRICS) + " |")
+            where = "| |"
+    return lines + ["", "Ratios: arm over stock on the same windows.", ""]
+
+
+def figures(path: Path, d: dict, out_dir: Path) -> list[str]:
+    """One figure per result: a panel per (budget, load), mean vs p99 TTFT ratio per arm."""
+    points = [pt for pt in d["points"] if len(pt["ratios"]) > 1]
+    if not points:
+        return []
+    plt = report.pyplot()
+    cols = min(len(points), 4)
+    rows = -(-len(points) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(3.6 * cols, 3.3 * rows), squeeze=False)
+    for ax, pt in zip(axes.flat, points):
+        spots: dict[tuple[float, float], list[str]] = {}  # arms that coincide share a label
+        for arm, r in pt["ratios"].items():
+            x, y = r["ttft_mean_s"]["median"], r["ttft_p99_s"]["median"]
+            spots.setdefault((round(x, 2), round(y, 2)), []).append(arm)
+        for (x, y), arms in spots.items():
+            default = DEFAULT_ARM in arms
+            ax.scatter([x], [y], s=40 if default else 14, zorder=3,
+                       color="tab:red" if default else "tab:blue")
+            label = ", ".join(arms) if len(arms) < 3 else f"{arms[0]} +{len(arms) - 1}"
+            ax.annotate(label, (x, y), fontsize=6, xytext=(2, 2), textcoords="offset points",
+                        annotation_clip=True, clip_on=True)
+        xs, ys = [x for x, _ in spots] + [1.0], [y for _, y in spots] + [1.0]
+        ax.set_xlim(min(min(xs) - 0.05, 0.9), max(max(xs) + 0.05, 1.1))
+        ax.set_ylim(min(min(ys) - 0.05, 0.9), max(max(ys) + 0.05, 1.1))
+        ax.axhline(1.0, color="grey", lw=0.6)
+        ax.axvline(1.0, color="grey", lw=0.6)
+        ax.set_title(f"budget {pt['budget']}, {pt['load']:g}x saturation", fontsize=9)
+        ax.set_xlabel("TTFT mean vs stock", fontsize=8)
+        ax.set_ylabel("TTFT p99 vs stock", fontsize=8)
+        ax.grid(alpha=0.3)
+    for ax in list(axes.flat)[len(points):]:
+        ax.axis("off")
+    fig.suptitle(f"Trace simulation, {d['shape']}: median over {runs(d['seeds'])} "
+                 f"(red: defaults)", fontsize=10)
+    fig.text(0.01, 0.005, report.TRACE_CREDIT, fontsize=6)
+    fig.tight_layout(rect=(0, 0.02, 1, 1))
+    name = path.stem + "_frontier.png"
+    report.save_figure(fig, Path(out_dir) / name)
+    return [name]
