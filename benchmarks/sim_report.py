@@ -21,13 +21,16 @@ def cell(r: dict | None) -> str:
     return f"{r['median']:.2f} [{r['min']:.2f}-{r['max']:.2f}]"
 
 
-def arm_label(arm: str, options: dict | None) -> str:
+def arm_label(arm: str, options: dict | None, policy: dict | None = None) -> str:
+    """An arm and what it ran: the options it set, and the policy they resolved to where the
+    result records it (``policies``), else "defaults of its commit" for no options."""
     if options is None:
         return f"{arm} (vLLM)"
-    if not options:
-        return f"{arm} (defaults)"
+    shown = policy or options
+    if not shown:
+        return f"{arm} (defaults of its commit)"
     return f"{arm} (" + ", ".join(f"{k} {v:g}" if isinstance(v, float) else f"{k} {v}"
-                                  for k, v in options.items()) + ")"
+                                  for k, v in shown.items()) + ")"
 
 
 def runs(seeds: list[int]) -> str:
@@ -51,7 +54,8 @@ def section(path: Path, d: dict) -> list[str]:
     for pt in d["points"]:
         where = f"| {pt['budget']} | {pt['load']:.2f}x"
         for arm, r in pt["ratios"].items():
-            lines.append(f"{where} | {arm_label(arm, d['arms'].get(arm))} | "
+            label = arm_label(arm, d["arms"].get(arm), d.get("policies", {}).get(arm))
+            lines.append(f"{where} | {label} | "
                          + " | ".join(cell(r.get(m)) for m in METRICS) + " |")
             where = "| |"
     return lines + ["", "Ratios: arm over stock on the same windows.", ""]

@@ -36,8 +36,9 @@ the simulator's throughput ratio stands for it)."""
 TOLERANCE = 0.15
 SKIP_GRAPHS = ("servers ran with torch.compile and CUDA graphs; the step model is fitted to "
                "eager steps")
-ARM = "stretch"
-"""The simulator arm of prepack's defaults."""
+ARM = "stretch8"
+"""The simulator arm of the options every committed GPU replay ran: stretch 8 and tail quantile
+0.9, the defaults of their commits (``benchmarks/results/trace_serve_8b_*.json``)."""
 
 
 @dataclasses.dataclass(frozen=True)

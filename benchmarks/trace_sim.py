@@ -181,12 +181,25 @@ def run(opts: SimOptions) -> dict:
               "max_num_seqs": opts.max_num_seqs,
               "num_blocks": opts.num_blocks, "max_model_len": opts.max_model_len,
               "workload": {"trace": trace.ATTRIBUTION, "start": opts.start, "n": opts.n},
-              "arms": {a: arm_options(a) for a in opts.arms}, "seeds": list(opts.seeds),
+              "arms": {a: arm_options(a) for a in opts.arms},
+              "policies": {a: policy_of(a) for a in opts.arms}, "seeds": list(opts.seeds),
               "points": points}
     if opts.out:
         harness.write_json(opts.out, result)
         print("wrote", opts.out)
     return result
+
+
+def policy_of(arm: str) -> dict | None:
+    """The admission options an arm ran (None: stock vLLM): its options over the defaults."""
+    from vllm_prepack.config import PrepackConfig
+
+    options = arm_options(arm)
+    if options is None:
+        return None
+    c = PrepackConfig.from_dict(options)
+    return {"policy": c.policy, "stretch": c.stretch, "tail_quantile": c.tail_quantile,
+            "lookahead": c.lookahead}
 
 
 def _csv(kind):

@@ -41,7 +41,7 @@ class PrepackConfig:
     over. ``sjf``: fewest uncached tokens first, no aging. ``hrrn``: SGLang's highest response
     ratio next. Every policy fills the step: whole prompts first, then a chunk of the next."""
 
-    stretch: float = 8.0
+    stretch: float = 2.0
     """For ``policy=stretch``: how long a request may be overtaken, in multiples of its own
     uncached prompt tokens computed by the engine since it arrived (0: arrival order)."""
 

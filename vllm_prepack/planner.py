@@ -176,7 +176,7 @@ def plan(
     budget: Budget,
     *,
     policy: str = "stretch",
-    stretch: float = 8.0,
+    stretch: float = 2.0,
     clock: int = 0,
     lookahead: int = 128,
 ) -> Plan:

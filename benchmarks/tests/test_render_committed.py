@@ -25,7 +25,7 @@ def test_render_writes_tables_from_committed_results(tmp_path, bench_env):
         assert "| mix | padding | arm |" in text and "ttft_cdf.png" in text
         assert list(tmp_path.glob("*_ttft_cdf.png"))
     if any((ROOT / "benchmarks" / "results").glob("trace_sim_*_serve.json")):
-        assert "#### Trace simulation, llama-3.1-8b" in text and "stretch (defaults)" in text
+        assert "#### Trace simulation, llama-3.1-8b" in text and "| stretch (" in text
         assert (tmp_path / "trace_sim_8b_serve_frontier.png").exists()
 
 
@@ -40,8 +40,11 @@ def test_simulation_section_and_frontier_from_a_result(tmp_path):
               "arms": {"stock": None, "stretch": {}, "stretch4": {"stretch": 4.0}},
               "points": [{"budget": 2048, "load": 1.5,
                           "ratios": {"stretch": ratios, "stretch4": ratios}}]}
-    lines = sim_report.section(tmp_path / "sim.json", result)
-    assert "| 2048 | 1.50x | stretch (defaults) | 0.90 [0.80-1.10] |" in "\n".join(lines)
-    assert "\n| | | stretch4 (stretch 4) | 0.90 [0.80-1.10] |" in "\n".join(lines)
+    text = "\n".join(sim_report.section(tmp_path / "sim.json", result))
+    assert "| 2048 | 1.50x | stretch (defaults of its commit) | 0.90 [0.80-1.10] |" in text
+    assert "\n| | | stretch4 (stretch 4) | 0.90 [0.80-1.10] |" in text
+    result["policies"] = {"stock": None, "stretch": {"stretch": 2.0}, "stretch4": None}
+    text = "\n".join(sim_report.section(tmp_path / "sim.json", result))
+    assert "| 2048 | 1.50x | stretch (stretch 2) | 0.90 [0.80-1.10] |" in text
     assert sim_report.figures(tmp_path / "sim.json", result, tmp_path) == ["sim_frontier.png"]
     assert (tmp_path / "sim_frontier.png").stat().st_size > 0

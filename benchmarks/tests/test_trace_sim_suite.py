@@ -68,6 +68,17 @@ def test_arm_names_and_errors():
         PrepackConfig.from_dict(options or {})
 
 
+def test_a_result_records_the_policy_each_arm_ran():
+    from benchmarks.trace_sim import policy_of
+
+    defaults = PrepackConfig()
+    assert policy_of("stock") is None
+    assert policy_of("stretch") == {"policy": "stretch", "stretch": defaults.stretch,
+                                    "tail_quantile": defaults.tail_quantile,
+                                    "lookahead": defaults.lookahead}
+    assert policy_of("stretch8q0")["stretch"] == 8.0 and policy_of("sjf")["policy"] == "sjf"
+
+
 def test_step_model_fit_on_the_h200_step_timings():
     model, fit = trace_sim_model.fit_step_model(json.loads(STEPS.read_text()))
     assert fit["steps"] > 1000 and abs(fit["total_time_error"]) < 1e-6

@@ -39,6 +39,7 @@ from vllm.v1.request import RequestStatus
 
 from tests.harness.sched import make_request, make_scheduler
 from vllm_prepack.adapters.scheduler import PrepackAsyncScheduler, PrepackSyncScheduler
+from vllm_prepack.config import PrepackConfig
 
 PREPACK = (PrepackSyncScheduler, PrepackAsyncScheduler)
 
@@ -121,7 +122,7 @@ def soak(cls, trace, *, async_scheduling: bool, options: dict | None = None,
     )
     # The deadline rule holds within a priority class, for the stretch policy.
     check_deadlines = (cls in PREPACK and options.get("policy", "stretch") == "stretch"
-                       and options.get("stretch", 8.0) == STRETCH
+                       and options.get("stretch", PrepackConfig.stretch) == STRETCH
                        and scheduling_policy == "fcfs")
     free_at_start = scheduler.kv_cache_manager.block_pool.get_num_free_blocks()
     arrivals, max_tokens, aborted = {}, {}, set()
