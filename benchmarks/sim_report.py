@@ -6,12 +6,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from benchmarks import report
+from benchmarks import report, trace_sim
 
 DEFAULT_ARM = "stretch"
 """The arm that runs the plugin's defaults (``benchmarks.trace_sim_drive.ARMS``)."""
 
-METRICS = ("ttft_mean_s", "ttft_p50_s", "ttft_p99_s", "throughput_tok_s")
+METRICS = tuple(trace_sim.METRICS)
 
 
 def cell(r: dict | None) -> str:

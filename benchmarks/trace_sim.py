@@ -35,6 +35,7 @@ from benchmarks.trace_sim_drive import (
     arm_options,
     compressed,
     metrics,
+    policy_of,
     saturation,
     simulate,
     window_requests,
@@ -188,18 +189,6 @@ def run(opts: SimOptions) -> dict:
         harness.write_json(opts.out, result)
         print("wrote", opts.out)
     return result
-
-
-def policy_of(arm: str) -> dict | None:
-    """The admission options an arm ran (None: stock vLLM): its options over the defaults."""
-    from vllm_prepack.config import PrepackConfig
-
-    options = arm_options(arm)
-    if options is None:
-        return None
-    c = PrepackConfig.from_dict(options)
-    return {"policy": c.policy, "stretch": c.stretch, "tail_quantile": c.tail_quantile,
-            "lookahead": c.lookahead}
 
 
 def _csv(kind):

@@ -17,6 +17,7 @@ from vllm.v1.core.sched.scheduler import Scheduler
 from benchmarks.trace_sim_model import HOST_MODEL, StepModel, step_features
 from tests.harness.sched import make_request, make_scheduler, runner_output
 from vllm_prepack.adapters.scheduler import PrepackSyncScheduler
+from vllm_prepack.config import PrepackConfig
 
 ARMS: dict[str, dict | None] = {
     # name: prepack options (None: stock vLLM)
@@ -39,6 +40,16 @@ def arm_options(arm: str) -> dict | None:
         except ValueError:
             pass
     raise ValueError(f"unknown arm {arm!r}; accepted: {', '.join(ARMS)}, stretch<X>[q<Q>]")
+
+
+def policy_of(arm: str) -> dict | None:
+    """The admission options an arm ran (None: stock vLLM): its options over the defaults."""
+    options = arm_options(arm)
+    if options is None:
+        return None
+    c = PrepackConfig.from_dict(options)
+    return {"policy": c.policy, "stretch": c.stretch, "tail_quantile": c.tail_quantile,
+            "lookahead": c.lookahead}
 
 
 @dataclass(frozen=True)

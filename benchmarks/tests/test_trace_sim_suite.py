@@ -69,8 +69,7 @@ def test_arm_names_and_errors():
 
 
 def test_a_result_records_the_policy_each_arm_ran():
-    from benchmarks.trace_sim import policy_of
-
+    policy_of = trace_sim_drive.policy_of
     defaults = PrepackConfig()
     assert policy_of("stock") is None
     assert policy_of("stretch") == {"policy": "stretch", "stretch": defaults.stretch,
