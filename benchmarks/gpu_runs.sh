@@ -25,7 +25,7 @@
 # environment: N (requests), START (first row), REPS, BUDGET (max_num_batched_tokens),
 # COMPRESSION (trace-llm; or LOADS, multiples of stock's saturation rate), LOADS (trace-serve),
 # ARMS (trace-llm), PREPACK_ARGS (trace-serve: more --prepack-* options), GRAPHS (trace-serve:
-# 1 for compile and CUDA graphs), SATURATION (stock's
+# 1 for compile and CUDA graphs), VARIANT (trace-serve: a tag in the file name), SATURATION (stock's
 # saturation rate in req/s from an earlier part of the same grid: not measured again).
 set -uo pipefail
 phase=${1:?usage: bash benchmarks/gpu_runs.sh paper|nochunk|serve|equiv1|equiv|pp|tp|dp|moe|trace-llm|trace-serve [tag]}
@@ -154,7 +154,7 @@ trace-serve)
   budget=${BUDGET:-2048}
   loads=${LOADS:-1.0,1.5}
   if [ "${GRAPHS:-0}" = 1 ]; then mode= mode_tag=_graphs; else mode=--enforce-eager mode_tag=; fi
-  name="trace_serve_8b_b${budget}_${loads//,/_}${mode_tag}_$tag"
+  name="trace_serve_8b_b${budget}_${loads//,/_}${mode_tag}${VARIANT:+_$VARIANT}_$tag"
   run "$name" 580 $py -m benchmarks.serve_ab --model-shape llama-3.1-8b \
     --tokenizer .models/tiny-llama --workload trace ${TRACE:+--trace "$TRACE"} \
     --trace-start "${START:-0}" --n "${N:-300}" --load-factors "$loads" --reps "${REPS:-3}" \

@@ -130,8 +130,10 @@ def serving_section(path: Path, d: dict) -> list[str]:
 def calibration_table(path: Path, d: dict) -> list[str]:
     """The simulator's ratios beside the GPU's, point by point, with the decisions on both."""
     device = d["points"][0]["device"] if d["points"] else "-"
+    arms = d.get("simulator_arm") or ", ".join(sorted({p["sim"]["simulator_arm"]
+                                                         for p in d["points"]}))
     lines = [f"#### Trace simulator against the GPU ({device}, simulator arm "
-             f"`{d['simulator_arm']}`, CPU, commit {str(d['git_commit'])[:10]})",
+             f"`{arms}`, CPU, commit {str(d['git_commit'])[:10]})",
              "", "| GPU result, vLLM, budget, load | metric | GPU | simulator | within "
              f"{d['tolerance']:.0%} | inside GPU spread | overtakes / split per run, GPU vs "
              "simulator |", "|---|---|---|---|---|---|---|"]

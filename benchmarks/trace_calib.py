@@ -36,9 +36,9 @@ the simulator's throughput ratio stands for it)."""
 TOLERANCE = 0.15
 SKIP_GRAPHS = ("servers ran with torch.compile and CUDA graphs; the step model is fitted to "
                "eager steps")
-ARM = "stretch8"
-"""The simulator arm of the options every committed GPU replay ran: stretch 8 and tail quantile
-0.9, the defaults of their commits (``benchmarks/results/trace_serve_8b_*.json``)."""
+ARM = "stretch8q0.9"
+"""The simulator arm of a GPU replay that does not record its prepack options: stretch 8 and
+tail quantile 0.9, the defaults of the commits of those replays."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -75,21 +75,34 @@ def eager(result: dict) -> bool:
     return "--enforce-eager" in result["arms"]["stock"]["serve_args"]
 
 
+def sim_arm(result: dict) -> str:
+    """The simulator arm of the options the GPU's prepack server ran (its engine core's log line,
+    ``arms.prepack.prepack_options``), else :data:`ARM`."""
+    ran = result["arms"].get("prepack", {}).get("prepack_options")
+    if not isinstance(ran, dict):
+        return ARM
+    if ran.get("policy", "stretch") != "stretch" or ran.get("lookahead", 128) != 128:
+        raise ValueError(f"prepack options {ran} have no simulator arm; accepted: policy "
+                         "stretch with lookahead 128")
+    return f"stretch{ran['stretch']:g}q{ran['tail_quantile']:g}"
+
+
 def sim_points(result: dict, loads: list[str], opts: CalibOptions, bar) -> dict[str, dict]:
     """The simulator on the GPU result's window, budget and loads: load -> its ratios and
     the prepack arm's decisions."""
     from benchmarks import trace_sim
 
-    w = result["workload"]
+    w, arm = result["workload"], sim_arm(result)
     sim = SimOptions(shape=result["model_shape"], trace=opts.trace, start=w["start"], n=w["n"],
                      budgets=(budget_of(result),), max_num_seqs=opts.max_num_seqs,
                      loads=tuple(float(lf) for lf in loads),
-                     arms=("stock", ARM), seeds=(0,), num_blocks=opts.num_blocks)
+                     arms=("stock", arm), seeds=(0,), num_blocks=opts.num_blocks)
     out = {}
     for pt in trace_sim.grid(sim, bar):
-        run = pt["per_arm"][ARM][0]
+        run = pt["per_arm"][arm][0]
         out[f"{pt['load']:g}"] = {
-            "ratios": {m: pt["ratios"][ARM][s]["median"] for m, s in METRICS.items()},
+            "simulator_arm": arm,
+            "ratios": {m: pt["ratios"][arm][s]["median"] for m, s in METRICS.items()},
             "saturation_req_s": pt["saturation_req_s"],
             "stock_ttft_mean_s": pt["per_arm"]["stock"][0]["ttft_mean_s"],
             "overtakes_per_run": run.get("prepack_overtakes"),
@@ -137,7 +150,7 @@ def run(opts: CalibOptions) -> dict:
                                "same_admissions_on_gpu": serve_report.same_admissions(g)})
     result = {"benchmark": BENCHMARK, **harness.environment(), "tolerance": TOLERANCE,
               "max_num_seqs": opts.max_num_seqs, "num_blocks": opts.num_blocks,
-              "simulator_arm": ARM, "points": points, "skipped": skipped}
+              "points": points, "skipped": skipped}
     for p in points:
         print(f"{p['gpu_file']} load {p['load']:g}: " + "  ".join(
             f"{m} gpu {p['gpu']['ratios'][m]['median']:.2f} sim {p['sim']['ratios'][m]:.2f}"

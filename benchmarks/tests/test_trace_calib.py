@@ -8,7 +8,7 @@ import json
 
 import pytest
 
-from benchmarks import trace_calib
+from benchmarks import serve_pool, trace_calib
 from benchmarks.tests.suite_env import TRACE_CSV
 
 
@@ -73,3 +73,21 @@ def test_calibration_skips_a_replay_with_cuda_graphs(tmp_path):
                                "--max-num-seqs", "4", "--num-blocks", "256"])
     assert [p["gpu_file"] for p in result["points"]] == ["eager.json"]
     assert result["skipped"] == [{"gpu_file": "graphs.json", "reason": trace_calib.SKIP_GRAPHS}]
+
+
+def test_the_simulator_runs_the_options_the_gpu_server_logged():
+    """The prepack server's own log line decides the simulated arm; a replay that did not
+    record it is simulated with the defaults of its commits (stretch 8, tail quantile 0.9)."""
+    from vllm_prepack.config import PrepackConfig
+
+    log = ("(EngineCore_DP0 pid=7) INFO 12-03 22:40:01 [scheduler.py:298] Engine core built "
+           f"PrepackAsyncScheduler ({PrepackConfig(stretch=2.5).to_dict()})\n")
+    ran = serve_pool.log_facts(log)["prepack_options"]
+    assert ran == PrepackConfig(stretch=2.5).to_dict()
+    result = _gpu_result(3, 0.5)
+    assert trace_calib.sim_arm(result) == trace_calib.ARM == "stretch8q0.9"
+    result["arms"]["prepack"] = {"prepack_options": ran}
+    assert trace_calib.sim_arm(result) == "stretch2.5q0.9"
+    result["arms"]["prepack"]["prepack_options"] = {**ran, "policy": "hrrn"}
+    with pytest.raises(ValueError, match="hrrn"):
+        trace_calib.sim_arm(result)
