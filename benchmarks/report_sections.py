@@ -122,9 +122,14 @@ def serving_section(path: Path, d: dict) -> list[str]:
 
     d["per_load"] = serve_report.aggregate(d["runs"], d["load_factors"], d["repetitions"])
     serve_args = d["arms"]["stock"].get("serve_args") or []
+    ran = d["arms"].get("prepack", {}).get("prepack_options")
+    options = (f" Prepack options (its engine core's log): policy {ran['policy']}, stretch "
+               f"{ran['stretch']:g}, tail quantile {ran['tail_quantile']:g}, lookahead "
+               f"{ran['lookahead']}, packed attention {ran['packed_attention']}."
+               if isinstance(ran, dict) else "")
     return [serve_report.render_section(d),
             f"`{path.name}`; `vllm serve` arguments of both arms: "
-            f"`{' '.join(map(str, serve_args))}`.", ""]
+            f"`{' '.join(map(str, serve_args))}`.{options}", ""]
 
 
 def calibration_table(path: Path, d: dict) -> list[str]:

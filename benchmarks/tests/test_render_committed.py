@@ -48,3 +48,19 @@ def test_simulation_section_and_frontier_from_a_result(tmp_path):
     assert "| 2048 | 1.50x | stretch (stretch 2) | 0.90 [0.80-1.10] |" in text
     assert sim_report.figures(tmp_path / "sim.json", result, tmp_path) == ["sim_frontier.png"]
     assert (tmp_path / "sim_frontier.png").stat().st_size > 0
+
+
+def test_serving_section_names_the_options_the_prepack_server_ran(tmp_path):
+    """A serving result that recorded its prepack server's options shows them; one that did
+    not shows none (its commit's defaults ran)."""
+    import json
+
+    from benchmarks import report_sections
+
+    path = (ROOT / "benchmarks" / "results"
+            / "trace_serve_8b_b8192_1.5_graphs_stretch2_h200_vllm033.json")
+    d = json.loads(path.read_text())
+    text = "\n".join(report_sections.serving_section(path, d))
+    assert "policy stretch, stretch 2, tail quantile 0.9, lookahead 128" in text
+    del d["arms"]["prepack"]["prepack_options"]
+    assert "Prepack options" not in "\n".join(report_sections.serving_section(path, d))
