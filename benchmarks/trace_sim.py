@@ -4,16 +4,11 @@ Requests arrive at their trace times (compressed to a load); each step runs vLLM
 ``schedule()`` and ``update_from_output()`` with a synthetic model output (one sampled token
 per request whose prompt is complete; ``ignore_eos`` with the trace's output length). The
 clock advances by a step-time model fitted to GPU step timings (prefill tokens, decode
-requests, attention context; :class:`StepModel`) plus the scheduler's own CPU time scaled to
-the GPU host (``cpu_scale``): by default a :class:`HostModel` fitted to this machine's
-measured times (``--fit-host``), so that a run is a function of its inputs; ``--host
-measured`` times every step instead. TTFT is counted from arrival to the end of
-the step that completes the prompt. Loads are multiples of stock's saturation rate on the
-same trace window.
-
-Modules: :mod:`benchmarks.trace_sim_model` (the step model and its fit),
-:mod:`benchmarks.trace_sim_drive` (the virtual-clock drive); this one: the load grid, its
-ratios (:mod:`benchmarks.analysis`) and the CLI.
+requests, attention context; :class:`StepModel`; ``--step-noise``: times a random factor)
+plus the scheduler's CPU time scaled to the GPU host (``cpu_scale``): a :class:`HostModel`
+fitted to this machine (``--fit-host``), or ``--host measured``. TTFT: from arrival to the end
+of the step that completes the prompt. Loads: multiples of stock's saturation on the window.
+This module: the load grid, its ratios and the CLI (drive: :mod:`benchmarks.trace_sim_drive`).
 
     python -m benchmarks.trace_sim --shape llama-3.1-8b --budgets 2048,8192 \\
         --loads 0.5,0.8,1.0,1.2,1.5 --arms stock,stretch,sjf,hrrn --seeds 0,1,2 \\
@@ -27,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import itertools
 from collections.abc import Sequence
 
 from benchmarks import analysis, harness, report
@@ -67,6 +63,8 @@ class SimOptions:
     cpu_scale: float = CPU_SCALE
     host: str = "model"
     fit_host: bool = False
+    step_noise: float = 0.0
+    replicas: int = 1
     out: str | None = None
 
 
@@ -100,11 +98,13 @@ def grid(opts: SimOptions, bar) -> list[dict]:
         loads = [native * opts.compression / sat] if opts.compression else opts.loads
         for load in loads:
             per_arm: dict[str, list[dict]] = {arm: [] for arm in opts.arms}
-            for seed in opts.seeds:
+            for seed, replica in itertools.product(opts.seeds, range(opts.replicas)):
                 window = compressed(windows[seed], load * sat)
-                for arm in opts.arms:
+                for arm in opts.arms:  # every arm on the same window and noise draws
                     bar.set_postfix(budget=budget, load=load, seed=seed, arm=arm)
-                    per_arm[arm].append(metrics(simulate(arm, window, seed=seed, **kw)))
+                    per_arm[arm].append(metrics(simulate(
+                        arm, window, seed=seed, step_noise=opts.step_noise,
+                        noise_seed=1000 * seed + replica, **kw)))
                     bar.update()
             points.append({"budget": budget, "load": load, "compression": opts.compression,
                            "saturation_req_s": sat,
@@ -167,7 +167,7 @@ def run(opts: SimOptions) -> dict:
 
     from benchmarks import trace
 
-    loads = 1 if opts.compression else len(opts.loads)
+    loads = (1 if opts.compression else len(opts.loads)) * opts.replicas
     with tqdm(total=len(opts.budgets) * loads * len(opts.seeds) * len(opts.arms),
               desc="trace sim", unit="run") as bar:
         points = grid(opts, bar)
@@ -184,7 +184,7 @@ def run(opts: SimOptions) -> dict:
               "workload": {"trace": trace.ATTRIBUTION, "start": opts.start, "n": opts.n},
               "arms": {a: arm_options(a) for a in opts.arms},
               "policies": {a: policy_of(a) for a in opts.arms}, "seeds": list(opts.seeds),
-              "points": points}
+              "step_noise": opts.step_noise, "replicas": opts.replicas, "points": points}
     if opts.out:
         harness.write_json(opts.out, result)
         print("wrote", opts.out)
@@ -223,8 +223,15 @@ def parse(argv: Sequence[str] | None = None) -> SimOptions:
     p.add_argument("--fit-host", action="store_true",
                    help="fit the host model to the arms' measured steps over the grid (first "
                    "seed) and write it")
+    p.add_argument("--step-noise", type=float, default=d.step_noise, help="log-sigma of a "
+                   "mean-1 lognormal factor on each step's GPU time (0: the model's time)")
+    p.add_argument("--replicas", type=int, default=d.replicas,
+                   help="runs per window and arm, each with its own noise draws")
     p.add_argument("--out", default=None)
     args = p.parse_args(argv)
+    if args.step_noise < 0 or args.replicas < 1:
+        p.error(f"--step-noise {args.step_noise}, --replicas {args.replicas}: accepted "
+                "--step-noise >= 0 and --replicas >= 1")
     try:
         [arm_options(a) for a in args.arms]
     except ValueError as e:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import gc
+import math
 import random
 import time
 from collections.abc import Sequence
@@ -91,19 +92,20 @@ def simulate(arm: str, requests: Sequence[Request], *, model: str, budget: int,
              max_num_seqs: int, num_blocks: int, max_model_len: int, step_model: StepModel,
              cpu_scale: float, seed: int, async_scheduling: bool = True,
              prefix_caching: bool = True, options: dict | None = None, host: str = "model",
-             samples: list | None = None) -> Run:
+             samples: list | None = None, step_noise: float = 0.0, noise_seed: int = 0) -> Run:
     """One arm over ``requests`` (sorted by arrival); fresh random prompts per ``seed``.
 
     The scheduler's CPU time per step is the fitted :data:`HOST_MODEL` (``host="model"``) or
     this step's measured time (``"measured"``; appended to ``samples`` as ``(scheduled,
-    new, seconds)``), times ``cpu_scale``."""
+    new, seconds)``), times ``cpu_scale``. ``step_noise`` > 0 multiplies each step's GPU time
+    by a lognormal factor of mean 1 and log-sigma ``step_noise`` (drawn from ``noise_seed``)."""
     opts = arm_options(arm) if options is None else options
     if host not in ("model", "measured"):
         raise ValueError(f"invalid host {host!r}; accepted: model, measured")
     host_model = HOST_MODEL if host == "model" else None
     cls = Scheduler if opts is None else PrepackSyncScheduler
     clock = _Clock()
-    rng = random.Random(seed)
+    rng, noise = random.Random(seed), random.Random(noise_seed)
     gc.collect()
     gc.disable()  # a collector pause would be charged to one step as scheduler time
     with mock.patch("time.time", clock), _finally(gc.enable):
@@ -132,7 +134,7 @@ def simulate(arm: str, requests: Sequence[Request], *, model: str, budget: int,
             c3 = time.thread_time()
             host = _host_seconds(host_model, samples, c1 - c0 + c3 - c2, (
                 len(out.num_scheduled_tokens), len(out.scheduled_new_reqs))) * cpu_scale
-            gpu = step_model.seconds(features) if out.total_num_scheduled_tokens else 0.0
+            gpu = _gpu_seconds(step_model, features, out, noise, step_noise)
             clock.now += max(gpu, host) if async_scheduling else gpu + host
             cpu += c1 - c0
             steps += 1
@@ -166,6 +168,15 @@ def _arrive(scheduler, pending: Sequence[Request], i: int, now: float, rng: rand
         arrival[req_id] = r.arrival
         i += 1
     return i
+
+
+def _gpu_seconds(model: StepModel, features: dict, out, noise: random.Random,
+                 sigma: float) -> float:
+    """The step model's time, times a mean-1 lognormal factor of log-sigma ``sigma``."""
+    if not out.total_num_scheduled_tokens:
+        return 0.0
+    factor = math.exp(noise.gauss(-sigma**2 / 2, sigma)) if sigma else 1.0
+    return model.seconds(features) * factor
 
 
 def _host_seconds(model, samples: list | None, measured: float, counts: tuple) -> float:

@@ -34,6 +34,10 @@ STEP_MODELS = {
     # eager launch floor; not fitted to a GPU run.
     "llama-3.2-1b": StepModel(base=0.0090, per_token=0.77e-6, per_decode=0.92e-5),
 }
+STEP_NOISE = 0.29
+"""``fit_step_model``'s ``log_residual_sd`` on the 8B steps: the spread of measured step times
+around the model (an upper bound on step-to-step noise; part of it is the model's own error,
+correlated from one step to the next)."""
 CPU_SCALE = 1.6
 """Scheduler CPU time on the H200 host over this machine's, for the same steps (the steps
 file's ``sched_cpu_s`` + ``update_s`` against :func:`simulate`'s measurement)."""
@@ -108,9 +112,12 @@ def fit_step_model(steps: dict, skip_reps: tuple[int, ...] = (0,)) -> tuple[Step
                 x = np.stack([f[0], f[1]], 1)[keep]
                 xs.append(x)
                 ys.append(period[keep])
-    coef, fit = _least_squares(np.concatenate(xs), np.concatenate(ys))
+    x, y = np.concatenate(xs), np.concatenate(ys)
+    coef, fit = _least_squares(x, y)
     model = StepModel(base=coef[0], per_token=coef[1], per_decode=coef[2])
     fit["mean_period_s"] = fit.pop("mean_s")
+    # the spread of log(measured / model) per step: what ``--step-noise`` draws from
+    fit["log_residual_sd"] = float(np.log(y / (coef[0] + x @ np.asarray(coef[1:]))).std())
     return model, fit
 
 

@@ -87,6 +87,7 @@ def test_step_model_fit_on_the_h200_step_timings():
     committed = trace_sim_model.STEP_MODELS["llama-3.1-8b"]
     assert committed.base == pytest.approx(model.base, rel=0.02)
     assert committed.per_token == pytest.approx(model.per_token, rel=0.02)
+    assert trace_sim_model.STEP_NOISE == pytest.approx(fit["log_residual_sd"], abs=0.01)
 
 
 HOST_FIT = RESULTS / "trace_sim_host_fit_cpu.json"
@@ -140,3 +141,33 @@ def test_the_host_fit_cli_writes_a_pooled_and_a_per_arm_fit(tmp_path):
     pooled = result["host_model"]["fit"]["steps"]
     assert pooled == sum(f["fit"]["steps"] for f in result["per_arm"].values()) > 0
     assert set(result["host_model"]["model"]) == {"base", "per_scheduled", "per_new"}
+
+
+def test_step_noise_is_drawn_per_noise_seed(tiny_model):
+    """Noise 0 is the model's time; a noise seed repeats its draws; another seed draws others."""
+    plain = _run(tiny_model, "stretch")
+    assert _run(tiny_model, "stretch", step_noise=0.0, noise_seed=5).ttft == plain.ttft
+    noisy = [_run(tiny_model, "stretch", step_noise=0.3, noise_seed=s) for s in (1, 1, 2)]
+    assert noisy[0].ttft == noisy[1].ttft != noisy[2].ttft
+    assert noisy[0].ttft != plain.ttft
+    assert all(len(r.ttft) == len(plain.ttft) for r in noisy)  # nothing lost to the noise
+
+
+def test_replicas_run_every_arm_on_the_same_window_with_fresh_noise(tmp_path):
+    from benchmarks import trace_sim
+    from benchmarks.tests.suite_env import TRACE_CSV
+
+    trace = tmp_path / "trace.csv"
+    trace.write_text(TRACE_CSV)
+    args = ["--trace", str(trace), "--n", "6", "--budgets", "256", "--loads", "2.0",
+            "--arms", "stock,stretch", "--seeds", "0", "--max-num-seqs", "4",
+            "--num-blocks", "256"]
+    result = trace_sim.main([*args, "--step-noise", "0.3", "--replicas", "3"])
+    assert (result["step_noise"], result["replicas"]) == (0.3, 3)
+    (point,) = result["points"]
+    runs = point["per_arm"]["stock"]
+    assert len(runs) == len(point["per_arm"]["stretch"]) == 3
+    assert len({r["makespan_s"] for r in runs}) == 3  # each replica its own draws
+    assert all(r["completed"] == 6 for arm in point["per_arm"].values() for r in arm)
+    with pytest.raises(SystemExit):
+        trace_sim.parse([*args, "--step-noise", "-0.1"])
