@@ -34,8 +34,8 @@ GAUGES = ("vllm:num_requests_running", "vllm:num_requests_waiting")
 
 
 def log_facts(log: str) -> dict:
-    """What the server log says it ran: vLLM's parsed non-default args and engine config, and
-    the prepack scheduler's options."""
+    """What the server log says it ran: vLLM's parsed non-default args, engine config and KV
+    cache size, and the prepack scheduler's options."""
     facts: dict = {}
     m = re.search(r"non-default args: (\{.*\})$", log, re.M)
     if m:
@@ -46,6 +46,9 @@ def log_facts(log: str) -> dict:
     m = re.search(r"Initializing a V1 LLM engine .*? with config: (.*)$", log, re.M)
     if m:
         facts["engine_config"] = m.group(1)
+    m = re.search(r"GPU KV cache size: ([\d,]+) tokens", log)
+    if m:
+        facts["kv_cache_tokens"] = int(m.group(1).replace(",", ""))
     m = re.search(r"Engine core built \w+ \((\{.*\})\)$", log, re.M)
     if m:  # the prepack scheduler's resolved options (PrepackConfig), as the engine core ran them
         try:

@@ -33,18 +33,24 @@ def arm_label(arm: str, options: dict | None, policy: dict | None = None) -> str
                                   for k, v in shown.items()) + ")"
 
 
-def runs(seeds: list[int]) -> str:
-    """``3 windows``, or ``1 window, 3 runs`` where a window was simulated again."""
+def runs(d: dict) -> str:
+    """``3 windows``, ``1 window, 3 runs`` where a window was simulated again, and the runs
+    per window with step-time noise."""
+    seeds, replicas = d["seeds"], d.get("replicas", 1)
     n = len(set(seeds))
     text = f"{n} window" + ("s" if n != 1 else "")
-    return text if n == len(seeds) else f"{text}, {len(seeds)} runs"
+    text = text if n == len(seeds) else f"{text}, {len(seeds)} runs"
+    noise = d.get("step_noise") or 0.0
+    if replicas > 1 or noise:
+        text += f", {replicas} run(s) each with step-time noise (log-sigma {noise:g})"
+    return text
 
 
 def section(path: Path, d: dict) -> list[str]:
     """Per point and arm: TTFT and throughput ratios to stock, median [min-max] over seeds."""
     seeds = d["seeds"]
     lines = [f"#### Trace simulation, {d['shape']}, {d['max_num_seqs']} sequences (CPU, "
-             f"vLLM {d['vllm']}, commit {str(d['git_commit'])[:10]}, {runs(seeds)}, "
+             f"vLLM {d['vllm']}, commit {str(d['git_commit'])[:10]}, {runs(d)}, "
              f"`{path.name}`)", "",
              f"{d['workload']['n']} requests per window from row {d['workload']['start']} "
              f"(seeds {', '.join(map(str, seeds))}); loads are multiples of stock's simulated "
@@ -93,7 +99,7 @@ def figures(path: Path, d: dict, out_dir: Path) -> list[str]:
         ax.grid(alpha=0.3)
     for ax in list(axes.flat)[len(points):]:
         ax.axis("off")
-    fig.suptitle(f"Trace simulation, {d['shape']}: median over {runs(d['seeds'])} "
+    fig.suptitle(f"Trace simulation, {d['shape']}: median over {runs(d)} "
                  f"(red: defaults)", fontsize=10)
     fig.text(0.01, 0.005, report.TRACE_CREDIT, fontsize=6)
     fig.tight_layout(rect=(0, 0.02, 1, 1))

@@ -46,6 +46,10 @@ def test_simulation_section_and_frontier_from_a_result(tmp_path):
     result["policies"] = {"stock": None, "stretch": {"stretch": 2.0}, "stretch4": None}
     text = "\n".join(sim_report.section(tmp_path / "sim.json", result))
     assert "| 2048 | 1.50x | stretch (stretch 2) | 0.90 [0.80-1.10] |" in text
+    assert "step-time noise" not in text
+    result.update(replicas=5, step_noise=0.29)
+    text = "\n".join(sim_report.section(tmp_path / "sim.json", result))
+    assert "2 windows, 5 run(s) each with step-time noise (log-sigma 0.29)" in text
     assert sim_report.figures(tmp_path / "sim.json", result, tmp_path) == ["sim_frontier.png"]
     assert (tmp_path / "sim_frontier.png").stat().st_size > 0
 

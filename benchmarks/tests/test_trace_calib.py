@@ -80,8 +80,11 @@ def test_the_simulator_runs_the_options_the_gpu_server_logged():
     record it is simulated with the defaults of its commits (stretch 8, tail quantile 0.9)."""
     from vllm_prepack.config import PrepackConfig
 
-    log = ("(EngineCore_DP0 pid=7) INFO 12-03 22:40:01 [scheduler.py:298] Engine core built "
+    log = ("(EngineCore_DP0 pid=7) INFO 12-03 22:40:00 [kv_cache_utils.py:1316] GPU KV cache "
+           "size: 271,008 tokens\n"
+           "(EngineCore_DP0 pid=7) INFO 12-03 22:40:01 [scheduler.py:298] Engine core built "
            f"PrepackAsyncScheduler ({PrepackConfig(stretch=2.5).to_dict()})\n")
+    assert serve_pool.log_facts(log)["kv_cache_tokens"] == 271_008
     ran = serve_pool.log_facts(log)["prepack_options"]
     assert ran == PrepackConfig(stretch=2.5).to_dict()
     result = _gpu_result(3, 0.5)
