@@ -27,6 +27,7 @@ from pathlib import Path
 
 from benchmarks import harness, serve_report
 from benchmarks.trace_sim import SimOptions
+from benchmarks.trace_sim_model import STEP_MODELS
 
 BENCHMARK = "trace simulator calibration against GPU trace replays"
 METRICS = {"mean_ttft_ms": "ttft_mean_s", "p99_ttft_ms": "ttft_p99_s",
@@ -150,6 +151,8 @@ def run(opts: CalibOptions) -> dict:
                                "same_admissions_on_gpu": serve_report.same_admissions(g)})
     result = {"benchmark": BENCHMARK, **harness.environment(), "tolerance": TOLERANCE,
               "max_num_seqs": opts.max_num_seqs, "num_blocks": opts.num_blocks,
+              "step_models": {d["model_shape"]: dataclasses.asdict(STEP_MODELS[d["model_shape"]])
+                              for _, d, *_ in results},
               "points": points, "skipped": skipped}
     for p in points:
         print(f"{p['gpu_file']} load {p['load']:g}: " + "  ".join(

@@ -28,13 +28,13 @@ class StepModel:
 
 STEP_MODELS = {
     # Fitted by fit_step_model() to benchmarks/results/trace_llm_8b_b2048_4x_h200_steps.json
-    # (H200, eager, bf16, vLLM 0.32.0, async scheduling): step period against its features.
-    "llama-3.1-8b": StepModel(base=0.0167, per_token=4.95e-6, per_decode=5.96e-5),
+    # (H200, eager, bf16, vLLM 0.32.0, async scheduling): each step's time against its features.
+    "llama-3.1-8b": StepModel(base=0.0165, per_token=8.64e-6, per_decode=4.95e-5),
     # Llama-3.2-1B: the 8B fit scaled by the ratio of their weights (1.24B / 8.03B) above the
     # eager launch floor; not fitted to a GPU run.
-    "llama-3.2-1b": StepModel(base=0.0090, per_token=0.77e-6, per_decode=0.92e-5),
+    "llama-3.2-1b": StepModel(base=0.0090, per_token=1.33e-6, per_decode=0.76e-5),
 }
-STEP_NOISE = 0.29
+STEP_NOISE = 0.26
 """``fit_step_model``'s ``log_residual_sd`` on the 8B steps: the spread of measured step times
 around the model (an upper bound on step-to-step noise; part of it is the model's own error,
 correlated from one step to the next)."""
@@ -93,10 +93,16 @@ def _least_squares(features, y, floor: float | None = None) -> tuple[list[float]
         "total_time_error": float(pred.sum() / y.sum() - 1)}
 
 
-def fit_step_model(steps: dict, skip_reps: tuple[int, ...] = (0,)) -> tuple[StepModel, dict]:
-    """Least-squares fit of the step period (gap between consecutive ``schedule()`` calls)
-    to prefill tokens, decode requests and context, over every arm and repetition of a
-    ``benchmarks.ab`` steps file (``*_steps.json``), warm-up repetitions left out."""
+def fit_step_model(steps: dict, skip_reps: tuple[int, ...] = (0,),
+                   lag: int = 1) -> tuple[StepModel, dict]:
+    """Least-squares fit of the step period to prefill tokens and decode requests, over every
+    arm and repetition of a ``benchmarks.ab`` steps file (``*_steps.json``), warm-up
+    repetitions left out.
+
+    With async scheduling (vLLM's default) the engine schedules step ``k + 1`` right after it
+    has taken step ``k - 1``'s output (``t[k + 1]`` = ``t_out[k - 1]`` in the steps file), so
+    the period ``t[k + 1] - t[k]`` is step ``k - 1``'s time: ``lag`` 1 pairs them. ``lag`` 0
+    pairs a period with its own step and dilutes the per-token cost."""
     import numpy as np
 
     xs, ys = [], []
@@ -105,17 +111,17 @@ def fit_step_model(steps: dict, skip_reps: tuple[int, ...] = (0,)) -> tuple[Step
             for run in runs:
                 if run["rep"] in skip_reps:
                     continue
-                t = np.asarray(run["t"])
-                period = np.diff(t)
+                period = np.diff(np.asarray(run["t"]))[lag:]
                 keep = period < 1.0  # idle gaps between arrivals are not steps
-                f = [np.asarray(run[c][:-1], dtype=float) for c in ("prefill", "decode_reqs")]
-                x = np.stack([f[0], f[1]], 1)[keep]
-                xs.append(x)
+                f = [np.asarray(run[c], dtype=float)[:len(period)]
+                     for c in ("prefill", "decode_reqs")]
+                xs.append(np.stack(f, 1)[keep])
                 ys.append(period[keep])
     x, y = np.concatenate(xs), np.concatenate(ys)
     coef, fit = _least_squares(x, y)
     model = StepModel(base=coef[0], per_token=coef[1], per_decode=coef[2])
     fit["mean_period_s"] = fit.pop("mean_s")
+    fit["lag"] = lag
     # the spread of log(measured / model) per step: what ``--step-noise`` draws from
     fit["log_residual_sd"] = float(np.log(y / (coef[0] + x @ np.asarray(coef[1:]))).std())
     return model, fit

@@ -85,9 +85,40 @@ def test_step_model_fit_on_the_h200_step_timings():
         assert math.isfinite(value)
     assert 0.005 < model.base < 0.05 and model.per_token > 0
     committed = trace_sim_model.STEP_MODELS["llama-3.1-8b"]
-    assert committed.base == pytest.approx(model.base, rel=0.02)
-    assert committed.per_token == pytest.approx(model.per_token, rel=0.02)
+    assert fit["lag"] == 1
+    for name in ("base", "per_token", "per_decode"):
+        assert getattr(committed, name) == pytest.approx(getattr(model, name), rel=0.02), name
     assert trace_sim_model.STEP_NOISE == pytest.approx(fit["log_residual_sd"], abs=0.01)
+
+
+def test_async_scheduling_schedules_a_step_after_the_output_of_the_step_before_last():
+    # What lag 1 rests on: in the H200 steps, schedule() k + 1 follows step k - 1's output.
+    import numpy as np
+
+    for arms in json.loads(STEPS.read_text())["steps"].values():
+        for runs in arms.values():
+            for run in runs:
+                t, t_out = np.asarray(run["t"]), np.asarray(run["t_out"])
+                after_last_but_one = np.median(np.abs(t[2:] - t_out[:-2]))
+                before_last = np.median(t[1:] - t_out[:-1])  # schedule() k + 1 before output k
+                assert after_last_but_one < 3e-3 and before_last < -1e-2
+
+
+def test_step_model_fit_recovers_a_step_cost_seen_one_step_late():
+    truth = trace_sim_model.StepModel(base=0.015, per_token=9e-6, per_decode=5e-5)
+    prefill = [(k * 613) % 2049 if k % 3 else 0 for k in range(400)]
+    decodes = [(k * 37) % 128 for k in range(400)]
+    t = [0.0, 0.01]  # the period after schedule() k is step k - 1's time
+    for k in range(1, 399):
+        t.append(t[-1] + truth.seconds({"prefill_tokens": prefill[k - 1], "decodes": decodes[k - 1],
+                                        "attn": 0, "decode_ctx": 0}))
+    steps = {"steps": {"w": {"arm": [{"rep": 1, "t": t, "prefill": prefill,
+                                      "decode_reqs": decodes}]}}}
+    model, fit = trace_sim_model.fit_step_model(steps)
+    for name in ("base", "per_token", "per_decode"):
+        assert getattr(model, name) == pytest.approx(getattr(truth, name), rel=1e-6), name
+    diluted, _ = trace_sim_model.fit_step_model(steps, lag=0)
+    assert diluted.per_token < 0.5 * truth.per_token
 
 
 HOST_FIT = RESULTS / "trace_sim_host_fit_cpu.json"
