@@ -10,31 +10,44 @@ from vllm.v1.core.sched.scheduler import Scheduler
 
 @dataclass(frozen=True)
 class StepModel:
-    """Seconds of one engine step on the GPU: ``base + per_token * prefill tokens +
-    per_decode * decode requests + per_attn * sum(chunk * (context + chunk / 2)) / 1e6 +
-    per_ctx * decode context tokens / 1e6``."""
+    """Seconds of one engine step on the GPU: the larger of the launch time ``base +
+    per_token * prefill tokens + per_decode * decode requests + per_attn * sum(chunk *
+    (context + chunk / 2)) / 1e6 + per_ctx * decode context tokens / 1e6`` and the compute
+    time ``gpu_base + gpu_per_token * (prefill tokens + decode requests)``. Eager, the host
+    launches every layer's kernels one by one while the GPU runs them: a small step takes the
+    launch time, a large prefill its compute (``gpu_per_token`` 0: launch time only)."""
 
     base: float
     per_token: float
     per_decode: float
     per_attn: float = 0.0
     per_ctx: float = 0.0
+    gpu_base: float = 0.0
+    gpu_per_token: float = 0.0
 
     def seconds(self, f: dict) -> float:
-        return (self.base + self.per_token * f["prefill_tokens"]
-                + self.per_decode * f["decodes"] + self.per_attn * f["attn"] / 1e6
-                + self.per_ctx * f["decode_ctx"] / 1e6)
+        launch = (self.base + self.per_token * f["prefill_tokens"]
+                  + self.per_decode * f["decodes"] + self.per_attn * f["attn"] / 1e6
+                  + self.per_ctx * f["decode_ctx"] / 1e6)
+        if not self.gpu_per_token:
+            return launch
+        return max(launch, self.gpu_base
+                   + self.gpu_per_token * (f["prefill_tokens"] + f["decodes"]))
 
 
 STEP_MODELS = {
     # Fitted by fit_step_model() to benchmarks/results/trace_llm_8b_b2048_4x_h200_steps.json
     # (H200, eager, bf16, vLLM 0.32.0, async scheduling): each step's time against its features.
-    "llama-3.1-8b": StepModel(base=0.0165, per_token=8.64e-6, per_decode=4.95e-5),
+    # The 0.33.0 steps (trace_llm_8b_b2048_1.0sat_h200_vllm033_steps.json) give the same
+    # compute time per token (19.5 us, about 720 TFLOPS).
+    "llama-3.1-8b": StepModel(base=0.0166, per_token=0.0, per_decode=5.51e-5,
+                              gpu_base=0.0028, gpu_per_token=1.94e-5),
     # Llama-3.2-1B: the 8B fit scaled by the ratio of their weights (1.24B / 8.03B) above the
     # eager launch floor; not fitted to a GPU run.
-    "llama-3.2-1b": StepModel(base=0.0090, per_token=1.33e-6, per_decode=0.76e-5),
+    "llama-3.2-1b": StepModel(base=0.0090, per_token=0.0, per_decode=0.85e-5,
+                              gpu_base=0.00043, gpu_per_token=0.30e-5),
 }
-STEP_NOISE = 0.26
+STEP_NOISE = 0.25
 """``fit_step_model``'s ``log_residual_sd`` on the 8B steps: the spread of measured step times
 around the model (an upper bound on step-to-step noise; part of it is the model's own error,
 correlated from one step to the next)."""
@@ -95,14 +108,15 @@ def _least_squares(features, y, floor: float | None = None) -> tuple[list[float]
 
 def fit_step_model(steps: dict, skip_reps: tuple[int, ...] = (0,),
                    lag: int = 1) -> tuple[StepModel, dict]:
-    """Least-squares fit of the step period to prefill tokens and decode requests, over every
-    arm and repetition of a ``benchmarks.ab`` steps file (``*_steps.json``), warm-up
-    repetitions left out.
+    """Fit of the step period to the larger of a launch time (linear in decode requests) and
+    a compute time (linear in tokens), over every arm and repetition of a ``benchmarks.ab``
+    steps file (``*_steps.json``), warm-up repetitions left out: each step is assigned to the
+    term that predicts it longer, each term refitted by least squares on its steps, until
+    stable (launch from decode-only steps and compute from full-budget steps to start).
 
     With async scheduling (vLLM's default) the engine schedules step ``k + 1`` right after it
     has taken step ``k - 1``'s output (``t[k + 1]`` = ``t_out[k - 1]`` in the steps file), so
-    the period ``t[k + 1] - t[k]`` is step ``k - 1``'s time: ``lag`` 1 pairs them. ``lag`` 0
-    pairs a period with its own step and dilutes the per-token cost."""
+    the period ``t[k + 1] - t[k]`` is step ``k - 1``'s time: ``lag`` 1 pairs them."""
     import numpy as np
 
     xs, ys = [], []
@@ -118,13 +132,25 @@ def fit_step_model(steps: dict, skip_reps: tuple[int, ...] = (0,),
                 xs.append(np.stack(f, 1)[keep])
                 ys.append(period[keep])
     x, y = np.concatenate(xs), np.concatenate(ys)
-    coef, fit = _least_squares(x, y)
-    model = StepModel(base=coef[0], per_token=coef[1], per_decode=coef[2])
-    fit["mean_period_s"] = fit.pop("mean_s")
-    fit["lag"] = lag
-    # the spread of log(measured / model) per step: what ``--step-noise`` draws from
-    fit["log_residual_sd"] = float(np.log(y / (coef[0] + x @ np.asarray(coef[1:]))).std())
-    return model, fit
+    launch = np.column_stack([np.ones(len(y)), x[:, 1]])
+    compute = np.column_stack([np.ones(len(y)), x[:, 0] + x[:, 1]])
+    on_gpu = x[:, 0] >= 0.9 * x[:, 0].max()
+    for _ in range(100):
+        h = np.linalg.lstsq(launch[~on_gpu], y[~on_gpu], rcond=None)[0]
+        g = np.linalg.lstsq(compute[on_gpu], y[on_gpu], rcond=None)[0]
+        pred = np.maximum(launch @ h, compute @ g)
+        if np.array_equal(on_gpu, now := compute @ g > launch @ h):
+            break
+        on_gpu = now
+    model = StepModel(base=float(h[0]), per_token=0.0, per_decode=float(h[1]),
+                      gpu_base=float(g[0]), gpu_per_token=float(g[1]))
+    return model, {
+        "steps": int(len(y)), "mean_period_s": float(y.mean()), "lag": lag,
+        "mean_abs_error_s": float(np.abs(pred - y).mean()),
+        "total_time_error": float(pred.sum() / y.sum() - 1),
+        "compute_bound_share": float(on_gpu.mean()),
+        # the spread of log(measured / model) per step: what ``--step-noise`` draws from
+        "log_residual_sd": float(np.log(y / pred).std())}
 
 
 def step_features(scheduler: Scheduler, out) -> dict:

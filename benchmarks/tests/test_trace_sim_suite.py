@@ -4,7 +4,6 @@ the Azure conversation trace (or a synthetic one), the step model fitted to H200
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 
 import pytest
@@ -80,15 +79,34 @@ def test_a_result_records_the_policy_each_arm_ran():
 
 def test_step_model_fit_on_the_h200_step_timings():
     model, fit = trace_sim_model.fit_step_model(json.loads(STEPS.read_text()))
-    assert fit["steps"] > 1000 and abs(fit["total_time_error"]) < 1e-6
-    for value in (model.base, model.per_token, model.per_decode):
-        assert math.isfinite(value)
-    assert 0.005 < model.base < 0.05 and model.per_token > 0
+    assert fit["steps"] > 1000 and abs(fit["total_time_error"]) < 1e-6 and fit["lag"] == 1
+    assert 0.005 < model.base < 0.05 and model.gpu_per_token > 0
     committed = trace_sim_model.STEP_MODELS["llama-3.1-8b"]
-    assert fit["lag"] == 1
-    for name in ("base", "per_token", "per_decode"):
+    for name in ("base", "per_decode", "gpu_base", "gpu_per_token"):
         assert getattr(committed, name) == pytest.approx(getattr(model, name), rel=0.02), name
     assert trace_sim_model.STEP_NOISE == pytest.approx(fit["log_residual_sd"], abs=0.01)
+
+
+def test_step_model_predicts_the_full_budget_steps_of_both_h200_files():
+    # Steps of 1900-2048 prefill tokens (each period one step late, see the next test): the
+    # compute term, fitted on one file, predicts the median of both within 15%.
+    import numpy as np
+
+    model = trace_sim_model.STEP_MODELS["llama-3.1-8b"]
+    for path in (STEPS, RESULTS / "trace_llm_8b_b2048_1.0sat_h200_vllm033_steps.json"):
+        measured, predicted = [], []
+        for arms in json.loads(path.read_text())["steps"].values():
+            for runs in arms.values():
+                for run in runs:
+                    period = np.diff(run["t"])[1:]
+                    for k, p in enumerate(period):
+                        if run["prefill"][k] >= 1900 and p < 1.0:
+                            measured.append(p)
+                            predicted.append(model.seconds({
+                                "prefill_tokens": run["prefill"][k],
+                                "decodes": run["decode_reqs"][k], "attn": 0, "decode_ctx": 0}))
+        assert len(measured) > 100
+        assert np.median(predicted) == pytest.approx(np.median(measured), rel=0.15), path.name
 
 
 def test_async_scheduling_schedules_a_step_after_the_output_of_the_step_before_last():
@@ -104,21 +122,32 @@ def test_async_scheduling_schedules_a_step_after_the_output_of_the_step_before_l
                 assert after_last_but_one < 3e-3 and before_last < -1e-2
 
 
-def test_step_model_fit_recovers_a_step_cost_seen_one_step_late():
-    truth = trace_sim_model.StepModel(base=0.015, per_token=9e-6, per_decode=5e-5)
-    prefill = [(k * 613) % 2049 if k % 3 else 0 for k in range(400)]
-    decodes = [(k * 37) % 128 for k in range(400)]
+def test_step_model_fit_recovers_launch_and_compute_seen_one_step_late():
+    truth = trace_sim_model.StepModel(base=0.015, per_token=0.0, per_decode=5e-5,
+                                      gpu_base=0.003, gpu_per_token=2e-5)
+    prefill = [(k * 613) % 2049 if k % 3 else 0 for k in range(600)]
+    decodes = [(k * 37) % 128 for k in range(600)]
     t = [0.0, 0.01]  # the period after schedule() k is step k - 1's time
-    for k in range(1, 399):
+    for k in range(1, 599):
         t.append(t[-1] + truth.seconds({"prefill_tokens": prefill[k - 1], "decodes": decodes[k - 1],
                                         "attn": 0, "decode_ctx": 0}))
     steps = {"steps": {"w": {"arm": [{"rep": 1, "t": t, "prefill": prefill,
                                       "decode_reqs": decodes}]}}}
     model, fit = trace_sim_model.fit_step_model(steps)
-    for name in ("base", "per_token", "per_decode"):
+    for name in ("base", "per_decode", "gpu_base", "gpu_per_token"):
         assert getattr(model, name) == pytest.approx(getattr(truth, name), rel=1e-6), name
-    diluted, _ = trace_sim_model.fit_step_model(steps, lag=0)
-    assert diluted.per_token < 0.5 * truth.per_token
+    assert fit["mean_abs_error_s"] < 1e-9
+    _, same_step = trace_sim_model.fit_step_model(steps, lag=0)
+    assert same_step["mean_abs_error_s"] > 1e-3
+
+
+def test_a_step_takes_the_longer_of_launch_and_compute():
+    model = trace_sim_model.STEP_MODELS["llama-3.1-8b"]
+    decode_only = {"prefill_tokens": 0, "decodes": 100, "attn": 0, "decode_ctx": 0}
+    full = {**decode_only, "prefill_tokens": 8192}
+    assert model.seconds(decode_only) == pytest.approx(model.base + 100 * model.per_decode)
+    assert model.seconds(full) == pytest.approx(model.gpu_base + 8292 * model.gpu_per_token)
+    assert model.seconds(full) > 4 * model.seconds(decode_only)
 
 
 HOST_FIT = RESULTS / "trace_sim_host_fit_cpu.json"
