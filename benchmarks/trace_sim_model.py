@@ -112,7 +112,8 @@ def fit_step_model(steps: dict, skip_reps: tuple[int, ...] = (0,),
     a compute time (linear in tokens), over every arm and repetition of a ``benchmarks.ab``
     steps file (``*_steps.json``), warm-up repetitions left out: each step is assigned to the
     term that predicts it longer, each term refitted by least squares on its steps, until
-    stable (launch from decode-only steps and compute from full-budget steps to start).
+    stable (to start: compute on the steps of 90% of the largest prefill or more, launch on
+    the rest).
 
     With async scheduling (vLLM's default) the engine schedules step ``k + 1`` right after it
     has taken step ``k - 1``'s output (``t[k + 1]`` = ``t_out[k - 1]`` in the steps file), so
