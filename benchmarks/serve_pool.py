@@ -29,7 +29,15 @@ COUNTERS = ("vllm:prompt_tokens_total", "vllm:generation_tokens_total",
             "vllm:request_success_total:length", "vllm:request_success_total:stop",
             "vllm:request_success_total:abort", "vllm:request_success_total:error",
             "vllm:num_preemptions_total", "vllm:prefix_cache_hits_total",
-            "vllm:time_to_first_token_seconds_sum", "vllm:time_to_first_token_seconds_count")
+            "vllm:time_to_first_token_seconds_sum", "vllm:time_to_first_token_seconds_count",
+            "vllm:request_queue_time_seconds_sum", "vllm:request_queue_time_seconds_count",
+            "vllm:request_prefill_time_seconds_sum", "vllm:request_prefill_time_seconds_count")
+SERVER_MEANS = {"server_ttft_mean_ms": "vllm:time_to_first_token_seconds",
+                "server_queue_mean_ms": "vllm:request_queue_time_seconds",
+                "server_prefill_mean_ms": "vllm:request_prefill_time_seconds"}
+"""The server's own means per request: time to first token (from the API server's arrival),
+time waiting in the engine core's queue, and time from first scheduled to the prompt computed.
+TTFT less the two engine-side times is what the front end and the output path add."""
 GAUGES = ("vllm:num_requests_running", "vllm:num_requests_waiting")
 
 
@@ -79,9 +87,9 @@ def scrape(url: str) -> dict[str, float]:
 def metrics_delta(before: dict[str, float], after: dict[str, float]) -> dict:
     out = {k: after.get(k, 0.0) - before.get(k, 0.0) for k in COUNTERS}
     out.update({k + " (after)": after.get(k) for k in GAUGES})
-    count = out["vllm:time_to_first_token_seconds_count"]
-    out["server_ttft_mean_ms"] = (
-        1000 * out["vllm:time_to_first_token_seconds_sum"] / count if count else None)
+    for key, series in SERVER_MEANS.items():
+        count = out[series + "_count"]
+        out[key] = 1000 * out[series + "_sum"] / count if count else None
     return out
 
 

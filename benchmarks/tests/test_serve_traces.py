@@ -98,9 +98,12 @@ def test_metrics_parsing_and_packing_summary():
     assert s["throttled_steps"] == 2 and s["throttled_admitted"] == 3
     before = {"vllm:prompt_tokens_total": 10.0}
     after = {"vllm:prompt_tokens_total": 25.0, "vllm:time_to_first_token_seconds_sum": 0.5,
-             "vllm:time_to_first_token_seconds_count": 5.0, "vllm:num_requests_running": 0.0}
+             "vllm:time_to_first_token_seconds_count": 5.0, "vllm:num_requests_running": 0.0,
+             "vllm:request_queue_time_seconds_sum": 0.2,
+             "vllm:request_queue_time_seconds_count": 5.0}
     d = serve_pool.metrics_delta(before, after)
     assert d["vllm:prompt_tokens_total"] == 15.0 and d["server_ttft_mean_ms"] == 100.0
+    assert d["server_queue_mean_ms"] == pytest.approx(40.0) and d["server_prefill_mean_ms"] is None
     entries = serve_traces.make_trace([3, 4], [2, 2], rate=None, seed=0)
     ok = {"completed": 2, "failed": 0, "input_lens": [3, 4], "output_lens": [2, 2]}
     assert serve_runs.check_run(ok, entries) == []
