@@ -98,7 +98,11 @@ def simulate(arm: str, requests: Sequence[Request], *, model: str, budget: int,
     The scheduler's CPU time per step is the fitted :data:`HOST_MODEL` (``host="model"``) or
     this step's measured time (``"measured"``; appended to ``samples`` as ``(scheduled,
     new, seconds)``), times ``cpu_scale``. ``step_noise`` > 0 multiplies each step's GPU time
-    by a lognormal factor of mean 1 and log-sigma ``step_noise`` (drawn from ``noise_seed``)."""
+    by a lognormal factor of mean 1 and log-sigma ``step_noise`` (drawn from ``noise_seed``).
+
+    ``async_scheduling`` (vLLM's default): a step's GPU and scheduler times overlap, and the
+    engine schedules step k + 1 as step k starts, so a request that arrives while step k runs
+    is first scheduled in step k + 2 (at once where the engine has nothing else to run)."""
     opts = arm_options(arm) if options is None else options
     if host not in ("model", "measured"):
         raise ValueError(f"invalid host {host!r}; accepted: model, measured")
@@ -119,11 +123,16 @@ def simulate(arm: str, requests: Sequence[Request], *, model: str, budget: int,
         i = steps = out_tokens = 0
         cpu = 0.0
         last: dict[str, tuple[float, int]] = {}  # request -> (time of its latest token, tokens)
+        seen = 0.0  # async: the previous step's start, when the engine scheduled this one
         while i < len(pending) or scheduler.has_unfinished_requests():
-            i = _arrive(scheduler, pending, i, clock.now, rng, arrival)
+            i = _arrive(scheduler, pending, i, seen if async_scheduling else clock.now, rng,
+                        arrival)
+            if not scheduler.has_unfinished_requests():  # idle: it takes what has arrived
+                i = _arrive(scheduler, pending, i, clock.now, rng, arrival)
             if not scheduler.has_unfinished_requests():
-                clock.now = pending[i].arrival
+                clock.now = seen = pending[i].arrival
                 continue
+            seen = clock.now
             c0 = time.thread_time()
             out = scheduler.schedule()
             c1 = time.thread_time()

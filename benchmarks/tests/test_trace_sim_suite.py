@@ -53,6 +53,24 @@ def test_the_deadline_order_lets_short_prompts_overtake_under_a_queue(tiny_model
     assert mean(ours) < mean(stock)
 
 
+def test_async_scheduling_sees_an_arrival_one_step_late(tiny_model):
+    # r1 arrives while r0's prefill step runs. Synchronous, the next step takes it; async, the
+    # next step was scheduled as r0's started, so r1 waits one more decode step.
+    model = trace_sim_model.STEP_MODELS["llama-3.1-8b"]
+    reqs = [trace_sim_drive.Request(0.0, 200, 20), trace_sim_drive.Request(0.001, 50, 2)]
+
+    def ttft(async_scheduling: bool) -> dict:
+        return trace_sim_drive.simulate(
+            "stock", reqs, model=tiny_model, budget=256, max_num_seqs=8, num_blocks=512,
+            max_model_len=1024, step_model=model, seed=0, cpu_scale=0.0,
+            async_scheduling=async_scheduling).ttft
+
+    sync, late = ttft(False), ttft(True)
+    assert late["r0"] == sync["r0"]  # the engine was idle: scheduled on arrival
+    decode_step = model.seconds({"prefill_tokens": 0, "decodes": 1, "attn": 0, "decode_ctx": 0})
+    assert late["r1"] == pytest.approx(sync["r1"] + decode_step)
+
+
 def test_the_simulator_is_deterministic_without_scheduler_cpu_time(tiny_model):
     assert _run(tiny_model, "stretch").ttft == _run(tiny_model, "stretch").ttft
 
