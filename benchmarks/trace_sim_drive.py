@@ -99,10 +99,8 @@ def simulate(arm: str, requests: Sequence[Request], *, model: str, budget: int,
     this step's measured time (``"measured"``; appended to ``samples`` as ``(scheduled,
     new, seconds)``), times ``cpu_scale``. ``step_noise`` > 0 multiplies each step's GPU time
     by a lognormal factor of mean 1 and log-sigma ``step_noise`` (drawn from ``noise_seed``).
-
-    ``async_scheduling`` (vLLM's default): a step's GPU and scheduler times overlap, and the
-    engine schedules step k + 1 as step k starts, so a request that arrives while step k runs
-    is first scheduled in step k + 2 (at once where the engine has nothing else to run)."""
+    ``async_scheduling`` (vLLM's default): a step's GPU and scheduler times overlap, and an
+    arrival is seen one step late (:func:`_arrive_async`)."""
     opts = arm_options(arm) if options is None else options
     if host not in ("model", "measured"):
         raise ValueError(f"invalid host {host!r}; accepted: model, measured")
@@ -125,10 +123,8 @@ def simulate(arm: str, requests: Sequence[Request], *, model: str, budget: int,
         last: dict[str, tuple[float, int]] = {}  # request -> (time of its latest token, tokens)
         seen = 0.0  # async: the previous step's start, when the engine scheduled this one
         while i < len(pending) or scheduler.has_unfinished_requests():
-            i = _arrive(scheduler, pending, i, seen if async_scheduling else clock.now, rng,
-                        arrival)
-            if not scheduler.has_unfinished_requests():  # idle: it takes what has arrived
-                i = _arrive(scheduler, pending, i, clock.now, rng, arrival)
+            i = _arrive_async(scheduler, pending, i, seen if async_scheduling else clock.now,
+                              clock.now, rng, arrival)
             if not scheduler.has_unfinished_requests():
                 clock.now = seen = pending[i].arrival
                 continue
@@ -147,11 +143,7 @@ def simulate(arm: str, requests: Sequence[Request], *, model: str, budget: int,
             clock.now += max(gpu, host) if async_scheduling else gpu + host
             cpu += c1 - c0
             steps += 1
-            for req_id, sampled in zip(runner.req_ids, runner.sampled_token_ids):
-                if sampled:
-                    out_tokens += 1
-                    ttft.setdefault(req_id, clock.now - arrival[req_id])
-                    last[req_id] = (clock.now, last.get(req_id, (0.0, 0))[1] + 1)
+            out_tokens += _tokens(runner, clock.now, arrival, ttft, last)
     first = requests[0].arrival if requests else 0.0
     tpot = {r: (t - arrival[r] - ttft[r]) / (n - 1) for r, (t, n) in last.items() if n > 1}
     return Run(ttft=ttft, makespan=clock.now - first, output_tokens=out_tokens, steps=steps,
@@ -177,6 +169,28 @@ def _arrive(scheduler, pending: Sequence[Request], i: int, now: float, rng: rand
         arrival[req_id] = r.arrival
         i += 1
     return i
+
+
+def _arrive_async(scheduler, pending: Sequence[Request], i: int, seen: float, now: float,
+                  rng: random.Random, arrival: dict[str, float]) -> int:
+    """The engine schedules step k + 1 as step k starts (``seen``), so a request that arrives
+    while step k runs is first scheduled in step k + 2; all that arrived by ``now`` where the
+    engine would otherwise be idle (it then schedules on arrival)."""
+    i = _arrive(scheduler, pending, i, seen, rng, arrival)
+    if not scheduler.has_unfinished_requests():
+        i = _arrive(scheduler, pending, i, now, rng, arrival)
+    return i
+
+
+def _tokens(runner, now: float, arrival: dict, ttft: dict, last: dict) -> int:
+    """Record the step's sampled tokens (first token: TTFT; latest: time and count)."""
+    n = 0
+    for req_id, sampled in zip(runner.req_ids, runner.sampled_token_ids):
+        if sampled:
+            n += 1
+            ttft.setdefault(req_id, now - arrival[req_id])
+            last[req_id] = (now, last.get(req_id, (0.0, 0))[1] + 1)
+    return n
 
 
 def _gpu_seconds(model: StepModel, features: dict, out, noise: random.Random,
