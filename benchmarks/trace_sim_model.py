@@ -15,7 +15,7 @@ class StepModel:
     (context + chunk / 2)) / 1e6 + per_ctx * decode context tokens / 1e6`` and the compute
     time ``gpu_base + gpu_per_token * (prefill tokens + decode requests)``. Eager, the host
     launches every layer's kernels one by one while the GPU runs them: a small step takes the
-    launch time, a large prefill its compute (``gpu_per_token`` 0: launch time only)."""
+    launch time, a large prefill its compute (``gpu_*`` 0: launch time only)."""
 
     base: float
     per_token: float
@@ -29,8 +29,6 @@ class StepModel:
         launch = (self.base + self.per_token * f["prefill_tokens"]
                   + self.per_decode * f["decodes"] + self.per_attn * f["attn"] / 1e6
                   + self.per_ctx * f["decode_ctx"] / 1e6)
-        if not self.gpu_per_token:
-            return launch
         return max(launch, self.gpu_base
                    + self.gpu_per_token * (f["prefill_tokens"] + f["decodes"]))
 
@@ -100,10 +98,16 @@ def _least_squares(features, y, floor: float | None = None) -> tuple[list[float]
     x = np.column_stack([np.ones(len(y)), features])
     coef, *_ = np.linalg.lstsq(x, y, rcond=None)
     pred = x @ coef if floor is None else np.maximum(floor, x @ coef)
-    return [float(c) for c in coef], {
-        "steps": int(len(y)), "mean_s": float(y.mean()),
-        "mean_abs_error_s": float(np.abs(pred - y).mean()),
-        "total_time_error": float(pred.sum() / y.sum() - 1)}
+    return [float(c) for c in coef], {"mean_s": float(y.mean()), **_errors(pred, y)}
+
+
+def _errors(pred, y) -> dict:
+    """A fit's errors: steps, mean absolute error per step, and total time predicted over
+    measured, less 1."""
+    import numpy as np
+
+    return {"steps": int(len(y)), "mean_abs_error_s": float(np.abs(pred - y).mean()),
+            "total_time_error": float(pred.sum() / y.sum() - 1)}
 
 
 def fit_step_model(steps: dict, skip_reps: tuple[int, ...] = (0,),
@@ -146,9 +150,7 @@ def fit_step_model(steps: dict, skip_reps: tuple[int, ...] = (0,),
     model = StepModel(base=float(h[0]), per_token=0.0, per_decode=float(h[1]),
                       gpu_base=float(g[0]), gpu_per_token=float(g[1]))
     return model, {
-        "steps": int(len(y)), "mean_period_s": float(y.mean()), "lag": lag,
-        "mean_abs_error_s": float(np.abs(pred - y).mean()),
-        "total_time_error": float(pred.sum() / y.sum() - 1),
+        "mean_period_s": float(y.mean()), "lag": lag, **_errors(pred, y),
         "compute_bound_share": float(on_gpu.mean()),
         # the spread of log(measured / model) per step: what ``--step-noise`` draws from
         "log_residual_sd": float(np.log(y / pred).std())}
