@@ -10,7 +10,7 @@ from typing import Any
 
 from benchmarks import workloads
 from benchmarks.serve_options import ServeOptions
-from benchmarks.serve_pool import ARMS, Pool
+from benchmarks.serve_pool import ARMS, SERVER_MEANS, Pool
 from benchmarks.serve_runs import run_bench
 from benchmarks.serve_traces import TraceBook, output_lengths
 from benchmarks.trace import ATTRIBUTION, load_trace
@@ -162,6 +162,11 @@ def progress(record: dict) -> None:
     line = (f"TTFT mean {b['mean_ttft_ms']:.0f} ms p99 {b['p99_ttft_ms']:.0f} ms, "
             f"{b['request_throughput']:.2f} req/s, {b['output_throughput']:.0f} out tok/s"
             if record.get("ok") else f"FAILED: {record.get('problems')}")
+    m = record.get("metrics") or {}
+    split = [m.get(k) for k in SERVER_MEANS]  # the server's own split of its mean TTFT
+    if None not in split:
+        line += "; server TTFT / engine queue / prefill mean {:.0f} / {:.0f} / {:.0f} ms".format(
+            *split)
     print(f"[{time.strftime('%H:%M:%S')}] {record['name']} (rate {record['rate']:.2f} req/s):"
           f" {line}, wall {record['wall_s']:.1f}s", flush=True)
 
