@@ -115,18 +115,6 @@ def streaming_input_waits(scheduler) -> int:
     return scheduler.num_waiting_for_streaming_input
 
 
-def running_token_demand(scheduler) -> int:
-    """Tokens the running requests still ask of the coming step: v1/request.py
-    ``num_tokens_with_spec + num_output_placeholders - num_computed_tokens`` (what
-    ``Scheduler.schedule()`` computes per running request)."""
-    demand = 0
-    for r in scheduler.running:
-        demand += max(
-            0, r.num_tokens_with_spec + r.num_output_placeholders - r.num_computed_tokens
-        )
-    return demand
-
-
 def cadence_holds_prefill(scheduler) -> bool:
     """Whether vLLM's local prefill cadence holds prefill in the coming step (vLLM 0.33+,
     v1/core/sched/scheduler.py ``schedule()``, "Local prefill cadence":
