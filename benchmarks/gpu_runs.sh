@@ -15,7 +15,7 @@
 #   bash benchmarks/gpu_runs.sh moe      # 2 GPUs: serving A/B of a MoE (OLMoE-1B-7B shape) at DP=2
 #                                     # with --prefill-schedule-interval 4 (vLLM's throttling)
 #   bash benchmarks/gpu_runs.sh trace-llm    # 1 GPU: Azure conversation trace replay, Llama-3.1-8B,
-#                                         # LLMEngine (SchedulerConfig defaults), ~8 min
+#                                         # LLMEngine (SchedulerConfig defaults) or LLM, ~8 min
 #   bash benchmarks/gpu_runs.sh trace-serve  # 1 GPU: the same trace through vllm serve, ~8-9 min
 #
 # Trace phases read the Azure conversation trace (CC-BY 4.0, Patel et al., Splitwise, ISCA
@@ -24,9 +24,11 @@
 # shared folder beside the checkout does not travel). Their sizes can be set from the
 # environment: N (requests), START (first row), REPS, BUDGET (max_num_batched_tokens),
 # COMPRESSION (trace-llm; or LOADS, multiples of stock's saturation rate), LOADS (trace-serve),
-# ARMS (trace-llm), PREPACK_ARGS (trace-serve: more --prepack-* options), GRAPHS (trace-serve:
-# 1 for compile and CUDA graphs), VARIANT (trace-serve: a tag in the file name), SATURATION (stock's
-# saturation rate in req/s from an earlier part of the same grid: not measured again).
+# ARMS (trace-llm), ENTRY (trace-llm: llmengine or llm), PREPACK_ARGS (trace-serve: more
+# --prepack-* options), GRAPHS (1 for vLLM's default torch.compile and CUDA graphs instead of
+# eager; trace-llm then times compiled steps), VARIANT (trace-serve: a tag in the file name),
+# SATURATION (stock's saturation rate in req/s from an earlier part of the same grid: not
+# measured again).
 set -uo pipefail
 phase=${1:?usage: bash benchmarks/gpu_runs.sh paper|nochunk|serve|equiv1|equiv|pp|tp|dp|moe|trace-llm|trace-serve [tag]}
 tag=${2:-$(python3 -c "import torch; n=torch.cuda.get_device_name(0).split()[1].lower(); \
@@ -128,19 +130,24 @@ print('pynccl: NCCL', L().ncclGetVersion())" || {
 --prefill-schedule-interval 4" --out "$out/serve_moe_dp2_$tag.json"
   ;;
 trace-llm)
-  # Llama-3.1-8B shape, eager, LLMEngine.from_engine_args: SchedulerConfig's 128 sequences;
-  # prefix caching at vLLM's default (on), fresh prompts each repetition. One engine per arm
-  # (both alive, 0.4 of the GPU each), 3 repetitions of one load, arms alternating.
+  # Llama-3.1-8B shape, eager, LLMEngine.from_engine_args: SchedulerConfig's 128 sequences
+  # (ENTRY=llm: LLM(...), its 1024); prefix caching at vLLM's default (on), fresh prompts each
+  # repetition. One engine per arm (both alive, 0.4 of the GPU each), 3 repetitions of one
+  # load, arms alternating. GRAPHS=1: compiled, CUDA graphs (name tagged _graphs).
   budget=${BUDGET:-2048}
+  entry=${ENTRY:-llmengine}
+  if [ "${GRAPHS:-0}" = 1 ]; then mode='"max_model_len": 8192' mode_tag=_graphs
+  else mode=$eager mode_tag=; fi
+  [ "$entry" = llmengine ] || mode_tag="${mode_tag}_$entry"
   if [ -n "${LOADS:-}" ]; then load=(--load-factors "$LOADS"); load_tag=${LOADS//,/_}sat
   else load=(--compression "${COMPRESSION:-4}"); load_tag=${COMPRESSION:-4}x; fi
-  name="trace_llm_8b_b${budget}_${load_tag}_$tag"
-  run "$name" 570 $py -m benchmarks.ab --model-shape llama-3.1-8b --entry-point llmengine \
+  name="trace_llm_8b_b${budget}_${load_tag}${mode_tag}_$tag"
+  run "$name" 570 $py -m benchmarks.ab --model-shape llama-3.1-8b --entry-point "$entry" \
     --workload trace ${TRACE:+--trace "$TRACE"} --trace-start "${START:-0}" --n "${N:-500}" \
     "${load[@]}" --reps "${REPS:-3}" --arms "${ARMS:-stock,prepack-default}" \
     --max-num-batched-tokens "$budget" --run-timeout 240 \
     ${SATURATION:+--saturation-rate "$SATURATION"} \
-    --engine-args "{$eager, \"gpu_memory_utilization\": 0.4}" --out "$out/$name.json"
+    --engine-args "{$mode, \"gpu_memory_utilization\": 0.4}" --out "$out/$name.json"
   progress "$out/$name.log"
   ;;
 trace-serve)

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from benchmarks import analysis, report
-from benchmarks.serve_pool import ARMS
+from benchmarks.serve_pool import ARMS, SERVER_MEANS
 
 BASELINE = "stock"
 RATIO_METRICS = {  # bench result key: higher is better
@@ -75,6 +75,22 @@ def _decisions_cell(result: dict, load: str) -> str:
     return cell + " (stock's admissions)" if same_admissions(d) else cell
 
 
+def server_split(result: dict, load: str, arm: str) -> list[float | None]:
+    """The server's own mean TTFT, engine-queue and prefill times (ms) of ``arm`` at ``load``,
+    each the mean over its completed runs (None where no run recorded it)."""
+    runs = [r.get("metrics") or {} for r in result.get("runs", []) if r.get("arm") == arm
+            and r.get("ok") and f"{r.get('load_factor', -1):g}" == load]
+    out: list[float | None] = []
+    for key in SERVER_MEANS:
+        values = [m[key] for m in runs if m.get(key) is not None]
+        out.append(sum(values) / len(values) if values else None)
+    return out
+
+
+def _split_cell(result: dict, load: str, arm: str) -> str:
+    return " / ".join("-" if v is None else f"{v:.0f}" for v in server_split(result, load, arm))
+
+
 def _per_rank_line(result: dict) -> str:
     """Data parallel: the prepack arm's per-rank statistics over its measured runs."""
     ranks: dict[str, dict[str, int]] = {}
@@ -120,9 +136,10 @@ def render_section(result: dict) -> str:
         f"{slo.get('ttft_ms', float('nan')):.0f} ms ({slo.get('source')}). "
         f"Scheduler classes: {classes}.{_per_rank_line(result)}", "",
         "| load | rate req/s | arm | req/s | goodput req/s | TTFT mean ms | TTFT p99 ms | "
+        "server TTFT / engine queue / prefill mean ms | "
         "TPOT mean ms | overtakes / split prompts per run | TTFT mean vs stock | "
         "TTFT p99 vs stock | goodput vs stock |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for lf, agg in result.get("per_load", {}).items():
         rate = result.get("rates", {}).get(lf)
@@ -133,7 +150,8 @@ def render_section(result: dict) -> str:
             lines.append(
                 f"| {lf}x | {rate:.2f} | {arm} | {_mean(pa, 'request_throughput', '.2f')} | "
                 f"{_mean(pa, 'request_goodput', '.2f')} | {_mean(pa, 'mean_ttft_ms', '.1f')} | "
-                f"{_mean(pa, 'p99_ttft_ms', '.1f')} | {_mean(pa, 'mean_tpot_ms', '.1f')} | "
+                f"{_mean(pa, 'p99_ttft_ms', '.1f')} | {_split_cell(result, lf, arm)} | "
+                f"{_mean(pa, 'mean_tpot_ms', '.1f')} | "
                 f"{_decisions_cell(result, lf) if own else '-'} | "
                 f"{report.fmt_ratio(ratios.get('mean_ttft_ms')) if own else '1'} | "
                 f"{report.fmt_ratio(ratios.get('p99_ttft_ms')) if own else '1'} | "

@@ -11,6 +11,7 @@ import sys
 import pytest
 
 from benchmarks import serve_report
+from benchmarks.serve_pool import SERVER_MEANS
 from benchmarks.tests.suite_env import ROOT, TRACE_CSV, subprocess_env
 
 SERVE_ARGS = "--dtype float32 --enforce-eager --max-model-len 1024 --kv-cache-memory-bytes 67108864"
@@ -119,7 +120,15 @@ def test_serve_ab_trace_replay_completes(tiny_model, tmp_path, engine_lock):
     for r in runs.values():
         assert r["ok"] and r["bench"]["completed"] == 6 and len(r["bench"]["ttfts_s"]) == 6
         assert r["bench"]["total_output_tokens"] == 34
-    assert "CC-BY 4.0" in serve_report.render_section(d)
+        # The server's own split of its mean TTFT: engine queue and prefill (engine core
+        # timestamps) lie within the API server's arrival-to-first-token time.
+        ttft, queue, prefill = (r["metrics"][k] for k in SERVER_MEANS)
+        assert min(ttft, queue, prefill) >= 0 and prefill > 0
+        assert queue + prefill <= ttft + 1
+    section = serve_report.render_section(d)
+    assert "CC-BY 4.0" in section
+    cell = serve_report.server_split(d, "1", "prepack")
+    assert " / ".join(f"{v:.0f}" for v in cell) in section
     assert (tmp_path / "serve_trace.png").stat().st_size > 0
     assert (tmp_path / "serve_trace_ttft_cdf.png").stat().st_size > 0
     assert (tmp_path / "serve_trace_ttft_by_arrival.png").stat().st_size > 0
