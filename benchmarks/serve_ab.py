@@ -100,12 +100,13 @@ def _record(opts: ServeOptions, pool: Pool, workload: dict, outs: list[int],
         "repetitions": opts.reps, "load_factors": opts.load_factor_list, "baseline": BASELINE,
         "servers": "one at a time" if pool.one_at_a_time else "one per arm, both kept alive",
         "gpu_memory_utilization_per_arm": pool.gpu_util, "warmup_requests": opts.warmup,
+        "warmup_replay": opts.warmup_replay,
         "prefix_caching": opts.prefix_caching,
         "workload": {**workload, "output_tokens_total": sum(outs), "chunk_hash_size": CHUNK,
                      "prompts": "TimedTrace: ceil(input_length/16) hash ids per request, none "
                                 "shared; identical token ids for both arms (PYTHONHASHSEED=0)"},
         "work_dir": str(workdir), "arms": pool.describe(), "saturation": None, "slo": None,
-        "rates": {}, "runs": [], "per_load": {},
+        "rates": {}, "runs": [], "warmup_runs": [], "per_load": {},
     }
 
 

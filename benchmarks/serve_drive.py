@@ -140,6 +140,9 @@ def measure_pairs(opts: ServeOptions, book: TraceBook, pool: Pool, result: dict,
             return
         trace, entries = book.get(f"rep{rep}_lf{lf:g}", rate, f"{opts.seed}/rep{rep}")
         for position, arm in enumerate(arm_order(rep, opts.load_factor_list.index(lf))):
+            if opts.warmup_replay and not pool.is_up(arm):
+                result["warmup_runs"].append(warmup_replay(opts, book, pool, arm, rate,
+                                                           f"{arm}_lf{lf:g}_rep{rep}"))
             record = run_bench(pool, arm, trace, entries, slo_ms,
                                f"{arm}_lf{lf:g}_rep{rep}", opts)
             record.update(load_factor=lf, rate=rate, rep=rep, position=position)
@@ -154,6 +157,17 @@ def measure_pairs(opts: ServeOptions, book: TraceBook, pool: Pool, result: dict,
             bar.set_postfix(load=f"{lf:g}x", arm=arm, rep=rep)
             bar.update()
             save()
+
+
+def warmup_replay(opts: ServeOptions, book: TraceBook, pool: Pool, arm: str, rate: float,
+                  tag: str) -> dict:
+    """``--warmup-replay``: a fresh server's first replay, not measured: the next run's
+    lengths and arrivals with prompts of their own (no prefix-cache hits carry over)."""
+    trace, entries = book.get(f"warmup_{tag}", rate, f"{opts.seed}/warmup_{tag}")
+    record = run_bench(pool, arm, trace, entries, None, f"warmup_{tag}", opts)
+    record.update(rate=rate, measured=False)
+    progress(record)
+    return record
 
 
 def progress(record: dict) -> None:

@@ -117,6 +117,14 @@ def _workload_words(w: dict) -> str:
             f"{w['output_len']} tokens, Poisson arrivals")
 
 
+def _warmup_words(result: dict) -> str:
+    if "warmup_requests" not in result:
+        return ""
+    replay = (", then one unmeasured replay of its next run's trace with other prompts"
+              if result.get("warmup_replay") else "")
+    return f" Warm-up per server start: {result['warmup_requests']} requests{replay}."
+
+
 def render_section(result: dict) -> str:
     """A markdown section: setup line and one row per load factor and arm."""
     w = result["workload"]
@@ -134,7 +142,7 @@ def render_section(result: dict) -> str:
         f"`vllm bench serve` timed trace: {_workload_words(w)}. Saturation (stock, all at t=0): "
         f"{sat.get('request_throughput', float('nan')):.2f} req/s. TTFT SLO "
         f"{slo.get('ttft_ms', float('nan')):.0f} ms ({slo.get('source')}). "
-        f"Scheduler classes: {classes}.{_per_rank_line(result)}", "",
+        f"Scheduler classes: {classes}.{_per_rank_line(result)}{_warmup_words(result)}", "",
         "| load | rate req/s | arm | req/s | goodput req/s | TTFT mean ms | TTFT p99 ms | "
         "server TTFT / engine queue / prefill mean ms | "
         "TPOT mean ms | overtakes / split prompts per run | TTFT mean vs stock | "

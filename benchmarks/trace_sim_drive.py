@@ -70,6 +70,8 @@ class Run:
     counters: dict
     tpot: dict[str, float] = dataclasses.field(default_factory=dict)
     """Per request with two or more output tokens: seconds per output token after the first."""
+    queue: dict[str, float] = dataclasses.field(default_factory=dict)
+    """Per request: seconds from arrival to the start of the step that first scheduled it."""
 
 
 @contextlib.contextmanager
@@ -117,7 +119,7 @@ def simulate(arm: str, requests: Sequence[Request], *, model: str, budget: int,
             additional_config={"prepack": opts or {}})
         pending = list(requests)
         arrival = {}
-        ttft: dict[str, float] = {}
+        ttft, queue = {}, {}  # request -> seconds: to its first token; waiting
         i = steps = out_tokens = 0
         cpu = 0.0
         last: dict[str, tuple[float, int]] = {}  # request -> (time of its latest token, tokens)
@@ -132,6 +134,8 @@ def simulate(arm: str, requests: Sequence[Request], *, model: str, budget: int,
             c0 = time.thread_time()
             out = scheduler.schedule()
             c1 = time.thread_time()
+            for r in out.scheduled_new_reqs:
+                queue.setdefault(r.req_id, clock.now - arrival[r.req_id])
             features = step_features(scheduler, out)
             runner = runner_output(scheduler, out)
             c2 = time.thread_time()
@@ -147,7 +151,7 @@ def simulate(arm: str, requests: Sequence[Request], *, model: str, budget: int,
     first = requests[0].arrival if requests else 0.0
     tpot = {r: (t - arrival[r] - ttft[r]) / (n - 1) for r, (t, n) in last.items() if n > 1}
     return Run(ttft=ttft, makespan=clock.now - first, output_tokens=out_tokens, steps=steps,
-               sched_cpu_s=cpu, counters=_counters(scheduler), tpot=tpot)
+               sched_cpu_s=cpu, counters=_counters(scheduler), tpot=tpot, queue=queue)
 
 
 def _counters(scheduler) -> dict:
@@ -217,6 +221,7 @@ def metrics(run: Run) -> dict:
     t = list(run.ttft.values())
     return {"ttft_mean_s": sum(t) / len(t), "ttft_p50_s": percentile(t, 50),
             "ttft_p99_s": percentile(t, 99),
+            "queue_mean_s": sum(run.queue[r] for r in run.ttft) / len(t),
             "tpot_mean_s": sum(run.tpot.values()) / len(run.tpot) if run.tpot else 0.0,
             "throughput_tok_s": run.output_tokens / run.makespan,
             "makespan_s": run.makespan, "steps": run.steps, "completed": len(t),

@@ -41,11 +41,16 @@ def test_simulation_section_and_frontier_from_a_result(tmp_path):
               "points": [{"budget": 2048, "load": 1.5,
                           "ratios": {"stretch": ratios, "stretch4": ratios}}]}
     text = "\n".join(sim_report.section(tmp_path / "sim.json", result))
-    assert "| 2048 | 1.50x | stretch (defaults of its commit) | 0.90 [0.80-1.10] |" in text
-    assert "\n| | | stretch4 (stretch 4) | 0.90 [0.80-1.10] |" in text
+    assert "| 2048 | 1.50x | - | stretch (defaults of its commit) | 0.90 [0.80-1.10] |" in text
+    assert "\n| | | | stretch4 (stretch 4) | 0.90 [0.80-1.10] |" in text
     result["policies"] = {"stock": None, "stretch": {"stretch": 2.0}, "stretch4": None}
+    result["points"][0]["per_arm"] = {"stock": [{"ttft_mean_s": 0.2}, {"ttft_mean_s": 0.4}]}
     text = "\n".join(sim_report.section(tmp_path / "sim.json", result))
-    assert "| 2048 | 1.50x | stretch (stretch 2) | 0.90 [0.80-1.10] |" in text
+    assert "| 2048 | 1.50x | 0.300 / - | stretch (stretch 2) | 0.90 [0.80-1.10] |" in text
+    for run, waiting in zip(result["points"][0]["per_arm"]["stock"], (0.1, 0.2)):
+        run["queue_mean_s"] = waiting
+    text = "\n".join(sim_report.section(tmp_path / "sim.json", result))
+    assert "| 2048 | 1.50x | 0.300 / 0.150 | stretch (stretch 2) |" in text
     assert "step-time noise" not in text
     result.update(replicas=5, step_noise=0.29)
     text = "\n".join(sim_report.section(tmp_path / "sim.json", result))

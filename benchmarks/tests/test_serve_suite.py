@@ -98,7 +98,7 @@ def test_serve_ab_trace_replay_completes(tiny_model, tmp_path, engine_lock):
     out = tmp_path / "serve_trace.json"
     cmd = [sys.executable, "-m", "benchmarks.serve_ab", "--model", tiny_model,
            "--workload", "trace", "--trace", str(path), "--n", "6", "--load-factors", "1.0",
-           "--reps", "1", "--one-server-at-a-time", "--ttft-slo-ms", "5000",
+           "--reps", "1", "--one-server-at-a-time", "--ttft-slo-ms", "5000", "--warmup-replay",
            "--serve-args", SERVE_ARGS + " --max-num-batched-tokens 1024",
            "--work-dir", str(tmp_path / "work"), "--out", str(out)]
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600,
@@ -125,8 +125,15 @@ def test_serve_ab_trace_replay_completes(tiny_model, tmp_path, engine_lock):
         ttft, queue, prefill = (r["metrics"][k] for k in SERVER_MEANS)
         assert min(ttft, queue, prefill) >= 0 and prefill > 0
         assert queue + prefill <= ttft + 1
+    # --warmup-replay: the saturation run left the stock server up; the prepack server
+    # started for its measured run and replayed the trace once first, with other prompts.
+    warm, = d["warmup_runs"]
+    assert warm["arm"] == "prepack" and warm["ok"] and not warm["measured"]
+    assert warm["started_utc"] <= runs["prepack"]["started_utc"]
+    assert warm["trace"] != runs["prepack"]["trace"] and len(d["arms"]["prepack"]["starts"]) == 1
+    assert runs["prepack"]["metrics"]["vllm:prefix_cache_hits_total"] == 0
     section = serve_report.render_section(d)
-    assert "CC-BY 4.0" in section
+    assert "CC-BY 4.0" in section and "then one unmeasured replay" in section
     cell = serve_report.server_split(d, "1", "prepack")
     assert " / ".join(f"{v:.0f}" for v in cell) in section
     assert (tmp_path / "serve_trace.png").stat().st_size > 0
