@@ -28,7 +28,7 @@
 # --prepack-* options), GRAPHS (1 for vLLM's default torch.compile and CUDA graphs instead of
 # eager; trace-llm then times compiled steps), VARIANT (trace-serve: a tag in the file name),
 # SATURATION (stock's saturation rate in req/s from an earlier part of the same grid: not
-# measured again).
+# measured again), WARMUP_REPLAY (trace-serve: 1 for serve_ab's --warmup-replay).
 set -uo pipefail
 phase=${1:?usage: bash benchmarks/gpu_runs.sh paper|nochunk|serve|equiv1|equiv|pp|tp|dp|moe|trace-llm|trace-serve [tag]}
 tag=${2:-$(python3 -c "import torch; n=torch.cuda.get_device_name(0).split()[1].lower(); \
@@ -158,9 +158,11 @@ trace-serve)
   # skipped (status "partial"); run the rest with LOADS=... in another call.
   # GRAPHS=1: vLLM's default torch.compile and CUDA graphs instead of --enforce-eager (name
   # tagged _graphs; the servers' compile cache stays on a warm machine for the next call).
+  # WARMUP_REPLAY=1: each server replays the trace once, unmeasured, before its first run.
   budget=${BUDGET:-2048}
   loads=${LOADS:-1.0,1.5}
   if [ "${GRAPHS:-0}" = 1 ]; then mode= mode_tag=_graphs; else mode=--enforce-eager mode_tag=; fi
+  if [ "${WARMUP_REPLAY:-0}" = 1 ]; then warm=--warmup-replay; else warm=; fi
   name="trace_serve_8b_b${budget}_${loads//,/_}${mode_tag}${VARIANT:+_$VARIANT}_$tag"
   run "$name" 580 $py -m benchmarks.serve_ab --model-shape llama-3.1-8b \
     --tokenizer .models/tiny-llama --workload trace ${TRACE:+--trace "$TRACE"} \
@@ -168,7 +170,7 @@ trace-serve)
     --ttft-slo-ms "${SLO_MS:-2000}" --time-budget-s 520 --max-duration-s 200 \
     --serve-args "$mode --max-model-len 8192 --max-num-batched-tokens $budget" \
     ${SATURATION:+--saturation-rate "$SATURATION"} \
-    ${PREPACK_ARGS:+--prepack-args "$PREPACK_ARGS"} --out "$out/$name.json"
+    ${PREPACK_ARGS:+--prepack-args "$PREPACK_ARGS"} $warm --out "$out/$name.json"
   progress "$out/$name.log"
   ;;
 *)

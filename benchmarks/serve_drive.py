@@ -131,6 +131,7 @@ def measure_pairs(opts: ServeOptions, book: TraceBook, pool: Pool, result: dict,
     appended to ``result["runs"]`` and saved; stops at ``--time-budget-s``."""
     slo_ms = result["slo"]["ttft_ms"]
     pairs = [(rep, lf) for rep in range(opts.reps) for lf in opts.load_factor_list]
+    warmed: set = set()  # servers that replayed a trace before their first measured run
     for rep, lf in pairs:
         rate = lf * sat
         est = 2 * estimate_run_s(opts.n, rate, sat, overhead)
@@ -140,9 +141,10 @@ def measure_pairs(opts: ServeOptions, book: TraceBook, pool: Pool, result: dict,
             return
         trace, entries = book.get(f"rep{rep}_lf{lf:g}", rate, f"{opts.seed}/rep{rep}")
         for position, arm in enumerate(arm_order(rep, opts.load_factor_list.index(lf))):
-            if opts.warmup_replay and not pool.is_up(arm):
+            if opts.warmup_replay and pool.get(arm) not in warmed:
                 result["warmup_runs"].append(warmup_replay(opts, book, pool, arm, rate,
                                                            f"{arm}_lf{lf:g}_rep{rep}"))
+                warmed.add(pool.get(arm))
             record = run_bench(pool, arm, trace, entries, slo_ms,
                                f"{arm}_lf{lf:g}_rep{rep}", opts)
             record.update(load_factor=lf, rate=rate, rep=rep, position=position)
@@ -161,8 +163,8 @@ def measure_pairs(opts: ServeOptions, book: TraceBook, pool: Pool, result: dict,
 
 def warmup_replay(opts: ServeOptions, book: TraceBook, pool: Pool, arm: str, rate: float,
                   tag: str) -> dict:
-    """``--warmup-replay``: a fresh server's first replay, not measured: the next run's
-    lengths and arrivals with prompts of their own (no prefix-cache hits carry over)."""
+    """``--warmup-replay``: a server's replay before its first measured run, not measured: that
+    run's lengths and arrivals with prompts of their own (no prefix-cache hits carry over)."""
     trace, entries = book.get(f"warmup_{tag}", rate, f"{opts.seed}/warmup_{tag}")
     record = run_bench(pool, arm, trace, entries, None, f"warmup_{tag}", opts)
     record.update(rate=rate, measured=False)

@@ -96,9 +96,9 @@ def _add_server_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--warmup", type=int, default=8,
                         help="unmeasured requests after each server start")
     parser.add_argument("--warmup-replay", action="store_true",
-                        help="before a measured run on a server that starts for it, replay the "
-                             "run's trace once with other prompts, unmeasured (a server's first "
-                             "replay can run slower in either arm, e.g. on CPU)")
+                        help="before each server's first measured run, replay that run's trace "
+                             "once with other prompts, unmeasured (a server's first replay can "
+                             "run slower in either arm, e.g. on CPU)")
     parser.add_argument("--start-timeout", type=float, default=600)
     parser.add_argument("--max-duration-s", type=float, default=300,
                         help="limit of one vllm bench serve run (a run past it fails)")

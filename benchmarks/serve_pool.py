@@ -183,10 +183,6 @@ class Pool:
         print(f"[{arm}] server ready in {ready_s:.1f}s, scheduler class {cls}", flush=True)
         return server
 
-    def is_up(self, arm: str) -> bool:
-        server = self.servers.get(arm)
-        return server is not None and server.alive()
-
     def stop(self, arm: str) -> None:
         server = self.servers.pop(arm, None)
         if server is not None:

@@ -120,7 +120,7 @@ def _workload_words(w: dict) -> str:
 def _warmup_words(result: dict) -> str:
     if "warmup_requests" not in result:
         return ""
-    replay = (", then one unmeasured replay of its next run's trace with other prompts"
+    replay = (", then one unmeasured replay of its first measured run's trace with other prompts"
               if result.get("warmup_replay") else "")
     return f" Warm-up per server start: {result['warmup_requests']} requests{replay}."
 
