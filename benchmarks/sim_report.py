@@ -55,7 +55,7 @@ def section(path: Path, d: dict) -> list[str]:
              f"{d['workload']['n']} requests per window from row {d['workload']['start']} "
              f"(seeds {', '.join(map(str, seeds))}); loads are multiples of stock's simulated "
              f"saturation. Data: {d['workload']['trace']}.", "",
-             "| budget | load | stock TTFT / waiting mean s | arm | TTFT mean | TTFT p50 "
+             "| budget | load | stock TTFT / held mean s | arm | TTFT mean | TTFT p50 "
              "| TTFT p99 | throughput |", "|---|---|---|---|---|---|---|---|"]
     for pt in d["points"]:
         where = f"| {pt['budget']} | {pt['load']:.2f}x | {stock_split(pt)}"
@@ -64,19 +64,19 @@ def section(path: Path, d: dict) -> list[str]:
             lines.append(f"{where} | {label} | "
                          + " | ".join(cell(r.get(m)) for m in METRICS) + " |")
             where = "| | |"
-    return lines + ["", "Ratios: arm over stock on the same windows. Waiting: from arrival to "
-                    "the step that first schedules the request, the part of TTFT that an "
-                    "admission order can shorten.", ""]
+    return lines + ["", "Ratios: arm over stock on the same windows. Held: from the first step "
+                    "that could schedule a request to the step that did, the part of its TTFT "
+                    "that an admission order can shorten.", ""]
 
 
 def stock_split(pt: dict) -> str:
-    """Stock's mean TTFT and mean waiting time over the windows (``-`` where not recorded)."""
+    """Stock's mean TTFT and mean held time over the windows (``-`` where not recorded)."""
     runs = pt.get("per_arm", {}).get("stock") or []
     if not runs:
         return "-"
     mean = lambda k: sum(r[k] for r in runs) / len(runs)  # noqa: E731
-    waiting = f"{mean('queue_mean_s'):.3f}" if all("queue_mean_s" in r for r in runs) else "-"
-    return f"{mean('ttft_mean_s'):.3f} / {waiting}"
+    held = f"{mean('held_mean_s'):.3f}" if all("held_mean_s" in r for r in runs) else "-"
+    return f"{mean('ttft_mean_s'):.3f} / {held}"
 
 
 def figures(path: Path, d: dict, out_dir: Path) -> list[str]:

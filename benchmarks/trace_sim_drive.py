@@ -70,16 +70,10 @@ class Run:
     counters: dict
     tpot: dict[str, float] = dataclasses.field(default_factory=dict)
     """Per request with two or more output tokens: seconds per output token after the first."""
-    queue: dict[str, float] = dataclasses.field(default_factory=dict)
-    """Per request: seconds from arrival to the start of the step that first scheduled it."""
-
-
-@contextlib.contextmanager
-def _finally(fn):
-    try:
-        yield
-    finally:
-        fn()
+    held: dict[str, float] = dataclasses.field(default_factory=dict)
+    """Per request: seconds from the first step that could schedule it (the first
+    ``schedule()`` after it was added) to the step that did: what an admission order shortens
+    (TTFT also holds async scheduling's lag before that step, and the prefill's own steps)."""
 
 
 class _Clock:
@@ -112,21 +106,24 @@ def simulate(arm: str, requests: Sequence[Request], *, model: str, budget: int,
     rng, noise = random.Random(seed), random.Random(noise_seed)
     gc.collect()
     gc.disable()  # a collector pause would be charged to one step as scheduler time
-    with mock.patch("time.time", clock), _finally(gc.enable):
+    with mock.patch("time.time", clock), contextlib.ExitStack() as done:
+        done.callback(gc.enable)
         scheduler = make_scheduler(
             cls, model, budget=budget, max_num_seqs=max_num_seqs, num_blocks=num_blocks,
             prefix_caching=prefix_caching, max_model_len=max_model_len,
             additional_config={"prepack": opts or {}})
         pending = list(requests)
         arrival = {}
-        ttft, queue = {}, {}  # request -> seconds: to its first token; waiting
+        ttft, held, visible = {}, {}, {}  # request -> seconds (visible: a time on the clock)
         i = steps = out_tokens = 0
         cpu = 0.0
         last: dict[str, tuple[float, int]] = {}  # request -> (time of its latest token, tokens)
         seen = 0.0  # async: the previous step's start, when the engine scheduled this one
         while i < len(pending) or scheduler.has_unfinished_requests():
-            i = _arrive_async(scheduler, pending, i, seen if async_scheduling else clock.now,
-                              clock.now, rng, arrival)
+            before, i = i, _arrive_async(scheduler, pending, i,
+                                         seen if async_scheduling else clock.now, clock.now,
+                                         rng, arrival)
+            visible.update((f"r{j}", clock.now) for j in range(before, i))
             if not scheduler.has_unfinished_requests():
                 clock.now = seen = pending[i].arrival
                 continue
@@ -135,7 +132,7 @@ def simulate(arm: str, requests: Sequence[Request], *, model: str, budget: int,
             out = scheduler.schedule()
             c1 = time.thread_time()
             for r in out.scheduled_new_reqs:
-                queue.setdefault(r.req_id, clock.now - arrival[r.req_id])
+                held.setdefault(r.req_id, clock.now - visible[r.req_id])
             features = step_features(scheduler, out)
             runner = runner_output(scheduler, out)
             c2 = time.thread_time()
@@ -151,7 +148,7 @@ def simulate(arm: str, requests: Sequence[Request], *, model: str, budget: int,
     first = requests[0].arrival if requests else 0.0
     tpot = {r: (t - arrival[r] - ttft[r]) / (n - 1) for r, (t, n) in last.items() if n > 1}
     return Run(ttft=ttft, makespan=clock.now - first, output_tokens=out_tokens, steps=steps,
-               sched_cpu_s=cpu, counters=_counters(scheduler), tpot=tpot, queue=queue)
+               sched_cpu_s=cpu, counters=_counters(scheduler), tpot=tpot, held=held)
 
 
 def _counters(scheduler) -> dict:
@@ -221,7 +218,7 @@ def metrics(run: Run) -> dict:
     t = list(run.ttft.values())
     return {"ttft_mean_s": sum(t) / len(t), "ttft_p50_s": percentile(t, 50),
             "ttft_p99_s": percentile(t, 99),
-            "queue_mean_s": sum(run.queue[r] for r in run.ttft) / len(t),
+            "held_mean_s": sum(run.held[r] for r in run.ttft) / len(t),
             "tpot_mean_s": sum(run.tpot.values()) / len(run.tpot) if run.tpot else 0.0,
             "throughput_tok_s": run.output_tokens / run.makespan,
             "makespan_s": run.makespan, "steps": run.steps, "completed": len(t),

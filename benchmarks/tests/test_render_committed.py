@@ -48,7 +48,7 @@ def test_simulation_section_and_frontier_from_a_result(tmp_path):
     text = "\n".join(sim_report.section(tmp_path / "sim.json", result))
     assert "| 2048 | 1.50x | 0.300 / - | stretch (stretch 2) | 0.90 [0.80-1.10] |" in text
     for run, waiting in zip(result["points"][0]["per_arm"]["stock"], (0.1, 0.2)):
-        run["queue_mean_s"] = waiting
+        run["held_mean_s"] = waiting
     text = "\n".join(sim_report.section(tmp_path / "sim.json", result))
     assert "| 2048 | 1.50x | 0.300 / 0.150 | stretch (stretch 2) |" in text
     assert "step-time noise" not in text
