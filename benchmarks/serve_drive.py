@@ -141,10 +141,10 @@ def measure_pairs(opts: ServeOptions, book: TraceBook, pool: Pool, result: dict,
             return
         trace, entries = book.get(f"rep{rep}_lf{lf:g}", rate, f"{opts.seed}/rep{rep}")
         for position, arm in enumerate(arm_order(rep, opts.load_factor_list.index(lf))):
-            if opts.warmup_replay and pool.get(arm) not in warmed:
+            if opts.warmup_replay and (server := pool.get(arm)) not in warmed:
                 result["warmup_runs"].append(warmup_replay(opts, book, pool, arm, rate,
                                                            f"{arm}_lf{lf:g}_rep{rep}"))
-                warmed.add(pool.get(arm))
+                warmed.add(server)
             record = run_bench(pool, arm, trace, entries, slo_ms,
                                f"{arm}_lf{lf:g}_rep{rep}", opts)
             record.update(load_factor=lf, rate=rate, rep=rep, position=position)
