@@ -93,10 +93,9 @@ def simulate(arm: str, requests: Sequence[Request], *, model: str, budget: int,
 
     The scheduler's CPU time per step is the fitted :data:`HOST_MODEL` (``host="model"``) or
     this step's measured time (``"measured"``; appended to ``samples`` as ``(scheduled,
-    new, seconds)``), times ``cpu_scale``. ``step_noise`` > 0 multiplies each step's GPU time
-    by a lognormal factor of mean 1 and log-sigma ``step_noise`` (drawn from ``noise_seed``).
-    ``async_scheduling`` (vLLM's default): a step's GPU and scheduler times overlap, and an
-    arrival is seen one step late (:func:`_arrive_async`)."""
+    new, seconds)``), times ``cpu_scale``. ``step_noise``: :func:`_gpu_seconds`, drawn from
+    ``noise_seed``. ``async_scheduling`` (vLLM's default): a step's GPU and scheduler times
+    overlap, and an arrival is seen one step late (:func:`_arrive_async`)."""
     opts = arm_options(arm) if options is None else options
     if host not in ("model", "measured"):
         raise ValueError(f"invalid host {host!r}; accepted: model, measured")
@@ -112,18 +111,14 @@ def simulate(arm: str, requests: Sequence[Request], *, model: str, budget: int,
             cls, model, budget=budget, max_num_seqs=max_num_seqs, num_blocks=num_blocks,
             prefix_caching=prefix_caching, max_model_len=max_model_len,
             additional_config={"prepack": opts or {}})
-        pending = list(requests)
-        arrival = {}
+        pending, arrival = list(requests), {}
         ttft, held, visible = {}, {}, {}  # request -> seconds (visible: a time on the clock)
-        i = steps = out_tokens = 0
-        cpu = 0.0
+        i = steps = out_tokens = cpu = 0
         last: dict[str, tuple[float, int]] = {}  # request -> (time of its latest token, tokens)
         seen = 0.0  # async: the previous step's start, when the engine scheduled this one
         while i < len(pending) or scheduler.has_unfinished_requests():
-            before, i = i, _arrive_async(scheduler, pending, i,
-                                         seen if async_scheduling else clock.now, clock.now,
-                                         rng, arrival)
-            visible.update((f"r{j}", clock.now) for j in range(before, i))
+            i = _arrive_async(scheduler, pending, i, seen if async_scheduling else clock.now,
+                              clock.now, rng, arrival, visible)
             if not scheduler.has_unfinished_requests():
                 clock.now = seen = pending[i].arrival
                 continue
@@ -173,13 +168,16 @@ def _arrive(scheduler, pending: Sequence[Request], i: int, now: float, rng: rand
 
 
 def _arrive_async(scheduler, pending: Sequence[Request], i: int, seen: float, now: float,
-                  rng: random.Random, arrival: dict[str, float]) -> int:
+                  rng: random.Random, arrival: dict[str, float], visible: dict) -> int:
     """The engine schedules step k + 1 as step k starts (``seen``), so a request that arrives
     while step k runs is first scheduled in step k + 2; all that arrived by ``now`` where the
-    engine would otherwise be idle (it then schedules on arrival)."""
+    engine would otherwise be idle (it then schedules on arrival). ``visible``: each added
+    request's first ``schedule()``, at ``now``."""
+    first = i
     i = _arrive(scheduler, pending, i, seen, rng, arrival)
     if not scheduler.has_unfinished_requests():
         i = _arrive(scheduler, pending, i, now, rng, arrival)
+    visible.update((f"r{j}", now) for j in range(first, i))
     return i
 
 

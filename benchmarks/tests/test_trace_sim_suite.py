@@ -22,30 +22,26 @@ def _requests(n: int = 60, rate: float = 400.0) -> list[trace_sim_drive.Request]
 
 
 def _run(tiny_model: str, arm: str, **kw) -> trace_sim_drive.Run:
-    kw = {"cpu_scale": 0.0, **kw}
-    return trace_sim_drive.simulate(arm, _requests(), model=tiny_model, budget=256, max_num_seqs=8,
-                              num_blocks=512, max_model_len=1024,
-                              step_model=trace_sim_model.STEP_MODELS["llama-3.1-8b"],
-                              seed=0, **kw)
+    return trace_sim_drive.simulate(
+        arm, _requests(), model=tiny_model, budget=256, max_num_seqs=8, num_blocks=512,
+        max_model_len=1024, step_model=trace_sim_model.STEP_MODELS["llama-3.1-8b"], seed=0,
+        **{"cpu_scale": 0.0, **kw})
 
 
 @pytest.mark.parametrize("arm", ["stock", "stretch", "sjf", "hrrn", "fcfs"])
 def test_every_request_gets_its_first_token_and_every_output(tiny_model, arm):
-    run = _run(tiny_model, arm)
-    reqs = _requests()
-    assert len(run.ttft) == len(reqs)
+    run, reqs = _run(tiny_model, arm), _requests()
+    assert len(run.ttft) == len(reqs) and all(t > 0 for t in run.ttft.values())
     assert run.output_tokens == sum(r.output_len for r in reqs)
-    assert all(t > 0 for t in run.ttft.values())
     m = trace_sim_drive.metrics(run)
     assert m["ttft_p50_s"] <= m["ttft_p99_s"] and m["throughput_tok_s"] > 0
     # Every request decoding 4+ tokens has a time per output token, at least one step's time.
     assert set(run.tpot) == set(run.ttft)
-    # Held (from the first step that could schedule a request to the one that did) is a part
-    # of each request's TTFT; under this queue some requests are held.
-    assert set(run.held) == set(run.ttft)
-    assert all(0 <= run.held[r] < run.ttft[r] for r in run.ttft)
-    assert 0 < m["held_mean_s"] < m["ttft_mean_s"]
     assert min(run.tpot.values()) >= trace_sim_model.STEP_MODELS["llama-3.1-8b"].base
+    # Held (from the first step that could schedule a request to the one that did): a part of
+    # each request's TTFT; under this queue some requests are held.
+    assert set(run.held) == set(run.ttft) and 0 < m["held_mean_s"] < m["ttft_mean_s"]
+    assert all(0 <= run.held[r] < run.ttft[r] for r in run.ttft)
     if arm != "stock":  # our scheduler ran: its observer counted the admissions
         assert run.counters["admitted"] == len(reqs)
 
@@ -230,8 +226,7 @@ def test_step_noise_is_drawn_per_noise_seed(tiny_model):
     plain = _run(tiny_model, "stretch")
     assert _run(tiny_model, "stretch", step_noise=0.0, noise_seed=5).ttft == plain.ttft
     noisy = [_run(tiny_model, "stretch", step_noise=0.3, noise_seed=s) for s in (1, 1, 2)]
-    assert noisy[0].ttft == noisy[1].ttft != noisy[2].ttft
-    assert noisy[0].ttft != plain.ttft
+    assert noisy[0].ttft == noisy[1].ttft != noisy[2].ttft and noisy[0].ttft != plain.ttft
     assert all(len(r.ttft) == len(plain.ttft) for r in noisy)  # nothing lost to the noise
 
 
