@@ -179,10 +179,10 @@ def progress(record: dict) -> None:
             f"{b['request_throughput']:.2f} req/s, {b['output_throughput']:.0f} out tok/s"
             if record.get("ok") else f"FAILED: {record.get('problems')}")
     m = record.get("metrics") or {}
-    split = [m.get(k) for k in SERVER_MEANS]  # the server's own split of its mean TTFT
+    split = [m.get(k) for k in SERVER_MEANS]  # the server's own split of its mean TTFT; TPOT
     if None not in split:
-        line += "; server TTFT / engine queue / prefill mean {:.0f} / {:.0f} / {:.0f} ms".format(
-            *split)
+        line += ("; server TTFT / engine queue / prefill / TPOT mean {:.0f} / {:.0f} / {:.0f} / "
+                 "{:.1f} ms").format(*split)
     print(f"[{time.strftime('%H:%M:%S')}] {record['name']} (rate {record['rate']:.2f} req/s):"
           f" {line}, wall {record['wall_s']:.1f}s", flush=True)
 

@@ -31,13 +31,18 @@ COUNTERS = ("vllm:prompt_tokens_total", "vllm:generation_tokens_total",
             "vllm:num_preemptions_total", "vllm:prefix_cache_hits_total",
             "vllm:time_to_first_token_seconds_sum", "vllm:time_to_first_token_seconds_count",
             "vllm:request_queue_time_seconds_sum", "vllm:request_queue_time_seconds_count",
-            "vllm:request_prefill_time_seconds_sum", "vllm:request_prefill_time_seconds_count")
+            "vllm:request_prefill_time_seconds_sum", "vllm:request_prefill_time_seconds_count",
+            "vllm:request_time_per_output_token_seconds_sum",
+            "vllm:request_time_per_output_token_seconds_count")
 SERVER_MEANS = {"server_ttft_mean_ms": "vllm:time_to_first_token_seconds",
                 "server_queue_mean_ms": "vllm:request_queue_time_seconds",
-                "server_prefill_mean_ms": "vllm:request_prefill_time_seconds"}
+                "server_prefill_mean_ms": "vllm:request_prefill_time_seconds",
+                "server_tpot_mean_ms": "vllm:request_time_per_output_token_seconds"}
 """The server's own means per request: time to first token (from the API server's arrival),
-time waiting in the engine core's queue, and time from first scheduled to the prompt computed.
-TTFT less the two engine-side times is what the front end and the output path add."""
+time waiting in the engine core's queue, time from first scheduled to the prompt computed, and
+time per output token after the first (engine-core timestamps). TTFT less the two engine-side
+times is what the front end and the output path add; the client's TPOT less the server's is
+the output path's."""
 GAUGES = ("vllm:num_requests_running", "vllm:num_requests_waiting")
 
 

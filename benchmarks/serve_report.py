@@ -76,8 +76,8 @@ def _decisions_cell(result: dict, load: str) -> str:
 
 
 def server_split(result: dict, load: str, arm: str) -> list[float | None]:
-    """The server's own mean TTFT, engine-queue and prefill times (ms) of ``arm`` at ``load``,
-    each the mean over its completed runs (None where no run recorded it)."""
+    """The server's own mean TTFT, engine-queue, prefill and per-output-token times (ms) of
+    ``arm`` at ``load``, each the mean over its completed runs (None where no run recorded it)."""
     runs = [r.get("metrics") or {} for r in result.get("runs", []) if r.get("arm") == arm
             and r.get("ok") and f"{r.get('load_factor', -1):g}" == load]
     out: list[float | None] = []
@@ -88,7 +88,9 @@ def server_split(result: dict, load: str, arm: str) -> list[float | None]:
 
 
 def _split_cell(result: dict, load: str, arm: str) -> str:
-    return " / ".join("-" if v is None else f"{v:.0f}" for v in server_split(result, load, arm))
+    *ttft, tpot = server_split(result, load, arm)
+    return " / ".join(["-" if v is None else f"{v:.0f}" for v in ttft]
+                      + ["-" if tpot is None else f"{tpot:.1f}"])
 
 
 def _per_rank_line(result: dict) -> str:
@@ -144,7 +146,7 @@ def render_section(result: dict) -> str:
         f"{slo.get('ttft_ms', float('nan')):.0f} ms ({slo.get('source')}). "
         f"Scheduler classes: {classes}.{_per_rank_line(result)}{_warmup_words(result)}", "",
         "| load | rate req/s | arm | req/s | goodput req/s | TTFT mean ms | TTFT p99 ms | "
-        "server TTFT / engine queue / prefill mean ms | "
+        "server TTFT / engine queue / prefill / TPOT mean ms | "
         "TPOT mean ms | overtakes / split prompts per run | TTFT mean vs stock | "
         "TTFT p99 vs stock | goodput vs stock |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|",

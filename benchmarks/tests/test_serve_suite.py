@@ -122,8 +122,8 @@ def test_serve_ab_trace_replay_completes(tiny_model, tmp_path, engine_lock):
         assert r["bench"]["total_output_tokens"] == 34
         # The server's own split of its mean TTFT: engine queue and prefill (engine core
         # timestamps) lie within the API server's arrival-to-first-token time.
-        ttft, queue, prefill = (r["metrics"][k] for k in SERVER_MEANS)
-        assert min(ttft, queue, prefill) >= 0 and prefill > 0
+        ttft, queue, prefill, tpot = (r["metrics"][k] for k in SERVER_MEANS)
+        assert min(ttft, queue, prefill) >= 0 and prefill > 0 and tpot > 0
         assert queue + prefill <= ttft + 1
     # --warmup-replay: each server replayed the trace once, with other prompts, before its
     # first measured run (stock's too, though its server ran the saturation run before).
@@ -136,7 +136,7 @@ def test_serve_ab_trace_replay_completes(tiny_model, tmp_path, engine_lock):
     section = serve_report.render_section(d)
     assert "CC-BY 4.0" in section and "then one unmeasured replay" in section
     cell = serve_report.server_split(d, "1", "prepack")
-    assert " / ".join(f"{v:.0f}" for v in cell) in section
+    assert " / ".join([*(f"{v:.0f}" for v in cell[:3]), f"{cell[3]:.1f}"]) in section
     assert (tmp_path / "serve_trace.png").stat().st_size > 0
     assert (tmp_path / "serve_trace_ttft_cdf.png").stat().st_size > 0
     assert (tmp_path / "serve_trace_ttft_by_arrival.png").stat().st_size > 0

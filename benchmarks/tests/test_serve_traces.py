@@ -104,6 +104,7 @@ def test_metrics_parsing_and_packing_summary():
     d = serve_pool.metrics_delta(before, after)
     assert d["vllm:prompt_tokens_total"] == 15.0 and d["server_ttft_mean_ms"] == 100.0
     assert d["server_queue_mean_ms"] == pytest.approx(40.0) and d["server_prefill_mean_ms"] is None
+    assert d["server_tpot_mean_ms"] is None  # a series the server did not report
     entries = serve_traces.make_trace([3, 4], [2, 2], rate=None, seed=0)
     ok = {"completed": 2, "failed": 0, "input_lens": [3, 4], "output_lens": [2, 2]}
     assert serve_runs.check_run(ok, entries) == []
