@@ -6,8 +6,11 @@ vLLM's ``SchedulerOutput``, so the same observer serves the prepack arm and a st
 
 from __future__ import annotations
 
+import atexit
 import dataclasses
 import json
+import queue
+import threading
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -49,12 +52,55 @@ class StepStats:
     capacity-bound."""
 
 
+class JsonlFile:
+    """A JSONL file appended from a background thread: :meth:`write` only queues the line, so an
+    engine step never waits on the file system (a write that the kernel throttles under dirty
+    pages would otherwise stall the step). The thread writes each line and flushes whenever it
+    has caught up; :meth:`flush` waits until it has."""
+
+    def __init__(self, path: str) -> None:
+        self._file = open(path, "a")  # noqa: SIM115 (closed by close())
+        self.error: OSError | None = None
+        """The write that failed, if one did (the engine keeps running without the file)."""
+        self._lines: queue.Queue[str | None] = queue.Queue()
+        self._thread = threading.Thread(target=self._drain, name="prepack-stats", daemon=True)
+        self._thread.start()
+        atexit.register(self.close)
+
+    def write(self, line: str) -> None:
+        self._lines.put(line)
+
+    def flush(self) -> None:
+        """Return once every line written so far is in the file."""
+        if self._thread.is_alive():
+            self._lines.join()
+
+    def close(self) -> None:
+        if self._thread.is_alive():
+            self._lines.put(None)
+            self._thread.join(timeout=10)
+
+    def _drain(self) -> None:
+        while (line := self._lines.get()) is not None:
+            if self.error is None:  # after a failed write, lines are dropped, never piled up
+                try:
+                    self._file.write(line)
+                    if self._lines.empty():
+                        self._file.flush()
+                except OSError as e:
+                    self.error = e
+            self._lines.task_done()
+        self._file.close()
+        self._lines.task_done()
+
+
 @dataclass
 class PackingObserver:
     """Accumulates :class:`StepStats`, writes JSONL and periodic log lines."""
 
     budget: int
-    jsonl: IO[str] | None = None
+    jsonl: IO[str] | JsonlFile | None = None
+    """Where each step's line goes (:class:`JsonlFile` in an engine: never waited on)."""
     log_interval_s: float = 0.0
     log: object | None = None
     dp_rank: int | None = None
@@ -163,7 +209,6 @@ class PackingObserver:
             if self.dp_rank is not None:
                 record["dp_rank"] = self.dp_rank
             self.jsonl.write(json.dumps(record) + "\n")
-            self.jsonl.flush()
         if self.log is not None and self.log_interval_s > 0:
             now = time.monotonic()
             if now - self._last_log >= self.log_interval_s:

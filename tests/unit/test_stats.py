@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import io
 import json
+import threading
 
 from vllm_prepack.stats import (
     REPLAYED,
+    JsonlFile,
     PackingObserver,
     ScheduledPrefill,
     judges_plan,
@@ -97,3 +99,41 @@ def test_a_jsonl_file_summarizes_as_the_observer_that_wrote_it():
     assert {k: replayed[k] for k in REPLAYED} == {k: summary[k] for k in REPLAYED}
     assert replayed["partial_prefills"] == 1 and replayed["steps"] == 4
     assert summarize_records([])["mean_prefill_fill"] is None
+
+
+def test_a_jsonl_file_is_written_off_the_step():
+    """An engine's statistics file: a step's line is queued, never waited on; a stalled file
+    system stalls only the writer thread; every line lands, in order; a failed write drops the
+    lines after it instead of piling them up or failing the step."""
+    import tempfile
+    from pathlib import Path
+
+    path = Path(tempfile.mkdtemp()) / "stats.jsonl"
+    out = JsonlFile(str(path))
+    observer = PackingObserver(budget=64, jsonl=out)
+    stalled, release = threading.Event(), threading.Event()
+    real_write = out._file.write
+
+    def slow_write(line: str) -> int:
+        stalled.set()
+        release.wait()
+        return real_write(line)
+
+    out._file.write = slow_write
+    steps = threading.Thread(target=lambda: [record(observer, [prefill(f"r{i}", 8)], oldest=None)
+                                             for i in range(50)])
+    steps.start()
+    steps.join(timeout=30)
+    assert not steps.is_alive() and stalled.wait(timeout=30)  # 50 steps done, the file hangs
+    assert path.read_text() == ""
+    release.set()
+    out.flush()
+    lines = [json.loads(x) for x in path.read_text().splitlines()]
+    assert [x["step"] for x in lines] == list(range(1, 51))
+    out._file.write = lambda line: (_ for _ in ()).throw(OSError("disk full"))
+    record(observer, [prefill("x", 8)], oldest=None)
+    record(observer, [prefill("y", 8)], oldest=None)
+    out.flush()
+    assert isinstance(out.error, OSError) and out._lines.empty() and observer.steps == 52
+    out.close()
+    assert len(path.read_text().splitlines()) == 50

@@ -103,6 +103,7 @@ def test_stats_path_per_data_parallel_rank(tiny_model, tmp_path):
     scheduler.prepack_observer = observer
     scheduler.add_request(make_request([5] * 30))
     _step(scheduler)
+    observer.jsonl.flush()  # written off the step, by the file's own thread
     line = json.loads((tmp_path / "stats.dp1.jsonl").read_text().splitlines()[0])
     assert line["dp_rank"] == 1 and line["admitted"] == 1
     assert observer.summary()["dp_rank"] == 1 and "dp_rank=1" in observer.summary_line()

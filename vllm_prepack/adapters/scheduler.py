@@ -30,7 +30,7 @@ from vllm_prepack import compat, planner
 from vllm_prepack.adapters import attention, metrics
 from vllm_prepack.config import PrepackConfig
 from vllm_prepack.log import get_logger
-from vllm_prepack.stats import PackingObserver, ScheduledPrefill
+from vllm_prepack.stats import JsonlFile, PackingObserver, ScheduledPrefill
 
 logger = get_logger(__name__)
 
@@ -102,7 +102,7 @@ def data_parallel_rank(scheduler: Scheduler) -> int | None:
 def make_observer(scheduler: Scheduler, config: PrepackConfig) -> PackingObserver:
     dp_rank = data_parallel_rank(scheduler)
     path = config.resolved_stats_path(dp_rank)
-    jsonl = open(path, "a", buffering=1) if path else None  # noqa: SIM115 (lives with engine)
+    jsonl = JsonlFile(path) if path else None
     return PackingObserver(
         budget=scheduler.max_num_scheduled_tokens,
         jsonl=jsonl,
