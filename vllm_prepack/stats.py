@@ -54,9 +54,8 @@ class StepStats:
 
 class JsonlFile:
     """A JSONL file appended from a background thread: :meth:`write` only queues the line, so an
-    engine step never waits on the file system (a write that the kernel throttles under dirty
-    pages would otherwise stall the step). The thread writes each line and flushes whenever it
-    has caught up; :meth:`flush` waits until it has."""
+    engine step never waits on the file system. The thread writes each line and flushes
+    whenever it has caught up; :meth:`flush` waits until it has."""
 
     def __init__(self, path: str) -> None:
         self._file = open(path, "a")  # noqa: SIM115 (closed by close())
