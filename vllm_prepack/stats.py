@@ -14,7 +14,7 @@ import threading
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import IO
+from typing import IO, Any
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,10 +57,12 @@ class JsonlFile:
     engine step never waits on the file system. The thread writes each line and flushes
     whenever it has caught up; :meth:`flush` waits until it has."""
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, log: Any = None) -> None:
+        self.path, self.log = path, log
         self._file = open(path, "a")  # noqa: SIM115 (closed by close())
         self.error: OSError | None = None
-        """The write that failed, if one did (the engine keeps running without the file)."""
+        """The write that failed, if one did (logged; the engine keeps running without the
+        file)."""
         self._lines: queue.Queue[str | None] = queue.Queue()
         self._thread = threading.Thread(target=self._drain, name="prepack-stats", daemon=True)
         self._thread.start()
@@ -88,6 +90,9 @@ class JsonlFile:
                         self._file.flush()
                 except OSError as e:
                     self.error = e
+                    if self.log is not None:
+                        self.log.warning("vllm-prepack: statistics file %s: %s; the lines after "
+                                         "it are dropped", self.path, e)
             self._lines.task_done()
         self._file.close()
         self._lines.task_done()

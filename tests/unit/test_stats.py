@@ -109,7 +109,9 @@ def test_a_jsonl_file_is_written_off_the_step():
     from pathlib import Path
 
     path = Path(tempfile.mkdtemp()) / "stats.jsonl"
-    out = JsonlFile(str(path))
+    warnings: list[str] = []
+    out = JsonlFile(str(path), log=type("Log", (), {
+        "warning": staticmethod(lambda fmt, *args: warnings.append(fmt % args))}))
     observer = PackingObserver(budget=64, jsonl=out)
     stalled, release = threading.Event(), threading.Event()
     real_write = out._file.write
@@ -135,5 +137,7 @@ def test_a_jsonl_file_is_written_off_the_step():
     record(observer, [prefill("y", 8)], oldest=None)
     out.flush()
     assert isinstance(out.error, OSError) and out._lines.empty() and observer.steps == 52
+    assert warnings == [f"vllm-prepack: statistics file {path}: disk full; the lines after it "
+                        "are dropped"]
     out.close()
     assert len(path.read_text().splitlines()) == 50

@@ -102,7 +102,7 @@ def data_parallel_rank(scheduler: Scheduler) -> int | None:
 def make_observer(scheduler: Scheduler, config: PrepackConfig) -> PackingObserver:
     dp_rank = data_parallel_rank(scheduler)
     path = config.resolved_stats_path(dp_rank)
-    jsonl = JsonlFile(path) if path else None
+    jsonl = JsonlFile(path, log=logger) if path else None
     return PackingObserver(
         budget=scheduler.max_num_scheduled_tokens,
         jsonl=jsonl,
