@@ -25,6 +25,8 @@ EXPECTED_CLASSES = {
     "prepack": ("vllm_prepack.adapters.scheduler.PrepackSyncScheduler",
                 "vllm_prepack.adapters.scheduler.PrepackAsyncScheduler"),
 }
+STEPS = "vllm_prepack_steps_total"
+"""The prepack scheduler's steps (its statistics file holds one line per step)."""
 COUNTERS = ("vllm:prompt_tokens_total", "vllm:generation_tokens_total",
             "vllm:request_success_total:length", "vllm:request_success_total:stop",
             "vllm:request_success_total:abort", "vllm:request_success_total:error",
@@ -33,7 +35,7 @@ COUNTERS = ("vllm:prompt_tokens_total", "vllm:generation_tokens_total",
             "vllm:request_queue_time_seconds_sum", "vllm:request_queue_time_seconds_count",
             "vllm:request_prefill_time_seconds_sum", "vllm:request_prefill_time_seconds_count",
             "vllm:request_time_per_output_token_seconds_sum",
-            "vllm:request_time_per_output_token_seconds_count")
+            "vllm:request_time_per_output_token_seconds_count", STEPS)
 SERVER_MEANS = {"server_ttft_mean_ms": "vllm:time_to_first_token_seconds",
                 "server_queue_mean_ms": "vllm:request_queue_time_seconds",
                 "server_prefill_mean_ms": "vllm:request_prefill_time_seconds",
@@ -72,10 +74,11 @@ def log_facts(log: str) -> dict:
 
 
 def scrape(url: str) -> dict[str, float]:
-    """Selected ``/metrics`` series, summed over labels (request_success by reason)."""
+    """Selected ``/metrics`` series, summed over labels (request_success by reason); the
+    prepack scheduler's steps also per engine (``<STEPS>:<engine index>``)."""
     values: dict[str, float] = {}
     for line in http_get(url + "/metrics").splitlines():
-        if not line.startswith("vllm:"):
+        if not line.startswith(("vllm:", STEPS)):
             continue
         name, _, rest = line.partition("{")
         labels, _, value = rest.rpartition("} ") if rest else ("", "", line.split()[-1])
@@ -83,10 +86,21 @@ def scrape(url: str) -> dict[str, float]:
         if name == "vllm:request_success_total":
             reason = re.search(r'finished_reason="(\w+)"', labels)
             name = f"{name}:{reason.group(1) if reason else 'unknown'}"
+        if name == STEPS:
+            engine = re.search(r'engine="(\d+)"', labels)
+            with contextlib.suppress(ValueError):
+                values[f"{STEPS}:{engine.group(1) if engine else 0}"] = float(value)
         if name in COUNTERS or name in GAUGES:
             with contextlib.suppress(ValueError):
                 values[name] = values.get(name, 0.0) + float(value)
     return values
+
+
+def step_windows(before: dict[str, float], after: dict[str, float]) -> dict[int, range]:
+    """Per engine index, the prepack scheduler's step numbers between two scrapes."""
+    prefix = STEPS + ":"
+    return {int(k[len(prefix):]): range(int(before.get(k, 0)) + 1, int(v) + 1)
+            for k, v in after.items() if k.startswith(prefix)}
 
 
 def metrics_delta(before: dict[str, float], after: dict[str, float]) -> dict:

@@ -13,7 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from benchmarks.serve_pool import Pool, metrics_delta, scrape, wait_for_counts
+from benchmarks.serve_pool import Pool, metrics_delta, scrape, step_windows, wait_for_counts
 from benchmarks.serve_traces import CHUNK
 from tests.harness.server import Server, child_env, vllm_command
 from vllm_prepack.stats import summarize_records
@@ -87,9 +87,40 @@ def stats_files(path: Path) -> list[Path]:
             if p.exists()]
 
 
-def packing_summary(lines: list[str]) -> dict:
-    """The packing statistics of JSONL lines (:func:`vllm_prepack.stats.summarize_records`)."""
-    return summarize_records(json.loads(line) for line in lines if line.strip())
+def run_records(path: Path, offsets: dict[Path, int], windows: dict[int, range],
+                timeout: float = 10) -> dict[str, list[dict]]:
+    """Per statistics file, the records of the steps in ``windows`` (per engine index, from
+    ``/metrics``), read past ``offsets``, once they are all there: the engine writes its file
+    from a thread, a moment behind its steps (a record of an earlier step may land after the
+    offsets were taken)."""
+    expected = sum(map(len, windows.values()))
+    deadline = time.monotonic() + timeout
+    while True:
+        per_file = {}
+        for p in stats_files(path):
+            with open(p) as f:
+                f.seek(offsets.get(p, 0))
+                records = [json.loads(x) for x in f.read().splitlines() if x.strip()]
+            per_file[p.name] = [r for r in records
+                                if r.get("step") in windows.get(r.get("dp_rank", 0), ())]
+        if sum(map(len, per_file.values())) >= expected or time.monotonic() > deadline:
+            return per_file
+        time.sleep(0.1)
+
+
+def packing_of_run(path: Path, offsets: dict[Path, int], windows: dict[int, range],
+                   notes: list[str], timeout: float = 10) -> dict:
+    """The prepack arm's packing statistics of one run (per rank too, with data parallelism);
+    a statistics file that lacks a record of a step ``/metrics`` counted is noted."""
+    per_file = run_records(path, offsets, windows, timeout)
+    records = [r for file_records in per_file.values() for r in file_records]
+    steps = sum(map(len, windows.values()))
+    if len(records) != steps:
+        notes.append(f"statistics file records {len(records)} != /metrics steps {steps}")
+    out = {"packing": summarize_records(records)} if per_file else {}
+    if len(per_file) > 1:  # data parallel: one file per engine core
+        out["packing_per_rank"] = {name: summarize_records(x) for name, x in per_file.items()}
+    return out
 
 
 def check_run(bench: dict, entries: list[dict]) -> list[str]:
@@ -157,20 +188,11 @@ def run_bench(pool: Pool, arm: str, trace: Path, entries: list[dict], slo_ms: fl
     errors = [e for e in raw.get("errors", []) if e]
     if errors:
         bench["errors"] = errors[:5]
+    if arm == "prepack":
+        record.update(packing_of_run(pool.stats_path, offsets, step_windows(before, after),
+                                     notes))
     record.update(ok=not problems, problems=problems, bench=bench, metrics=delta,
                   metrics_cross_check=notes or "agrees")
-    if arm == "prepack":
-        per_file = {}
-        for path in stats_files(pool.stats_path):
-            with open(path) as f:
-                f.seek(offsets.get(path, 0))
-                per_file[path.name] = f.read().splitlines()
-        if per_file:
-            record["packing"] = packing_summary([x for lines in per_file.values()
-                                                 for x in lines])
-        if len(per_file) > 1:  # data parallel: one file per engine core
-            record["packing_per_rank"] = {name: packing_summary(lines)
-                                          for name, lines in per_file.items()}
     if problems:
         print(f"RUN FAILED {name}: {'; '.join(problems)}", file=sys.stderr, flush=True)
     if notes:

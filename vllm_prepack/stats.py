@@ -7,9 +7,9 @@ vLLM's ``SchedulerOutput``, so the same observer serves the prepack arm and a st
 from __future__ import annotations
 
 import atexit
+import collections
 import dataclasses
 import json
-import queue
 import threading
 import time
 from collections.abc import Iterable, Mapping, Sequence
@@ -50,52 +50,92 @@ class StepStats:
     """vLLM held prefills this step (``--prefill-schedule-interval``): the data-parallel
     engine core's throttle, or vLLM 0.33's local cadence; vLLM admits then only when
     capacity-bound."""
+    dp_rank: int | None = None
+    """The engine core's data-parallel rank (None without data parallelism)."""
+
+    def to_line(self) -> str:
+        """The record as a JSONL line (``dp_rank`` only with data parallelism)."""
+        record = {name: getattr(self, name) for name in _STEP_FIELDS}
+        if self.dp_rank is None:
+            del record["dp_rank"]
+        return json.dumps(record) + "\n"
+
+
+_STEP_FIELDS = tuple(f.name for f in dataclasses.fields(StepStats))
 
 
 class JsonlFile:
-    """A JSONL file appended from a background thread: :meth:`write` only queues the line, so an
-    engine step never waits on the file system. The thread writes each line and flushes
-    whenever it has caught up; :meth:`flush` waits until it has."""
+    """A JSONL file written by a background thread. :meth:`write` only appends the record (an
+    object with ``to_line()``) to a queue, so a step neither serializes nor waits on the file
+    system; the thread wakes every ``interval_s`` (and on :meth:`flush`), turns what has
+    gathered into lines, writes them and flushes the file. ``target``: a path (opened for
+    appending, closed by :meth:`close`) or an open text file."""
 
-    def __init__(self, path: str, log: Any = None) -> None:
-        self.path, self.log = path, log
-        self._file = open(path, "a")  # noqa: SIM115 (closed by close())
+    def __init__(self, target: str | IO[str], log: Any = None, interval_s: float = 0.5) -> None:
+        self.path = target if isinstance(target, str) else getattr(target, "name", repr(target))
+        self.log, self.interval_s = log, interval_s
+        self._owned = isinstance(target, str)
+        self._file: IO[str] = open(target, "a") if self._owned else target  # noqa: SIM115
         self.error: OSError | None = None
         """The write that failed, if one did (logged; the engine keeps running without the
         file)."""
-        self._lines: queue.Queue[str | None] = queue.Queue()
+        self._records: collections.deque[Any] = collections.deque()
+        """Records, and the :class:`threading.Event` of each flush (set once the records
+        before it are in the file); None closes the file."""
+        self._wake = threading.Event()
         self._thread = threading.Thread(target=self._drain, name="prepack-stats", daemon=True)
         self._thread.start()
         atexit.register(self.close)
 
-    def write(self, line: str) -> None:
-        self._lines.put(line)
+    def write(self, record: Any) -> None:
+        self._records.append(record)
 
     def flush(self) -> None:
-        """Return once every line written so far is in the file."""
+        """Return once every record written so far is in the file."""
         if self._thread.is_alive():
-            self._lines.join()
+            done = threading.Event()
+            self._records.append(done)
+            self._wake.set()
+            done.wait()
 
     def close(self) -> None:
         if self._thread.is_alive():
-            self._lines.put(None)
+            self._records.append(None)
+            self._wake.set()
             self._thread.join(timeout=10)
 
     def _drain(self) -> None:
-        while (line := self._lines.get()) is not None:
-            if self.error is None:  # after a failed write, lines are dropped, never piled up
-                try:
-                    self._file.write(line)
-                    if self._lines.empty():
-                        self._file.flush()
-                except OSError as e:
-                    self.error = e
-                    if self.log is not None:
-                        self.log.warning("vllm-prepack: statistics file %s: %s; the lines after "
-                                         "it are dropped", self.path, e)
-            self._lines.task_done()
-        self._file.close()
-        self._lines.task_done()
+        lines: list[str] = []
+        while True:
+            self._wake.wait(self.interval_s)
+            self._wake.clear()
+            while self._records:
+                item = self._records.popleft()
+                if item is not None and not isinstance(item, threading.Event):
+                    if self.error is None:  # after a failed write, records are dropped
+                        lines.append(item.to_line())
+                    continue
+                self._put(lines)
+                lines = []
+                if item is None:
+                    if self._owned:
+                        self._file.close()
+                    return
+                item.set()
+            self._put(lines)
+            lines = []
+
+    def _put(self, lines: list[str]) -> None:
+        if not lines or self.error is not None:
+            return
+        try:
+            self._file.write("".join(lines))
+            self._file.flush()
+        except OSError as e:
+            self.error = e
+            if self.log is not None:
+                self.log.warning("vllm-prepack: statistics file %s: %s; the records after it "
+                                 "are dropped", self.path, e)
 
 
 @dataclass
@@ -103,8 +143,8 @@ class PackingObserver:
     """Accumulates :class:`StepStats`, writes JSONL and periodic log lines."""
 
     budget: int
-    jsonl: IO[str] | JsonlFile | None = None
-    """Where each step's line goes (:class:`JsonlFile` in an engine: never waited on)."""
+    jsonl: JsonlFile | None = None
+    """Where each step's record goes (written by the file's own thread, never waited on)."""
     log_interval_s: float = 0.0
     log: object | None = None
     dp_rank: int | None = None
@@ -186,6 +226,7 @@ class PackingObserver:
             plan_adhered=None if planned is None else admitted.issuperset(planned),
             planner_fault=planner_fault,
             throttled=throttled,
+            dp_rank=self.dp_rank,
         )
         self._accumulate(stats)
         return stats
@@ -209,10 +250,7 @@ class PackingObserver:
             self.planned_steps += 1
             self.adhered_steps += int(bool(s.plan_adhered))
         if self.jsonl is not None:
-            record = dataclasses.asdict(s)
-            if self.dp_rank is not None:
-                record["dp_rank"] = self.dp_rank
-            self.jsonl.write(json.dumps(record) + "\n")
+            self.jsonl.write(s)
         if self.log is not None and self.log_interval_s > 0:
             now = time.monotonic()
             if now - self._last_log >= self.log_interval_s:

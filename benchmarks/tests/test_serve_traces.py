@@ -11,6 +11,7 @@ import pytest
 
 from benchmarks import serve_drive, serve_pool, serve_runs, serve_traces, workloads
 from benchmarks.tests.suite_env import TRACE_CSV
+from vllm_prepack.stats import summarize_records
 
 
 def test_trace_has_exact_lengths_poisson_arrivals_and_unique_hash_ids():
@@ -92,7 +93,7 @@ def test_metrics_parsing_and_packing_summary():
          "overtakes": 0, "planned": 4, "plan_adhered": False, "planner_fault": False,
          "oldest_wait_s": 0.3, "throttled": True},
     ]
-    s = serve_runs.packing_summary([json.dumps(x) for x in steps])
+    s = summarize_records(steps)
     assert s["steps"] == 4 and s["prefill_steps"] == 2 and s["prefill_tokens"] == 70
     assert s["mean_prefill_fill"] == 0.6 and s["plan_adherence"] == 0.5 and s["overtakes"] == 1
     assert s["throttled_steps"] == 2 and s["throttled_admitted"] == 3
@@ -114,6 +115,38 @@ def test_metrics_parsing_and_packing_summary():
              "vllm:request_success_total:length": 2.0}
     assert serve_runs.cross_check(delta, entries) == []
     assert len(serve_runs.cross_check({**delta, "vllm:prompt_tokens_total": 3.0}, entries)) == 1
+
+
+def test_a_run_takes_the_records_of_its_own_steps(tmp_path):
+    """The steps ``/metrics`` counted between two scrapes select a run's records, per engine:
+    a record of an earlier step that lands after the offsets (the engine's writer thread is a
+    moment behind) is not the run's; a missing record is noted."""
+    def line(step: int, **more: int) -> str:
+        return json.dumps({"step": step, "admitted": 1, "prefill_tokens": 8, "fill": 0.1,
+                           "partial_prefills": 0, "overtakes": 0, "oldest_wait_s": 0.0,
+                           **more}) + "\n"
+
+    lines = "".join(line(s) for s in (4, 5, 6))
+    base = tmp_path / "prepack_stats.jsonl"
+    base.write_text(lines)
+    before = {"vllm_prepack_steps_total:0": 4.0}
+    after = {"vllm_prepack_steps_total:0": 6.0, "vllm:prompt_tokens_total": 1.0}
+    windows = serve_pool.step_windows(before, after)
+    assert windows == {0: range(5, 7)}
+    notes: list[str] = []
+    out = serve_runs.packing_of_run(base, {}, windows, notes)
+    assert out["packing"]["steps"] == 2 and out["packing"]["admitted"] == 2 and notes == []
+    # Step 7 was counted and never written.
+    out = serve_runs.packing_of_run(base, {}, {0: range(5, 8)}, notes, timeout=0)
+    assert out["packing"]["steps"] == 2 and notes == ["statistics file records 2 != /metrics "
+                                                      "steps 3"]
+    base.unlink()
+    for rank in (0, 1):  # data parallel: a file per rank, its records carry the rank
+        (tmp_path / f"prepack_stats.dp{rank}.jsonl").write_text("".join(
+            line(s, dp_rank=rank) for s in (1, 2)))
+    out = serve_runs.packing_of_run(base, {}, {0: range(2, 3), 1: range(1, 3)}, [])
+    assert {k: v["steps"] for k, v in out["packing_per_rank"].items()} == {
+        "prepack_stats.dp0.jsonl": 1, "prepack_stats.dp1.jsonl": 2}
 
 
 def test_stats_files_include_every_data_parallel_rank(tmp_path):

@@ -75,10 +75,12 @@ def test_plan_adherence_and_the_steps_that_judge_it():
 
 
 def test_jsonl_lines_and_reset():
-    out = io.StringIO()
+    text = io.StringIO()
+    out = JsonlFile(text)
     observer = PackingObserver(budget=100, jsonl=out, dp_rank=1)
     record(observer, [prefill("a", 10, arrival=2.0)], oldest=1.0, planned=["a"])
-    line = json.loads(out.getvalue().splitlines()[0])
+    out.flush()
+    line = json.loads(text.getvalue().splitlines()[0])
     assert line["dp_rank"] == 1 and line["overtakes"] == 1 and line["plan_adhered"] is True
     assert "waiting_before" not in line
     reset(observer)
@@ -87,14 +89,18 @@ def test_jsonl_lines_and_reset():
 
 
 def test_a_jsonl_file_summarizes_as_the_observer_that_wrote_it():
-    out = io.StringIO()
+    text = io.StringIO()
+    out = JsonlFile(text)
     observer = PackingObserver(budget=64, jsonl=out)
     record(observer, [prefill("a", 40, arrival=1.0), prefill("b", 20, prompt=50, arrival=2.0)],
            oldest=1.5, planned=["a", "b"])
     record(observer, [prefill("b", 30, before=20, new=False, arrival=2.0)], oldest=None)
     record(observer, [], oldest=3.0, planned=["c"], throttled=True)
     record(observer, [prefill("c", 8, arrival=3.0)], oldest=None, planned=["c", "d"])
-    replayed = summarize_records(json.loads(line) for line in out.getvalue().splitlines())
+    out.flush()
+    lines = [json.loads(line) for line in text.getvalue().splitlines()]
+    assert "dp_rank" not in lines[0]  # only with data parallelism
+    replayed = summarize_records(lines)
     summary = observer.summary()
     assert {k: replayed[k] for k in REPLAYED} == {k: summary[k] for k in REPLAYED}
     assert replayed["partial_prefills"] == 1 and replayed["steps"] == 4
@@ -102,9 +108,10 @@ def test_a_jsonl_file_summarizes_as_the_observer_that_wrote_it():
 
 
 def test_a_jsonl_file_is_written_off_the_step():
-    """An engine's statistics file: a step's line is queued, never waited on; a stalled file
-    system stalls only the writer thread; every line lands, in order; a failed write drops the
-    lines after it instead of piling them up or failing the step."""
+    """An engine's statistics file: a step's record is queued, never serialized or waited on
+    in the step; a stalled file system stalls only the writer thread; every line lands, in
+    order; a failed write drops the records after it instead of piling them up or failing the
+    step."""
     import tempfile
     from pathlib import Path
 
@@ -122,6 +129,14 @@ def test_a_jsonl_file_is_written_off_the_step():
         return real_write(line)
 
     out._file.write = slow_write
+    serialized_by: list[str] = []
+
+    class Probe:
+        def to_line(self) -> str:
+            serialized_by.append(threading.current_thread().name)
+            return "{}\n"
+
+    out.write(Probe())
     steps = threading.Thread(target=lambda: [record(observer, [prefill(f"r{i}", 8)], oldest=None)
                                              for i in range(50)])
     steps.start()
@@ -131,13 +146,14 @@ def test_a_jsonl_file_is_written_off_the_step():
     release.set()
     out.flush()
     lines = [json.loads(x) for x in path.read_text().splitlines()]
-    assert [x["step"] for x in lines] == list(range(1, 51))
+    assert serialized_by == ["prepack-stats"] and lines[0] == {}
+    assert [x["step"] for x in lines[1:]] == list(range(1, 51))
     out._file.write = lambda line: (_ for _ in ()).throw(OSError("disk full"))
     record(observer, [prefill("x", 8)], oldest=None)
     record(observer, [prefill("y", 8)], oldest=None)
     out.flush()
-    assert isinstance(out.error, OSError) and out._lines.empty() and observer.steps == 52
-    assert warnings == [f"vllm-prepack: statistics file {path}: disk full; the lines after it "
-                        "are dropped"]
+    assert isinstance(out.error, OSError) and not out._records and observer.steps == 52
+    assert warnings == [f"vllm-prepack: statistics file {path}: disk full; the records after "
+                        "it are dropped"]
     out.close()
-    assert len(path.read_text().splitlines()) == 50
+    assert len(path.read_text().splitlines()) == 51
