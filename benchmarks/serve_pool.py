@@ -35,7 +35,10 @@ COUNTERS = ("vllm:prompt_tokens_total", "vllm:generation_tokens_total",
             "vllm:request_queue_time_seconds_sum", "vllm:request_queue_time_seconds_count",
             "vllm:request_prefill_time_seconds_sum", "vllm:request_prefill_time_seconds_count",
             "vllm:request_time_per_output_token_seconds_sum",
-            "vllm:request_time_per_output_token_seconds_count", STEPS)
+            "vllm:request_time_per_output_token_seconds_count",
+            "vllm:iteration_tokens_total_count", STEPS)
+"""``vllm:iteration_tokens_total_count``: the engine steps whose outputs reached the front end
+(vLLM observes that histogram once per step's outputs), counted in either arm."""
 SERVER_MEANS = {"server_ttft_mean_ms": "vllm:time_to_first_token_seconds",
                 "server_queue_mean_ms": "vllm:request_queue_time_seconds",
                 "server_prefill_mean_ms": "vllm:request_prefill_time_seconds",

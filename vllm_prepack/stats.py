@@ -92,11 +92,11 @@ class JsonlFile:
 
     def flush(self) -> None:
         """Return once every record written so far is in the file."""
-        if self._thread.is_alive():
-            done = threading.Event()
-            self._records.append(done)
-            self._wake.set()
-            done.wait()
+        done = threading.Event()
+        self._records.append(done)
+        self._wake.set()
+        while not done.wait(0.1) and self._thread.is_alive():
+            pass
 
     def close(self) -> None:
         if self._thread.is_alive():

@@ -34,6 +34,9 @@ def _assert_measured_run(arm: str, r: dict, slo: dict) -> None:
     assert m["vllm:prompt_tokens_total"] == b["total_input_tokens"]
     assert m["vllm:request_success_total:length"] == 10
     assert m["vllm:prefix_cache_hits_total"] == 0
+    assert m["vllm:iteration_tokens_total_count"] > 0  # the engine's steps, in either arm
+    prepack_steps = m["vllm_prepack_steps_total"]
+    assert prepack_steps == 0 if arm == "stock" else prepack_steps > 0
 
 
 @pytest.mark.engine
