@@ -15,7 +15,7 @@ from typing import Any
 
 from benchmarks.serve_pool import Pool, metrics_delta, scrape, step_windows, wait_for_counts
 from benchmarks.serve_traces import CHUNK
-from tests.harness.server import Server, child_env, vllm_command
+from tests.harness.server import Server, child_env, settled, vllm_command
 from vllm_prepack.stats import summarize_records
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -87,13 +87,16 @@ def stats_files(path: Path) -> list[Path]:
             if p.exists()]
 
 
-def run_records(path: Path, offsets: dict[Path, int], windows: dict[int, range],
+def run_records(path: Path, offsets: dict[Path, int], windows: dict[int, range] | None,
                 timeout: float = 10) -> dict[str, list[dict]]:
     """Per statistics file, the records of the steps in ``windows`` (per engine index, from
     ``/metrics``), read past ``offsets``, once they are all there: the engine writes its file
     from a thread, a moment behind its steps (a record of an earlier step may land after the
-    offsets were taken)."""
-    expected = sum(map(len, windows.values()))
+    offsets were taken). ``windows`` None (no step series on ``/metrics``): every record past
+    the offsets, once the files have stopped growing."""
+    if windows is None:
+        settled(stats_files(path), timeout=timeout)
+    expected = sum(map(len, (windows or {}).values()))
     deadline = time.monotonic() + timeout
     while True:
         per_file = {}
@@ -101,9 +104,10 @@ def run_records(path: Path, offsets: dict[Path, int], windows: dict[int, range],
             with open(p) as f:
                 f.seek(offsets.get(p, 0))
                 records = [json.loads(x) for x in f.read().splitlines() if x.strip()]
-            per_file[p.name] = [r for r in records
-                                if r.get("step") in windows.get(r.get("dp_rank", 0), ())]
-        if sum(map(len, per_file.values())) >= expected or time.monotonic() > deadline:
+            per_file[p.name] = [r for r in records if windows is None
+                                or r.get("step") in windows.get(r.get("dp_rank", 0), ())]
+        if (windows is None or sum(map(len, per_file.values())) >= expected
+                or time.monotonic() > deadline):
             return per_file
         time.sleep(0.1)
 
@@ -111,11 +115,16 @@ def run_records(path: Path, offsets: dict[Path, int], windows: dict[int, range],
 def packing_of_run(path: Path, offsets: dict[Path, int], windows: dict[int, range],
                    notes: list[str], timeout: float = 10) -> dict:
     """The prepack arm's packing statistics of one run (per rank too, with data parallelism);
-    a statistics file that lacks a record of a step ``/metrics`` counted is noted."""
-    per_file = run_records(path, offsets, windows, timeout)
+    a statistics file that lacks a record of a step ``/metrics`` counted is noted. Without
+    the step series on ``/metrics`` (data parallelism with several API servers), the records
+    past the offsets count."""
+    if not windows:
+        notes.append("no vllm_prepack_steps_total on /metrics: the run's statistics are the "
+                     "records written past its start")
+    per_file = run_records(path, offsets, windows or None, timeout)
     records = [r for file_records in per_file.values() for r in file_records]
     steps = sum(map(len, windows.values()))
-    if len(records) != steps:
+    if windows and len(records) != steps:
         notes.append(f"statistics file records {len(records)} != /metrics steps {steps}")
     out = {"packing": summarize_records(records)} if per_file else {}
     if len(per_file) > 1:  # data parallel: one file per engine core

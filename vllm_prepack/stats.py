@@ -67,13 +67,15 @@ _STEP_FIELDS = tuple(f.name for f in dataclasses.fields(StepStats))
 class JsonlFile:
     """A JSONL file written by a background thread. :meth:`write` only appends the record (an
     object with ``to_line()``) to a queue, so a step neither serializes nor waits on the file
-    system; the thread wakes every ``interval_s`` (and on :meth:`flush`), turns what has
-    gathered into lines, writes them and flushes the file. ``target``: a path (opened for
-    appending, closed by :meth:`close`) or an open text file."""
+    system. The thread looks at the queue every ``poll_s``; it turns what has gathered into
+    lines, writes them and flushes the file once the queue has stopped growing (the engine
+    paused), at least every ``interval_s`` while it keeps growing, and on :meth:`flush`.
+    ``target``: a path (opened for appending, closed by :meth:`close`) or an open text file."""
 
-    def __init__(self, target: str | IO[str], log: Any = None, interval_s: float = 0.5) -> None:
+    def __init__(self, target: str | IO[str], log: Any = None, interval_s: float = 0.5,
+                 poll_s: float = 0.05) -> None:
         self.path = target if isinstance(target, str) else getattr(target, "name", repr(target))
-        self.log, self.interval_s = log, interval_s
+        self.log, self.interval_s, self.poll_s = log, interval_s, poll_s
         self._owned = isinstance(target, str)
         self._file: IO[str] = open(target, "a") if self._owned else target  # noqa: SIM115
         self.error: OSError | None = None
@@ -105,25 +107,36 @@ class JsonlFile:
             self._thread.join(timeout=10)
 
     def _drain(self) -> None:
-        lines: list[str] = []
+        emptied, seen = time.monotonic(), 0
         while True:
-            self._wake.wait(self.interval_s)
+            woken = self._wake.wait(self.poll_s)
             self._wake.clear()
-            while self._records:
-                item = self._records.popleft()
-                if item is not None and not isinstance(item, threading.Event):
-                    if self.error is None:  # after a failed write, records are dropped
-                        lines.append(item.to_line())
-                    continue
-                self._put(lines)
-                lines = []
-                if item is None:
-                    if self._owned:
-                        self._file.close()
-                    return
-                item.set()
+            pending, now = len(self._records), time.monotonic()
+            if not woken and pending != seen and now - emptied < self.interval_s:
+                seen = pending  # still growing: the engine is stepping, gather more
+                continue
+            emptied, seen = now, 0
+            if self._write_pending():
+                return
+
+    def _write_pending(self) -> bool:
+        """Write the queued records; True once the file is closed."""
+        lines: list[str] = []
+        while self._records:
+            item = self._records.popleft()
+            if item is not None and not isinstance(item, threading.Event):
+                if self.error is None:  # after a failed write, records are dropped
+                    lines.append(item.to_line())
+                continue
             self._put(lines)
             lines = []
+            if item is None:
+                if self._owned:
+                    self._file.close()
+                return True
+            item.set()
+        self._put(lines)
+        return False
 
     def _put(self, lines: list[str]) -> None:
         if not lines or self.error is not None:

@@ -147,6 +147,11 @@ def test_a_run_takes_the_records_of_its_own_steps(tmp_path):
     out = serve_runs.packing_of_run(base, {}, {0: range(2, 3), 1: range(1, 3)}, [])
     assert {k: v["steps"] for k, v in out["packing_per_rank"].items()} == {
         "prepack_stats.dp0.jsonl": 1, "prepack_stats.dp1.jsonl": 2}
+    # No step series on /metrics: every record past the offsets, noted.
+    notes = []
+    offsets = {tmp_path / "prepack_stats.dp0.jsonl": len(line(1, dp_rank=0))}
+    out = serve_runs.packing_of_run(base, offsets, {}, notes, timeout=2)
+    assert out["packing"]["steps"] == 3 and len(notes) == 1
 
 
 def test_stats_files_include_every_data_parallel_rank(tmp_path):

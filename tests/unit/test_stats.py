@@ -157,3 +157,20 @@ def test_a_jsonl_file_is_written_off_the_step():
                         "it are dropped"]
     out.close()
     assert len(path.read_text().splitlines()) == 51
+
+
+def test_a_jsonl_file_is_written_once_the_engine_pauses():
+    """Records are written once the queue stops growing (the engine paused), without a flush
+    and long before ``interval_s``; the thread looks every ``poll_s``."""
+    import time
+
+    text = io.StringIO()
+    out = JsonlFile(text, interval_s=3600, poll_s=0.01)
+    observer = PackingObserver(budget=64, jsonl=out)
+    for i in range(5):
+        record(observer, [prefill(f"r{i}", 8)])
+    deadline = time.monotonic() + 30
+    while len(text.getvalue().splitlines()) < 5 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert [json.loads(x)["step"] for x in text.getvalue().splitlines()] == [1, 2, 3, 4, 5]
+    out.close()

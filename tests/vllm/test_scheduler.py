@@ -542,3 +542,20 @@ def test_tail_bound_keeps_priority_classes(tiny_model, cls):
     assert out.num_scheduled_tokens == {"hi": 200}
     if cls is PrepackSyncScheduler:
         assert [r.request_id for r in scheduler.waiting] == ["lo_old", "lo"]
+
+
+def test_shutdown_leaves_every_step_in_the_statistics_file(tiny_model, tmp_path):
+    """The file's thread writes every 0.5 s; vLLM's engine core calls ``shutdown()`` on its way
+    out (a process it runs in exits without ``atexit``), and by then every step is in the file."""
+    path = tmp_path / "stats.jsonl"
+    scheduler = make_scheduler(PrepackSyncScheduler, tiny_model,
+                               additional_config={"prepack": {"stats_path": str(path)}})
+    scheduler.add_request(make_request([5] * 40, max_tokens=3))
+    steps = 0
+    while scheduler.has_requests():
+        _step(scheduler)
+        steps += 1
+    scheduler.shutdown()
+    lines = path.read_text().splitlines()
+    assert len(lines) == steps == scheduler.prepack_observer.steps
+    assert not scheduler.prepack_observer.jsonl._thread.is_alive()

@@ -471,6 +471,13 @@ class PrepackSchedulerMixin:
         """This step's own CPU time: planning, candidates, statistics (not vLLM's pass)."""
         return output
 
+    def shutdown(self) -> None:
+        """vLLM's shutdown (the engine core calls it on its way out), then the statistics file
+        is closed with every step's record in it."""
+        super().shutdown()
+        if self.prepack_observer.jsonl is not None:
+            self.prepack_observer.jsonl.close()
+
     def make_stats(self, *args: Any, **kwargs: Any) -> Any:
         """vLLM's ``SchedulerStats`` with the packing totals attached, for the API server's
         ``/metrics`` (``adapters/metrics.py``)."""
