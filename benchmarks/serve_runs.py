@@ -87,16 +87,16 @@ def stats_files(path: Path) -> list[Path]:
             if p.exists()]
 
 
-def run_records(path: Path, offsets: dict[Path, int], windows: dict[int, range] | None,
+def run_records(path: Path, offsets: dict[Path, int], windows: dict[int, range],
                 timeout: float = 10) -> dict[str, list[dict]]:
     """Per statistics file, the records of the steps in ``windows`` (per engine index, from
     ``/metrics``), read past ``offsets``, once they are all there: the engine writes its file
     from a thread, a moment behind its steps (a record of an earlier step may land after the
-    offsets were taken). ``windows`` None (no step series on ``/metrics``): every record past
+    offsets were taken). No ``windows`` (no step series on ``/metrics``): every record past
     the offsets, once the files have stopped growing."""
-    if windows is None:
+    if not windows:
         settled(stats_files(path), timeout=timeout)
-    expected = sum(map(len, (windows or {}).values()))
+    expected = sum(map(len, windows.values()))
     deadline = time.monotonic() + timeout
     while True:
         per_file = {}
@@ -104,10 +104,10 @@ def run_records(path: Path, offsets: dict[Path, int], windows: dict[int, range] 
             with open(p) as f:
                 f.seek(offsets.get(p, 0))
                 records = [json.loads(x) for x in f.read().splitlines() if x.strip()]
-            per_file[p.name] = [r for r in records if windows is None
+            per_file[p.name] = [r for r in records if not windows
                                 or r.get("step") in windows.get(r.get("dp_rank", 0), ())]
-        if (windows is None or sum(map(len, per_file.values())) >= expected
-                or time.monotonic() > deadline):
+        found = sum(map(len, per_file.values()))
+        if not windows or found >= expected or time.monotonic() > deadline:
             return per_file
         time.sleep(0.1)
 
@@ -117,14 +117,14 @@ def packing_of_run(path: Path, offsets: dict[Path, int], windows: dict[int, rang
     """The prepack arm's packing statistics of one run (per rank too, with data parallelism);
     a statistics file that lacks a record of a step ``/metrics`` counted is noted. Without
     the step series on ``/metrics`` (data parallelism with several API servers), the records
-    past the offsets count."""
+    past the offsets count, and that is noted."""
+    per_file = run_records(path, offsets, windows, timeout)
+    records = [r for file_records in per_file.values() for r in file_records]
+    steps = sum(map(len, windows.values()))
     if not windows:
         notes.append("no vllm_prepack_steps_total on /metrics: the run's statistics are the "
                      "records written past its start")
-    per_file = run_records(path, offsets, windows or None, timeout)
-    records = [r for file_records in per_file.values() for r in file_records]
-    steps = sum(map(len, windows.values()))
-    if windows and len(records) != steps:
+    elif len(records) != steps:
         notes.append(f"statistics file records {len(records)} != /metrics steps {steps}")
     out = {"packing": summarize_records(records)} if per_file else {}
     if len(per_file) > 1:  # data parallel: one file per engine core
