@@ -23,9 +23,12 @@ vLLM series. Other routes were weighed: a second HTTP endpoint in the engine cor
 server's ``/metrics``; Prometheus multiprocess files change how vLLM's own series are
 collected; an RPC from the front end has no hook in the stat-logger interface.
 
-Values are cumulative totals (a lost or unrouted message loses nothing; the front end turns
-them into counter increments per engine) and integers (the field is ``dict[str, int]``):
-seconds travel as microseconds.
+Counters travel as increments since the engine core's previous message, gauges as current
+values, all integers (the field is ``dict[str, int]``: seconds travel as microseconds, the
+fill as parts per million). vLLM sends each step's ``SchedulerStats`` to exactly one front
+end; with several API-server processes (``api_server_count`` > 1, vLLM's default under data
+parallelism) each publishes the increments it received, and Prometheus' multiprocess
+collection sums them into the engine's total. Cumulative totals would not add up there.
 """
 
 from __future__ import annotations
@@ -99,12 +102,13 @@ GAUGES: tuple[Series, ...] = (
 
 SERIES = COUNTERS + GAUGES
 PACKED_KEYS = frozenset({"packed_steps", "packed_tokens"})
+_PPM = 1_000_000
 
 
-def carried(observer, packed_visible: bool) -> dict[str, int]:
-    """The totals of a :class:`~vllm_prepack.stats.PackingObserver` as the engine core sends
-    them (keys with :data:`KEY_PREFIX`). Packed-attention totals only where the attention
-    counters are this process's (``packed_visible``); elsewhere they would read 0."""
+def counter_totals(observer, packed_visible: bool) -> dict[str, int]:
+    """The counters' totals of a :class:`~vllm_prepack.stats.PackingObserver`.
+    Packed-attention totals only where the attention counters are this process's
+    (``packed_visible``); elsewhere they would read 0."""
     o = observer
     totals = {
         "steps": o.steps,
@@ -118,17 +122,42 @@ def carried(observer, packed_visible: bool) -> dict[str, int]:
         "planned_steps": o.planned_steps,
         "adhered_steps": o.adhered_steps,
         "planner_faults": o.planner_faults,
-        "oldest_wait_us": round(o.oldest_wait_s * _US),
-        "max_oldest_wait_us": round(o.max_oldest_wait_s * _US),
     }
     if packed_visible:
         totals["packed_steps"] = int(o.packed.get("steps", 0))
         totals["packed_tokens"] = int(o.packed.get("tokens", 0))
-    return {KEY_PREFIX + k: int(v) for k, v in totals.items()}
+    return totals
+
+
+def gauge_values(observer) -> dict[str, int]:
+    o = observer
+    budget = o.budget * o.prefill_steps
+    return {
+        "oldest_wait_us": round(o.oldest_wait_s * _US),
+        "max_oldest_wait_us": round(o.max_oldest_wait_s * _US),
+        "budget_fill": round(_PPM * o.prefill_step_tokens / budget) if budget else 0,
+    }
+
+
+class Sender:
+    """The engine core's side: what it has sent, so that each message carries the counters'
+    increments since the previous one (keys with :data:`KEY_PREFIX`) and the gauges' values."""
+
+    def __init__(self) -> None:
+        self.sent: dict[str, int] = {}
+
+    def carried(self, observer, packed_visible: bool) -> dict[str, int]:
+        out = {}
+        for key, total in counter_totals(observer, packed_visible).items():
+            before = self.sent.get(key, 0)
+            out[KEY_PREFIX + key] = total - before if total >= before else total  # restarted
+            self.sent[key] = total
+        out.update({KEY_PREFIX + k: v for k, v in gauge_values(observer).items()})
+        return out
 
 
 def take(carrier: MutableMapping[str, int] | None) -> dict[str, int] | None:
-    """Remove the carried totals from ``carrier`` and return them (prefix stripped), or None
+    """Remove the carried values from ``carrier`` and return them (prefix stripped), or None
     when it holds none (a stock scheduler's message)."""
     if not carrier:
         return None
@@ -138,16 +167,11 @@ def take(carrier: MutableMapping[str, int] | None) -> dict[str, int] | None:
     return {k[len(KEY_PREFIX):]: int(carrier.pop(k)) for k in keys}
 
 
-def values(totals: dict[str, int]) -> dict[str, float]:
-    """Series name -> value, for the series the totals cover."""
-    out: dict[str, float] = {}
-    for s in COUNTERS:
-        if s.key in totals:
-            out[s.name] = float(totals[s.key])
-    out["vllm_prepack_oldest_wait_seconds"] = totals.get("oldest_wait_us", 0) / _US
-    out["vllm_prepack_max_oldest_wait_seconds"] = totals.get("max_oldest_wait_us", 0) / _US
-    budget = totals.get("budget_tokens", 0)
-    out["vllm_prepack_budget_fill"] = (
-        totals.get("budget_used_tokens", 0) / budget if budget else 0.0
-    )
+def values(carried: dict[str, int]) -> dict[str, float]:
+    """Series name -> value (counters: the increment), for the series ``carried`` covers."""
+    out: dict[str, float] = {s.name: float(carried[s.key]) for s in COUNTERS
+                             if s.key in carried}
+    out["vllm_prepack_oldest_wait_seconds"] = carried.get("oldest_wait_us", 0) / _US
+    out["vllm_prepack_max_oldest_wait_seconds"] = carried.get("max_oldest_wait_us", 0) / _US
+    out["vllm_prepack_budget_fill"] = carried.get("budget_fill", 0) / _PPM
     return out

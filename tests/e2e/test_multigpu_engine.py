@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import concurrent.futures
 import json
+import re
 import sys
+import time
 
 import pytest
 
@@ -92,8 +94,16 @@ def test_data_parallel_2_serves_every_request_once(tiny_model, tmp_path, engine_
             replies = list(pool.map(complete, range(len(prompts))))
         # Each engine core's file runs a moment behind its steps.
         settled([tmp_path / f"stats.dp{rank}.jsonl" for rank in (0, 1)])
-        with urllib.request.urlopen(server.url + "/metrics", timeout=10) as r:
-            metrics = r.read().decode()
+        deadline = time.monotonic() + 20
+        while True:  # two API-server processes: each publishes what it received
+            with urllib.request.urlopen(server.url + "/metrics", timeout=10) as r:
+                metrics = r.read().decode()
+            published = {int(m.group(1)): float(m.group(2)) for m in re.finditer(
+                r'^vllm_prepack_admitted_prompts_total\{[^}]*engine="(\d+)"[^}]*\} (\S+)$',
+                metrics, re.M)}
+            if sum(published.values()) >= len(prompts) or time.monotonic() > deadline:
+                break
+            time.sleep(0.5)
         log = server.log()
     assert len({r["id"] for r in replies}) == len(prompts)
     for reply, prompt in zip(replies, prompts):
@@ -115,6 +125,8 @@ def test_data_parallel_2_serves_every_request_once(tiny_model, tmp_path, engine_
         assert lines and all(x["dp_rank"] == rank for x in lines)
         admitted[rank] = sum(x["admitted"] for x in lines)
     assert sum(admitted.values()) == len(prompts), admitted
+    # /metrics: each rank's admissions as its file has them, summed over the API servers.
+    assert published == {rank: float(n) for rank, n in admitted.items()}, (published, admitted)
     assert all(admitted.values()), admitted  # both ranks served
     success = sum(float(line.rsplit(" ", 1)[1]) for line in metrics.splitlines()
                   if line.startswith("vllm:request_success_total"))

@@ -8,7 +8,6 @@ from types import SimpleNamespace
 import pytest
 
 from vllm_prepack import metrics
-from vllm_prepack.config import SCHEDULER_QUALNAME
 from vllm_prepack.stats import PackingObserver, ScheduledPrefill
 
 
@@ -26,9 +25,11 @@ def _observer() -> PackingObserver:
     return o
 
 
-def test_totals_survive_vllms_engine_core_message():
+def test_what_the_engine_sends_survives_vllms_message_and_adds_up():
     """What the engine core attaches comes out of vLLM's own msgpack round trip intact, and
-    vLLM's own entries of the field are left as they were."""
+    vLLM's own entries of the field are left as they were. Counters travel as increments
+    since the previous message (they add up to the total whichever front end gets each),
+    gauges as values."""
     from vllm.v1.engine import EngineCoreOutputs
     from vllm.v1.metrics.stats import SchedulerStats
     from vllm.v1.serial_utils import MsgpackDecoder, MsgpackEncoder
@@ -36,22 +37,31 @@ def test_totals_survive_vllms_engine_core_message():
     from vllm_prepack.adapters.metrics import attach
 
     stock = {"waiting_to_start": 1, "in_progress": 0, "completed_waiting": 2}
-    stats = attach(SchedulerStats(num_kv_fetch_reqs_by_stage=dict(stock)), _observer(), True)
+    sender, observer = metrics.Sender(), _observer()
+    stats = attach(SchedulerStats(num_kv_fetch_reqs_by_stage=dict(stock)), sender, observer,
+                   True)
     wire = MsgpackEncoder().encode(EngineCoreOutputs(scheduler_stats=stats))
     received = MsgpackDecoder(EngineCoreOutputs).decode(wire).scheduler_stats
-    totals = metrics.take(received.num_kv_fetch_reqs_by_stage)
+    carried = metrics.take(received.num_kv_fetch_reqs_by_stage)
     assert received.num_kv_fetch_reqs_by_stage == stock
-    assert totals == {k.removeprefix(metrics.KEY_PREFIX): v
-                      for k, v in metrics.carried(_observer(), True).items()}
-    v = metrics.values(totals)
+    assert carried == {**metrics.counter_totals(observer, True), **metrics.gauge_values(observer)}
+    v = metrics.values(carried)
     assert v["vllm_prepack_admitted_prompts"] == 2 and v["vllm_prepack_split_prompts"] == 1
     assert v["vllm_prepack_packed_tokens"] == 120 and v["vllm_prepack_overtakes"] == 2
     assert v["vllm_prepack_budget_fill"] == pytest.approx((80 + 42) / 200)
     assert v["vllm_prepack_max_oldest_wait_seconds"] == pytest.approx(2.5)
     assert v["vllm_prepack_oldest_wait_seconds"] == 0.0
     assert v["vllm_prepack_packed_attention_steps"] == 1
-    assert "packed_steps" not in metrics.take(dict(metrics.carried(_observer(), False)))
-    assert attach(None, _observer(), True) is None  # stats off (log_stats=False)
+    # The next message: increments only (one step, one admission), the gauges as they stand.
+    observer.record(prefills=[ScheduledPrefill("c", 10, 0, 10, True)], scheduled_tokens=10,
+                    oldest_waiting_arrival=None, num_waiting=0, num_running=1, now=5.0)
+    nxt = metrics.take(attach(SchedulerStats(), sender, observer, True)
+                       .num_kv_fetch_reqs_by_stage)
+    assert (nxt["steps"], nxt["admitted"], nxt["overtakes"]) == (1, 1, 0)
+    assert sum(c["admitted"] for c in (carried, nxt)) == observer.admitted == 3
+    assert nxt["max_oldest_wait_us"] == 2_500_000
+    assert "packed_steps" not in metrics.take(dict(metrics.Sender().carried(_observer(), False)))
+    assert attach(None, sender, _observer(), True) is None  # stats off (log_stats=False)
 
 
 def _value(name: str, **labels: str) -> float | None:
@@ -60,27 +70,26 @@ def _value(name: str, **labels: str) -> float | None:
     return REGISTRY.get_sample_value(name, labels)
 
 
-def test_stat_logger_publishes_per_engine_and_strips_the_keys():
+def test_stat_logger_publishes_per_engine_once_an_engine_sends_and_strips_the_keys():
+    """The logger publishes once an engine sends the keys, whatever its own process's config
+    names (an extra API-server process parses the command line before vLLM loads plugins);
+    a stock engine sends none, and nothing appears."""
     from vllm.v1.metrics.stats import SchedulerStats
 
     from vllm_prepack.adapters.metrics import PrepackStatLogger, attach
 
-    def config(scheduler_cls):
-        return SimpleNamespace(scheduler_config=SimpleNamespace(scheduler_cls=scheduler_cls),
-                               model_config=SimpleNamespace(served_model_name="m"))
-
-    stock = PrepackStatLogger(config(None), [0, 1])
-    assert not stock.enabled and _value("vllm_prepack_steps_total", model_name="m",
-                                        engine="0") is None
-    ours = PrepackStatLogger(config(SCHEDULER_QUALNAME), [0, 1])
-    observer = _observer()
-    for logger in (stock, ours):  # the keys go whichever logger sees them first
-        stats = attach(SchedulerStats(), observer, True)
-        logger.record(stats, None, engine_idx=1)
-        assert stats.num_kv_fetch_reqs_by_stage == {}
-    ours.record(attach(SchedulerStats(), observer, True), None, engine_idx=1)  # no double count
+    config = SimpleNamespace(scheduler_config=SimpleNamespace(scheduler_cls=None),
+                             model_config=SimpleNamespace(served_model_name="m"))
+    logger = PrepackStatLogger(config, [0, 1])
+    logger.record(SchedulerStats(), None, engine_idx=1)  # a stock engine's message
+    assert _value("vllm_prepack_steps_total", model_name="m", engine="1") is None
+    sender, observer = metrics.Sender(), _observer()
+    stats = attach(SchedulerStats(), sender, observer, True)
+    logger.record(stats, None, engine_idx=1)
+    assert stats.num_kv_fetch_reqs_by_stage == {}
+    logger.record(attach(SchedulerStats(), sender, observer, True), None, engine_idx=1)
     labels = dict(model_name="m", engine="1")
-    assert _value("vllm_prepack_admitted_prompts_total", **labels) == 2
+    assert _value("vllm_prepack_admitted_prompts_total", **labels) == 2  # nothing new: +0
     assert _value("vllm_prepack_packed_tokens_total", **labels) == 120
     assert _value("vllm_prepack_admitted_prompts_total", model_name="m", engine="0") == 0
     assert _value("vllm_prepack_budget_fill", **labels) == pytest.approx(0.61)
@@ -89,6 +98,6 @@ def test_stat_logger_publishes_per_engine_and_strips_the_keys():
                   engine="0") is None  # never reported by engine 0: absent, not 0
     observer.record(prefills=[ScheduledPrefill("c", 10, 0, 10, True)], scheduled_tokens=10,
                     oldest_waiting_arrival=None, num_waiting=0, num_running=1, now=5.0)
-    ours.record(attach(SchedulerStats(), observer, True), None, engine_idx=1)
+    logger.record(attach(SchedulerStats(), sender, observer, True), None, engine_idx=1)
     assert _value("vllm_prepack_admitted_prompts_total", **labels) == 3
     assert _value("vllm_prepack_steps_total", **labels) == 3

@@ -23,7 +23,6 @@ from prometheus_client import REGISTRY, Counter, Gauge
 from vllm.v1.metrics.loggers import AggregateStatLoggerBase
 
 from vllm_prepack import compat, metrics
-from vllm_prepack.config import is_prepack_scheduler
 from vllm_prepack.log import get_logger
 
 logger = get_logger(__name__)
@@ -35,12 +34,13 @@ def packed_counters_visible(vllm_config: Any) -> bool:
     return compat.executor_backend(vllm_config) in ("uni", "external_launcher")
 
 
-def attach(stats: Any, observer: Any, packed_visible: bool) -> Any:
-    """Add ``observer``'s totals to a ``SchedulerStats`` (None: stats are off)."""
+def attach(stats: Any, sender: metrics.Sender, observer: Any, packed_visible: bool) -> Any:
+    """Add what ``sender`` carries for ``observer`` to a ``SchedulerStats`` (None: stats are
+    off)."""
     if stats is None or observer is None:
         return stats
     carrier = dict(compat.stats_carrier(stats) or {})
-    carrier.update(metrics.carried(observer, packed_visible))
+    carrier.update(sender.carried(observer, packed_visible))
     compat.set_stats_carrier(stats, carrier)
     return stats
 
@@ -53,62 +53,60 @@ def _unregister_ours() -> None:
 
 
 class PrepackStatLogger(AggregateStatLoggerBase):
-    """Publishes the ``vllm_prepack_*`` series for engines running ``--scheduler prepack``;
-    registers none for other engines (a stock server shows none of them)."""
+    """Publishes the ``vllm_prepack_*`` series once an engine sends them (only the prepack
+    scheduler does: a stock server shows none). Decided by the messages, not by this process's
+    config: an extra API-server process (``api_server_count`` > 1) parses the command line
+    before vLLM loads plugins, so its config names vLLM's scheduler."""
 
     def __init__(self, vllm_config: Any, engine_indexes: list[int] | None = None):
         self.engine_indexes = list(engine_indexes or [0])
-        self.enabled = is_prepack_scheduler(
-            vllm_config.scheduler_config.scheduler_cls
-        ) and compat.is_tested_version(compat.installed_vllm_version())
-        self._last: dict[int, dict[str, int]] = {i: {} for i in self.engine_indexes}
-        self._counters: dict[str, dict[int, Any]] = {}
+        self.enabled = compat.is_tested_version(compat.installed_vllm_version())
+        self.model_name = vllm_config.model_config.served_model_name
+        self._counters: dict[str, dict[int, Any]] | None = None  # built by the first message
         self._gauges: dict[str, dict[int, Any]] = {}
-        if not self.enabled:
-            return
-        _unregister_ours()
-        model_name = vllm_config.model_config.served_model_name
-        labelvalues = {i: [model_name, str(i)] for i in self.engine_indexes}
-        self._labelvalues = labelvalues
         self._families: dict[str, Counter] = {}
+
+    def _build(self) -> dict[str, dict[int, Any]]:
+        _unregister_ours()
+        labelvalues = {i: [self.model_name, str(i)] for i in self.engine_indexes}
+        counters: dict[str, dict[int, Any]] = {}
         for s in metrics.COUNTERS:
             metric = self._families[s.name] = Counter(s.name, s.doc, labelnames=metrics.LABELS)
             # Packed-attention series appear once an engine reports them (not at all where
             # the model runs outside the engine-core process), instead of reading 0.
-            self._counters[s.name] = {} if s.key in metrics.PACKED_KEYS else {
+            counters[s.name] = {} if s.key in metrics.PACKED_KEYS else {
                 i: metric.labels(*v) for i, v in labelvalues.items()
             }
         for s in metrics.GAUGES:
             metric = Gauge(s.name, s.doc, labelnames=metrics.LABELS,
                            multiprocess_mode="mostrecent")
             self._gauges[s.name] = {i: metric.labels(*v) for i, v in labelvalues.items()}
+        logger.info("vllm-prepack: packing statistics on /metrics as %s* (engines %s)",
+                    metrics.METRIC_PREFIX, self.engine_indexes)
+        return counters
 
     def record(self, scheduler_stats: Any, iteration_stats: Any, mm_cache_stats: Any = None,
                engine_idx: int = 0) -> None:
         if scheduler_stats is None:
             return
         # Always taken out, so that vLLM's own loggers never see the keys.
-        totals = metrics.take(compat.stats_carrier(scheduler_stats))
-        if totals is None or not self.enabled or engine_idx not in self._last:
+        carried = metrics.take(compat.stats_carrier(scheduler_stats))
+        if carried is None or not self.enabled or engine_idx not in self.engine_indexes:
             return
-        last = self._last[engine_idx]
+        if self._counters is None:
+            self._counters = self._build()
+        published = metrics.values(carried)
         for s in metrics.COUNTERS:
-            if s.key not in totals:
+            if s.key not in carried:
                 continue
-            total, before = totals[s.key], last.get(s.key, 0)
-            delta = total - before if total >= before else total  # engine totals restarted
             children = self._counters[s.name]
             if engine_idx not in children:
-                children[engine_idx] = self._families[s.name].labels(
-                    *self._labelvalues[engine_idx])
-            if delta:
-                children[engine_idx].inc(delta)
-            last[s.key] = total
-        published = metrics.values(totals)
+                children[engine_idx] = self._families[s.name].labels(self.model_name,
+                                                                     str(engine_idx))
+            if carried[s.key] > 0:
+                children[engine_idx].inc(carried[s.key])
         for s in metrics.GAUGES:
             self._gauges[s.name][engine_idx].set(published[s.name])
 
     def log_engine_initialized(self) -> None:
-        if self.enabled:
-            logger.info("vllm-prepack: packing statistics on /metrics as %s* (engines %s)",
-                        metrics.METRIC_PREFIX, self.engine_indexes)
+        return None

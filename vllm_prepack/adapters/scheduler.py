@@ -27,6 +27,7 @@ from vllm.v1.core.sched.scheduler import Scheduler
 from vllm.v1.request import Request, RequestStatus
 
 from vllm_prepack import compat, planner
+from vllm_prepack import metrics as prepack_metrics
 from vllm_prepack.adapters import attention, metrics
 from vllm_prepack.config import PrepackConfig
 from vllm_prepack.log import get_logger
@@ -282,6 +283,8 @@ class PrepackSchedulerMixin:
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         vllm_config = kwargs.get("vllm_config") or args[0]
         config = PrepackConfig.from_additional_config(vllm_config.additional_config)
+        self._metrics_sender = prepack_metrics.Sender()
+        """What this engine has sent to the API servers' ``/metrics``."""
         super().__init__(*args, **kwargs)
         self.prepack_config = config
         self.prepack_observer = make_observer(self, config)
@@ -479,14 +482,15 @@ class PrepackSchedulerMixin:
             self.prepack_observer.jsonl.close()
 
     def make_stats(self, *args: Any, **kwargs: Any) -> Any:
-        """vLLM's ``SchedulerStats`` with the packing totals attached, for the API server's
+        """vLLM's ``SchedulerStats`` with the packing statistics attached (the counters'
+        increments since the previous call, the gauges' values), for the API server's
         ``/metrics`` (``adapters/metrics.py``)."""
         visible = getattr(self, "_packed_visible", None)
         if visible is None:  # fixed for the engine's life: read once
             visible = self._packed_visible = metrics.packed_counters_visible(self.vllm_config)
         return metrics.attach(
-            super().make_stats(*args, **kwargs), getattr(self, "prepack_observer", None),
-            visible,
+            super().make_stats(*args, **kwargs), self._metrics_sender,
+            getattr(self, "prepack_observer", None), visible,
         )
 
     def _overdue_cutoff(self, queue: PlanQueue) -> float:
