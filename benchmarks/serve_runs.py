@@ -116,7 +116,7 @@ def packing_of_run(path: Path, offsets: dict[Path, int], windows: dict[int, rang
                    notes: list[str], timeout: float = 10) -> dict:
     """The prepack arm's packing statistics of one run (per rank too, with data parallelism);
     a statistics file that lacks a record of a step ``/metrics`` counted is noted. Without
-    the step series on ``/metrics`` (data parallelism with several API servers), the records
+    the step series on ``/metrics`` (a front end without the plugin's stat logger), the records
     past the offsets count, and that is noted."""
     per_file = run_records(path, offsets, windows, timeout)
     records = [r for file_records in per_file.values() for r in file_records]
