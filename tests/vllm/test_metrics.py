@@ -72,7 +72,7 @@ def _value(name: str, **labels: str) -> float | None:
 
 def test_stat_logger_publishes_per_engine_once_an_engine_sends_and_strips_the_keys():
     """The logger publishes once an engine sends the keys, whatever its own process's config
-    names (an extra API-server process parses the command line before vLLM loads plugins);
+    names (each API-server process vLLM spawns parses the command line before plugins load);
     a stock engine sends none, and nothing appears."""
     from vllm.v1.metrics.stats import SchedulerStats
 

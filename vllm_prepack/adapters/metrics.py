@@ -55,7 +55,7 @@ def _unregister_ours() -> None:
 class PrepackStatLogger(AggregateStatLoggerBase):
     """Publishes the ``vllm_prepack_*`` series once an engine sends them (only the prepack
     scheduler does: a stock server shows none). Decided by the messages, not by this process's
-    config: an extra API-server process (``api_server_count`` > 1) parses the command line
+    config: each API-server process vLLM spawns (``api_server_count`` > 1) parses the command line
     before vLLM loads plugins, so its config names vLLM's scheduler."""
 
     def __init__(self, vllm_config: Any, engine_indexes: list[int] | None = None):
