@@ -87,6 +87,30 @@ def server_split(result: dict, load: str, arm: str) -> list[float | None]:
     return out
 
 
+def engine_floor(result: dict, load: str) -> float | None:
+    """A floor under the prepack/stock mean-TTFT ratio at ``load`` for any admission order:
+    the ratio if the engine's part of stock's first-token time (engine queue and prefill) were
+    zero and the rest (API server, client) unchanged. The mean over stock's runs of 1 - (its
+    engine-queue + prefill means) / its client TTFT mean; None where no run recorded the
+    server's split."""
+    floors = []
+    for r in result.get("runs", []):
+        if r.get("arm") == BASELINE and r.get("ok") and f"{r.get('load_factor', -1):g}" == load:
+            m = r.get("metrics") or {}
+            engine = [m.get("server_queue_mean_ms"), m.get("server_prefill_mean_ms")]
+            ttft = (r.get("bench") or {}).get("mean_ttft_ms")
+            if None not in engine and ttft:
+                floors.append(1 - sum(engine) / ttft)
+    return sum(floors) / len(floors) if floors else None
+
+
+def _floor_line(result: dict) -> str:
+    floors = {lf: engine_floor(result, lf) for lf in result.get("per_load", {})}
+    cells = [f"{lf}x {f:.2f}" for lf, f in floors.items() if f is not None]
+    return ("" if not cells else "Floor of the TTFT mean ratio, any order (stock's engine queue "
+            "and prefill at zero, the rest of its TTFT unchanged): " + ", ".join(cells) + ".\n")
+
+
 def _split_cell(result: dict, load: str, arm: str) -> str:
     *ttft, tpot = server_split(result, load, arm)
     return " / ".join(["-" if v is None else f"{v:.0f}" for v in ttft]
@@ -167,4 +191,6 @@ def render_section(result: dict) -> str:
                 f"{report.fmt_ratio(ratios.get('p99_ttft_ms')) if own else '1'} | "
                 f"{report.fmt_ratio(ratios.get('request_goodput')) if own else '1'} |")
     lines.append("")
+    if floor := _floor_line(result):
+        lines.append(floor)
     return "\n".join(lines)

@@ -179,6 +179,26 @@ def test_per_rank_line_sums_each_data_parallel_rank_over_runs():
     assert "dp1 admitted 9, 18 steps, 13 throttled" in line
 
 
+def test_engine_floor_takes_stocks_engine_time_out_of_its_client_ttft():
+    from benchmarks.serve_report import _floor_line, engine_floor
+
+    def run(arm, lf, queue, ttft, ok=True):
+        split = {} if queue is None else {"server_queue_mean_ms": queue,
+                                          "server_prefill_mean_ms": 50}
+        return {"arm": arm, "load_factor": lf, "ok": ok, "bench": {"mean_ttft_ms": ttft},
+                "metrics": split}
+
+    runs = [run("stock", 1.0, 50, 1000), run("stock", 1.0, 250, 1000),
+            run("prepack", 1.0, 0, 500), run("stock", 1.0, 900, 1000, ok=False),
+            run("stock", 1.5, None, 800)]
+    result = {"runs": runs, "per_load": {"1": {}, "1.5": {}}}
+    # mean of 0.9 and 0.7; the prepack arm's and the failed run's left out
+    assert engine_floor(result, "1") == pytest.approx(0.8)
+    assert engine_floor(result, "1.5") is None  # no server split recorded
+    assert _floor_line(result).endswith("unchanged): 1x 0.80.\n")
+    assert _floor_line({"runs": runs[-1:], "per_load": {"1.5": {}}}) == ""
+
+
 def test_trace_arrivals_keep_their_pattern_at_every_rate(tmp_path):
     from benchmarks.trace import load
 
