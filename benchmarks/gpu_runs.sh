@@ -55,6 +55,17 @@ progress() {  # the per-run lines of a log (tqdm's bar shares their lines)
 
 [ -f .models/tiny-llama/tokenizer.json ] || $py -m tests.harness.tiny_model .models/tiny-llama
 
+# Phases that start `vllm serve` first check that its command and API server import (without
+# one of their dependencies, e.g. orjson for vLLM 0.33, each server fails after a minute).
+case $phase in
+serve|dp|moe|trace-serve)
+  $py -c "import vllm.entrypoints.cli.serve, vllm.entrypoints.openai.api_server" || {
+    echo "vllm serve cannot start here: its command or API server fails to import (above);" \
+      "install the missing package (vLLM 0.33 needs orjson)" >&2
+    exit 3
+  } ;;
+esac
+
 case $phase in
 paper)
   run "paper_$tag" 280 $py -m benchmarks.paper --model-shape sheared-llama-1.3b,llama-2-7b \
