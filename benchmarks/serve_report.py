@@ -75,11 +75,16 @@ def _decisions_cell(result: dict, load: str) -> str:
     return cell + " (stock's admissions)" if same_admissions(d) else cell
 
 
+def completed_runs(result: dict, load: str, arm: str) -> list[dict]:
+    """The runs of ``arm`` at ``load`` that completed."""
+    return [r for r in result.get("runs", []) if r.get("arm") == arm and r.get("ok")
+            and f"{r.get('load_factor', -1):g}" == load]
+
+
 def server_split(result: dict, load: str, arm: str) -> list[float | None]:
     """The server's own mean TTFT, engine-queue, prefill and per-output-token times (ms) of
     ``arm`` at ``load``, each the mean over its completed runs (None where no run recorded it)."""
-    runs = [r.get("metrics") or {} for r in result.get("runs", []) if r.get("arm") == arm
-            and r.get("ok") and f"{r.get('load_factor', -1):g}" == load]
+    runs = [r.get("metrics") or {} for r in completed_runs(result, load, arm)]
     out: list[float | None] = []
     for key in SERVER_MEANS:
         values = [m[key] for m in runs if m.get(key) is not None]
@@ -94,13 +99,12 @@ def engine_floor(result: dict, load: str) -> float | None:
     engine-queue + prefill means) / its client TTFT mean; None where no run recorded the
     server's split."""
     floors = []
-    for r in result.get("runs", []):
-        if r.get("arm") == BASELINE and r.get("ok") and f"{r.get('load_factor', -1):g}" == load:
-            m = r.get("metrics") or {}
-            engine = [m.get("server_queue_mean_ms"), m.get("server_prefill_mean_ms")]
-            ttft = (r.get("bench") or {}).get("mean_ttft_ms")
-            if None not in engine and ttft:
-                floors.append(1 - sum(engine) / ttft)
+    for r in completed_runs(result, load, BASELINE):
+        m = r.get("metrics") or {}
+        engine = [m.get("server_queue_mean_ms"), m.get("server_prefill_mean_ms")]
+        ttft = (r.get("bench") or {}).get("mean_ttft_ms")
+        if None not in engine and ttft:
+            floors.append(1 - sum(engine) / ttft)
     return sum(floors) / len(floors) if floors else None
 
 
