@@ -97,14 +97,15 @@ class PrepackStatLogger(AggregateStatLoggerBase):
             self._counters = self._build()
         published = metrics.values(carried)
         for s in metrics.COUNTERS:
-            if s.key not in carried:
+            increment = published.get(s.name)
+            if increment is None:  # a series this engine does not report
                 continue
             children = self._counters[s.name]
             if engine_idx not in children:
                 children[engine_idx] = self._families[s.name].labels(self.model_name,
                                                                      str(engine_idx))
-            if carried[s.key] > 0:
-                children[engine_idx].inc(carried[s.key])
+            if increment > 0:
+                children[engine_idx].inc(increment)
         for s in metrics.GAUGES:
             self._gauges[s.name][engine_idx].set(published[s.name])
 
