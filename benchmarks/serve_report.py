@@ -47,11 +47,12 @@ def _mean(per_arm: dict, metric: str, fmt: str) -> str:
 
 
 def decisions(result: dict, load: str) -> dict | None:
-    """The prepack arm's decisions at ``load`` from its packing statistics: overtakes and split
-    prompts per run, and the longest wait any request was left with after a step (None: no
-    statistics). No overtake and no wait left: it made stock's admissions."""
-    runs = [r["packing"] for r in result.get("runs", []) if r.get("arm") != BASELINE
-            and r.get("packing") and f"{r.get('load_factor', -1):g}" == load]
+    """The prepack arm's decisions at ``load`` from the packing statistics of its completed runs:
+    overtakes and split prompts per run, and the longest wait any request was left with after a
+    step (None: no statistics). No overtake and no wait left: it made stock's admissions."""
+    arms = sorted({r.get("arm") for r in result.get("runs", [])} - {BASELINE})
+    runs = [r["packing"] for arm in arms for r in completed_runs(result, load, arm)
+            if r.get("packing")]
     if not runs:
         return None
     per_run = {k: sum(r.get(k) or 0 for r in runs) / len(runs)
