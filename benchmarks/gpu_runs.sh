@@ -17,6 +17,8 @@
 #   bash benchmarks/gpu_runs.sh trace-llm    # 1 GPU: Azure conversation trace replay, Llama-3.1-8B,
 #                                         # LLMEngine (SchedulerConfig defaults) or LLM, ~8 min
 #   bash benchmarks/gpu_runs.sh trace-serve  # 1 GPU: the same trace through vllm serve, ~8-9 min
+#   bash benchmarks/gpu_runs.sh planner-cost # the GPU host's CPU: the scheduler's own time per
+#                                         # step by waiting-queue size (no GPU work), ~1 min
 #
 # Trace phases read the Azure conversation trace (CC-BY 4.0, Patel et al., Splitwise, ISCA
 # 2024; see ../shared/data/README.md) from $TRACE, else ../shared/data/azure_conv_2023.csv,
@@ -30,7 +32,7 @@
 # SATURATION (stock's saturation rate in req/s from an earlier part of the same grid: not
 # measured again), WARMUP_REPLAY (trace-serve: 1 for serve_ab's --warmup-replay).
 set -uo pipefail
-phase=${1:?usage: bash benchmarks/gpu_runs.sh paper|nochunk|serve|equiv1|equiv|pp|tp|dp|moe|trace-llm|trace-serve [tag]}
+phase=${1:?usage: bash benchmarks/gpu_runs.sh paper|nochunk|serve|equiv1|equiv|pp|tp|dp|moe|trace-llm|trace-serve|planner-cost [tag]}
 tag=${2:-$(python3 -c "import torch; n=torch.cuda.get_device_name(0).split()[1].lower(); \
 c=torch.cuda.device_count(); print(n if c == 1 else f'{n}x{c}')")}
 out=${OUT:-benchmarks/results}
@@ -184,9 +186,13 @@ trace-serve)
     ${PREPACK_ARGS:+--prepack-args "$PREPACK_ARGS"} $warm --out "$out/$name.json"
   progress "$out/$name.log"
   ;;
+planner-cost)
+  run "planner_cost_$tag" 300 $py -m benchmarks.planner_cost --waiting 0,300,1000 --running 128 \
+    --out "$out/planner_cost_$tag.json"
+  ;;
 *)
   echo "unknown phase $phase; accepted: paper, nochunk, serve, equiv1, equiv, pp, tp, dp, moe," \
-    "trace-llm, trace-serve" >&2
+    "trace-llm, trace-serve, planner-cost" >&2
   exit 2
   ;;
 esac
