@@ -154,7 +154,28 @@ def calibration_table(path: Path, d: dict) -> list[str]:
                          f"{s['ratios'][m]:.2f} | {'yes' if a['within_15pct'] else 'no'} | "
                          f"{'yes' if a['within_gpu_spread'] else 'no'} | {decided} |")
             where = decided = ""
-    return lines + ["", f"`{path.name}`", ""]
+    return lines + ["", f"`{path.name}`", ""] + _step_checks(d.get("step_model_checks") or {})
+
+
+def _step_checks(checks: dict) -> list[str]:
+    """The step model beside measured GPU steps: mean step (ms), measured vs model."""
+    if not checks:
+        return []
+    lines = ["The step model beside the measured GPU steps (mean ms, measured / model; every "
+             "step of each file, warm-up included):", "",
+             "| steps file | model / measured | decode requests | decode only | with prompt "
+             "tokens |", "|---|---|---|---|---|"]
+    for name, c in checks.items():
+        rows: dict[str, dict] = {}
+        for b in c["bins"]:
+            rows.setdefault(b["decodes"], {})[b["prompt_tokens"]] = (
+                f"{b['measured_ms']:.1f} / {b['model_ms']:.1f} ({b['steps']})")
+        head = f"`{name}` | {c['model_over_measured']:.2f}"
+        for decodes, cells in rows.items():
+            lines.append(f"| {head} | {decodes} | {cells.get(False, '-')} | "
+                         f"{cells.get(True, '-')} |")
+            head = " | "
+    return lines + [""]
 
 
 def paper_section(path: Path, d: dict) -> list[str]:

@@ -10,10 +10,12 @@ policy, and the row says so.
 
 The simulator's step model was fitted to eager steps (``--enforce-eager``): a result whose
 servers ran with torch.compile and CUDA graphs is skipped, and listed under ``skipped`` with
-the reason.
+the reason. ``--steps`` puts the step model beside measured GPU steps (``*_steps.json`` of
+``benchmarks.ab``): its time over theirs, in total and by decode batch.
 
     python -m benchmarks.trace_calib \\
         --gpu benchmarks/results/trace_serve_8b_b2048_1.0_1.5_h200.json \\
+        --steps benchmarks/results/trace_llm_8b_b2048_4x_h200_steps.json \
         --out benchmarks/results/trace_calib_serve_8b_h200.json      # CPU, about 1 min a file
 """
 
@@ -27,7 +29,7 @@ from pathlib import Path
 
 from benchmarks import harness, serve_report
 from benchmarks.trace_sim import SimOptions
-from benchmarks.trace_sim_model import STEP_MODELS
+from benchmarks.trace_sim_model import STEP_MODELS, step_model_check
 
 BENCHMARK = "trace simulator calibration against GPU trace replays"
 METRICS = {"mean_ttft_ms": "ttft_mean_s", "p99_ttft_ms": "ttft_p99_s",
@@ -48,6 +50,7 @@ class CalibOptions:
     trace: str | None = None
     max_num_seqs: int = 1024
     num_blocks: int = 20_666
+    steps: tuple[str, ...] = ()
     out: str | None = None
 
 
@@ -153,7 +156,7 @@ def run(opts: CalibOptions) -> dict:
               "max_num_seqs": opts.max_num_seqs, "num_blocks": opts.num_blocks,
               "step_models": {d["model_shape"]: dataclasses.asdict(STEP_MODELS[d["model_shape"]])
                               for _, d, *_ in results},
-              "points": points, "skipped": skipped}
+              "points": points, "skipped": skipped, "step_model_checks": step_checks(opts)}
     for p in points:
         print(f"{p['gpu_file']} load {p['load']:g}: " + "  ".join(
             f"{m} gpu {p['gpu']['ratios'][m]['median']:.2f} sim {p['sim']['ratios'][m]:.2f}"
@@ -162,6 +165,17 @@ def run(opts: CalibOptions) -> dict:
         harness.write_json(opts.out, result)
         print("wrote", opts.out)
     return result
+
+
+def step_checks(opts: CalibOptions) -> dict[str, dict]:
+    """The 8B step model against each ``--steps`` file (every step, warm-up included)."""
+    checks = {}
+    for p in opts.steps:
+        c = step_model_check(json.loads(Path(p).read_text()), STEP_MODELS["llama-3.1-8b"])
+        checks[Path(p).name] = c
+        print(f"{Path(p).name}: step model / measured {c['model_over_measured']:.3f} over "
+              f"{c['steps']} steps")
+    return checks
 
 
 def parse(argv: Sequence[str] | None = None) -> CalibOptions:
@@ -175,10 +189,12 @@ def parse(argv: Sequence[str] | None = None) -> CalibOptions:
                    help="the GPU servers' max_num_seqs (vllm serve's default on an H200)")
     p.add_argument("--num-blocks", type=int, default=CalibOptions.num_blocks,
                    help="KV-cache blocks (the 8B shape at 0.4 of an H200)")
+    p.add_argument("--steps", nargs="*", default=(),
+                   help="GPU steps files (benchmarks.ab *_steps.json) to put the step model beside")
     p.add_argument("--out")
     a = p.parse_args(argv)
     return CalibOptions(gpu=tuple(a.gpu), trace=a.trace, max_num_seqs=a.max_num_seqs,
-                        num_blocks=a.num_blocks, out=a.out)
+                        num_blocks=a.num_blocks, steps=tuple(a.steps), out=a.out)
 
 
 def main(argv: Sequence[str] | None = None) -> dict:

@@ -124,19 +124,7 @@ def fit_step_model(steps: dict, skip_reps: tuple[int, ...] = (0,),
     the period ``t[k + 1] - t[k]`` is step ``k - 1``'s time: ``lag`` 1 pairs them."""
     import numpy as np
 
-    xs, ys = [], []
-    for arms in steps["steps"].values():
-        for runs in arms.values():
-            for run in runs:
-                if run["rep"] in skip_reps:
-                    continue
-                period = np.diff(np.asarray(run["t"]))[lag:]
-                keep = period < 1.0  # idle gaps between arrivals are not steps
-                f = [np.asarray(run[c], dtype=float)[:len(period)]
-                     for c in ("prefill", "decode_reqs")]
-                xs.append(np.stack(f, 1)[keep])
-                ys.append(period[keep])
-    x, y = np.concatenate(xs), np.concatenate(ys)
+    x, y = step_periods(steps, skip_reps, lag)
     launch = np.column_stack([np.ones(len(y)), x[:, 1]])
     compute = np.column_stack([np.ones(len(y)), x[:, 0] + x[:, 1]])
     on_gpu = x[:, 0] >= 0.9 * x[:, 0].max()
@@ -154,6 +142,59 @@ def fit_step_model(steps: dict, skip_reps: tuple[int, ...] = (0,),
         "compute_bound_share": float(on_gpu.mean()),
         # the spread of log(measured / model) per step: what ``--step-noise`` draws from
         "log_residual_sd": float(np.log(y / pred).std())}
+
+
+def step_periods(steps: dict, skip_reps: tuple[int, ...] = (), lag: int = 1):
+    """Every step of a steps file but the repetitions ``skip_reps``, paired with its period as
+    :func:`fit_step_model` pairs them (idle gaps of a second or more between arrivals left out):
+    ``(features, periods)``, the features' columns prefill tokens, decode requests and decode
+    context (the step's ``ctx`` less its prefill tokens, exact where every prefill is a
+    prompt's first chunk; 0 in a file without ``ctx``)."""
+    import numpy as np
+
+    xs, ys = [], []
+    for arms in steps["steps"].values():
+        for runs in arms.values():
+            for run in runs:
+                if run["rep"] in skip_reps:
+                    continue
+                period = np.diff(np.asarray(run["t"]))[lag:]
+                keep = period < 1.0
+                f = [np.asarray(run[c], dtype=float)[:len(period)]
+                     for c in ("prefill", "decode_reqs")]
+                ctx = np.asarray(run.get("ctx", f[0]), dtype=float)[:len(period)]
+                f.append(np.maximum(ctx - f[0], 0.0))
+                xs.append(np.stack(f, 1)[keep])
+                ys.append(period[keep])
+    return np.concatenate(xs), np.concatenate(ys)
+
+
+DECODE_BINS = (0, 40, 80, 120, 160, 200)
+
+
+def step_model_check(steps: dict, model: StepModel, lag: int = 1) -> dict:
+    """``model`` against every step of a steps file (:func:`step_periods`): predicted over
+    measured time in total, and the mean measured and predicted step (ms) by decode batch
+    (:data:`DECODE_BINS`), for decode-only steps and for steps with prompt tokens (the
+    prefill attention term is left at 0)."""
+    import numpy as np
+
+    x, y = step_periods(steps, (), lag)
+    pred = np.array([model.seconds({"prefill_tokens": p, "decodes": d, "attn": 0.0,
+                                    "decode_ctx": c}) for p, d, c in x])
+    bins = []
+    for lo, hi in zip(DECODE_BINS, DECODE_BINS[1:] + (None,)):
+        for prompt in (False, True):
+            sel = (x[:, 1] >= lo) & ((x[:, 0] > 0) == prompt)
+            if hi is not None:
+                sel &= x[:, 1] < hi
+            if sel.any():
+                bins.append({"decodes": f"{lo}-{hi - 1}" if hi else f">={lo}",
+                             "prompt_tokens": prompt, "steps": int(sel.sum()),
+                             "measured_ms": float(1e3 * y[sel].mean()),
+                             "model_ms": float(1e3 * pred[sel].mean())})
+    return {"steps": int(len(y)), "model_over_measured": float(pred.sum() / y.sum()),
+            "bins": bins}
 
 
 def step_features(scheduler: Scheduler, out) -> dict:

@@ -69,10 +69,20 @@ def test_calibration_skips_a_replay_with_cuda_graphs(tmp_path):
     eager, graphs = tmp_path / "eager.json", tmp_path / "graphs.json"
     eager.write_text(json.dumps(_gpu_result(3, 0.5)))
     graphs.write_text(json.dumps(_gpu_result(3, 0.5, mode="--max-model-len=8192")))
+    steps = tmp_path / "x_steps.json"
+    steps.write_text(json.dumps({"steps": {"w": {"stock": [{
+        "rep": 0, "t": [0.0, 0.02, 0.04, 0.06, 0.08], "prefill": [0, 0, 0, 0, 0],
+        "decode_reqs": [8, 8, 8, 8, 8], "ctx": [800] * 5}]}}}))
     result = trace_calib.main(["--gpu", str(graphs), str(eager), "--trace", str(trace),
-                               "--max-num-seqs", "4", "--num-blocks", "256"])
+                               "--max-num-seqs", "4", "--num-blocks", "256",
+                               "--steps", str(steps)])
     assert [p["gpu_file"] for p in result["points"]] == ["eager.json"]
     assert result["skipped"] == [{"gpu_file": "graphs.json", "reason": trace_calib.SKIP_GRAPHS}]
+    # the 8B step model beside three measured 20 ms decode steps of 8 requests
+    check = result["step_model_checks"]["x_steps.json"]
+    model = trace_calib.STEP_MODELS["llama-3.1-8b"]
+    assert check["steps"] == 3
+    assert check["model_over_measured"] == pytest.approx((model.base + 8 * model.per_decode) / 0.02)
 
 
 def test_the_simulator_runs_the_options_the_gpu_server_logged():

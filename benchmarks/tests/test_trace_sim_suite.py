@@ -159,6 +159,39 @@ def test_step_model_fit_recovers_launch_and_compute_seen_one_step_late():
     assert same_step["mean_abs_error_s"] > 1e-3
 
 
+def _steps_of(model, n: int = 600) -> dict:
+    """A steps file whose periods ``model`` gives exactly, each one step late (lag 1)."""
+    prefill = [(k * 613) % 2049 if k % 3 else 0 for k in range(n)]
+    decodes = [(k * 37) % 250 for k in range(n)]
+    ctx = [p + 900 * d for p, d in zip(prefill, decodes)]
+    t = [0.0, 0.01]
+    for k in range(1, n - 1):
+        f = {"prefill_tokens": prefill[k - 1], "decodes": decodes[k - 1], "attn": 0,
+             "decode_ctx": 900 * decodes[k - 1]}
+        t.append(t[-1] + model.seconds(f))
+    return {"steps": {"w": {"arm": [{"rep": 0, "t": t, "prefill": prefill,
+                                     "decode_reqs": decodes, "ctx": ctx}]}}}
+
+
+def test_step_model_check_puts_the_model_beside_the_measured_steps():
+    import dataclasses
+
+    truth = trace_sim_model.StepModel(base=0.015, per_token=0.0, per_decode=5e-5,
+                                      per_ctx=0.02, gpu_base=0.003, gpu_per_token=2e-5)
+    steps = _steps_of(truth)
+    exact = trace_sim_model.step_model_check(steps, truth)
+    assert exact["steps"] == 598 and exact["model_over_measured"] == pytest.approx(1.0)
+    assert {(b["decodes"], b["prompt_tokens"]) for b in exact["bins"]} >= {
+        ("0-39", False), ("0-39", True), (">=200", False), (">=200", True)}
+    for b in exact["bins"]:
+        assert b["model_ms"] == pytest.approx(b["measured_ms"]), b
+    # the launch floor of every step 10 ms lower: the model falls short where launch decides
+    slow = trace_sim_model.step_model_check(steps, dataclasses.replace(truth, base=0.005))
+    assert slow["model_over_measured"] < 0.9
+    decode_only = {b["decodes"]: b for b in slow["bins"] if not b["prompt_tokens"]}
+    assert decode_only["0-39"]["model_ms"] < decode_only["0-39"]["measured_ms"] - 9
+
+
 def test_a_step_takes_the_longer_of_launch_and_compute():
     model = trace_sim_model.STEP_MODELS["llama-3.1-8b"]
     decode_only = {"prefill_tokens": 0, "decodes": 100, "attn": 0, "decode_ctx": 0}
