@@ -8,6 +8,7 @@ import dataclasses
 import gc
 import math
 import random
+import re
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -30,17 +31,23 @@ ARMS: dict[str, dict | None] = {
 }
 
 
+_STRETCH_ARM = re.compile(r"stretch(?P<stretch>[0-9.]+)(q(?P<tail_quantile>[0-9.]+))?"
+                          r"(l(?P<lookahead>[0-9]+))?")
+
+
 def arm_options(arm: str) -> dict | None:
-    """An arm's prepack options: a name of :data:`ARMS`, or ``stretch<X>`` (stretch = X)."""
+    """An arm's prepack options: a name of :data:`ARMS`, or ``stretch<X>[q<Q>][l<L>]``
+    (stretch X, tail quantile Q, lookahead L; the defaults for what is left out)."""
     if arm in ARMS:
         return ARMS[arm]
-    if arm.startswith("stretch"):  # stretch<X>[q<Q>]: stretch X, tail quantile Q
-        x, _, q = arm[len("stretch"):].partition("q")
+    if m := _STRETCH_ARM.fullmatch(arm):
         try:
-            return {"stretch": float(x), **({"tail_quantile": float(q)} if q else {})}
+            return {k: (int if k == "lookahead" else float)(v)
+                    for k, v in m.groupdict().items() if v is not None}
         except ValueError:
             pass
-    raise ValueError(f"unknown arm {arm!r}; accepted: {', '.join(ARMS)}, stretch<X>[q<Q>]")
+    raise ValueError(f"unknown arm {arm!r}; accepted: {', '.join(ARMS)}, "
+                     "stretch<X>[q<Q>][l<L>]")
 
 
 def policy_of(arm: str) -> dict | None:

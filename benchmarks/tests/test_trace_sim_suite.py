@@ -79,8 +79,12 @@ def test_arm_names_and_errors():
     assert trace_sim_drive.arm_options("stock") is None
     assert trace_sim_drive.arm_options("stretch4q0") == {"stretch": 4.0, "tail_quantile": 0.0}
     assert trace_sim_drive.arm_options("stretch2") == {"stretch": 2.0}
-    with pytest.raises(ValueError, match="unknown arm 'lifo'; accepted: stock"):
-        trace_sim_drive.arm_options("lifo")
+    assert trace_sim_drive.arm_options("stretch2q0.9l16") == {
+        "stretch": 2.0, "tail_quantile": 0.9, "lookahead": 16}
+    assert trace_sim_drive.arm_options("stretch2l512") == {"stretch": 2.0, "lookahead": 512}
+    for bad in ("lifo", "stretch2x", "stretch1.2.3", "stretch2l1.5", "stretchq1"):
+        with pytest.raises(ValueError, match=f"unknown arm '{bad}'; accepted: stock"):
+            trace_sim_drive.arm_options(bad)
     for options in trace_sim_drive.ARMS.values():  # every arm is a valid configuration
         PrepackConfig.from_dict(options or {})
 
