@@ -15,7 +15,7 @@ the reason. ``--steps`` puts the step model beside measured GPU steps (``*_steps
 
     python -m benchmarks.trace_calib \\
         --gpu benchmarks/results/trace_serve_8b_b2048_1.0_1.5_h200.json \\
-        --steps benchmarks/results/trace_llm_8b_b2048_4x_h200_steps.json \
+        --steps benchmarks/results/trace_llm_8b_b2048_4x_h200_steps.json \\
         --out benchmarks/results/trace_calib_serve_8b_h200.json      # CPU, about 1 min a file
 """
 
