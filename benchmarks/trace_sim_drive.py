@@ -40,14 +40,11 @@ def arm_options(arm: str) -> dict | None:
     (stretch X, tail quantile Q, lookahead L; the defaults for what is left out)."""
     if arm in ARMS:
         return ARMS[arm]
-    if m := _STRETCH_ARM.fullmatch(arm):
-        try:
+    with contextlib.suppress(ValueError):  # a number pattern that is no number: 1.2.3
+        if m := _STRETCH_ARM.fullmatch(arm):
             return {k: (int if k == "lookahead" else float)(v)
                     for k, v in m.groupdict().items() if v is not None}
-        except ValueError:
-            pass
-    raise ValueError(f"unknown arm {arm!r}; accepted: {', '.join(ARMS)}, "
-                     "stretch<X>[q<Q>][l<L>]")
+    raise ValueError(f"unknown arm {arm!r}; accepted: {', '.join(ARMS)}, stretch<X>[q<Q>][l<L>]")
 
 
 def policy_of(arm: str) -> dict | None:

@@ -1,0 +1,44 @@
+"""The serving report's readings of a result: the floor any admission order has under the TTFT
+ratio, and the prepack arm's decisions, from completed runs only."""
+
+from __future__ import annotations
+
+import pytest
+
+
+def test_engine_floor_takes_stocks_engine_time_out_of_its_client_ttft():
+    from benchmarks.serve_report import _floor_line, engine_floor
+
+    def run(arm, lf, queue, ttft, ok=True):
+        split = {} if queue is None else {"server_queue_mean_ms": queue,
+                                          "server_prefill_mean_ms": 50}
+        return {"arm": arm, "load_factor": lf, "ok": ok, "bench": {"mean_ttft_ms": ttft},
+                "metrics": split}
+
+    runs = [run("stock", 1.0, 50, 1000), run("stock", 1.0, 250, 1000),
+            run("prepack", 1.0, 0, 500), run("stock", 1.0, 900, 1000, ok=False),
+            run("stock", 1.5, None, 800)]
+    result = {"runs": runs, "per_load": {"1": {}, "1.5": {}}}
+    # mean of 0.9 and 0.7; the prepack arm's and the failed run's left out
+    assert engine_floor(result, "1") == pytest.approx(0.8)
+    assert engine_floor(result, "1.5") is None  # no server split recorded
+    assert _floor_line(result).endswith("unchanged): 1x 0.80.\n")
+    assert _floor_line({"runs": runs[-1:], "per_load": {"1.5": {}}}) == ""
+
+
+def test_decisions_count_the_prepack_arms_completed_runs_only():
+    from benchmarks.serve_report import decisions, same_admissions
+
+    def run(arm, lf, overtakes, ok=True, wait=0.5):
+        packing = {"overtakes": overtakes, "partial_prefills": 2 * overtakes,
+                   "max_oldest_wait_s": wait}
+        return {"arm": arm, "load_factor": lf, "ok": ok, "packing": packing}
+
+    runs = [run("prepack", 1.0, 10), run("prepack", 1.0, 20), run("stock", 1.0, 99),
+            run("prepack", 1.0, 300, ok=False, wait=9.0), run("prepack", 0.5, 0, wait=0.0)]
+    decided = decisions({"runs": runs}, "1")
+    # the failed run's partial statistics and the stock arm's are left out
+    assert decided == {"overtakes_per_run": 15, "split_per_run": 30, "max_oldest_wait_s": 0.5}
+    assert not same_admissions(decided)
+    assert same_admissions(decisions({"runs": runs}, "0.5"))
+    assert decisions({"runs": runs}, "1.5") is None
