@@ -50,9 +50,8 @@ def decisions(result: dict, load: str) -> dict | None:
     """The prepack arm's decisions at ``load`` from the packing statistics of its completed runs:
     overtakes and split prompts per run, and the longest wait any request was left with after a
     step (None: no statistics). No overtake and no wait left: it made stock's admissions."""
-    arms = sorted({r.get("arm") for r in result.get("runs", [])} - {BASELINE})
-    runs = [r["packing"] for arm in arms for r in completed_runs(result, load, arm)
-            if r.get("packing")]
+    runs = [r["packing"] for r in completed_runs(result, load)
+            if r.get("arm") != BASELINE and r.get("packing")]
     if not runs:
         return None
     per_run = {k: sum(r.get(k) or 0 for r in runs) / len(runs)
@@ -76,9 +75,9 @@ def _decisions_cell(result: dict, load: str) -> str:
     return cell + " (stock's admissions)" if same_admissions(d) else cell
 
 
-def completed_runs(result: dict, load: str, arm: str) -> list[dict]:
-    """The runs of ``arm`` at ``load`` that completed."""
-    return [r for r in result.get("runs", []) if r.get("arm") == arm and r.get("ok")
+def completed_runs(result: dict, load: str, arm: str | None = None) -> list[dict]:
+    """The runs at ``load`` that completed, of ``arm`` (None: of every arm)."""
+    return [r for r in result.get("runs", []) if arm in (None, r.get("arm")) and r.get("ok")
             and f"{r.get('load_factor', -1):g}" == load]
 
 

@@ -183,13 +183,11 @@ def step_model_check(steps: dict, model: StepModel, lag: int = 1) -> dict:
     pred = np.array([model.seconds({"prefill_tokens": p, "decodes": d, "attn": 0.0,
                                     "decode_ctx": c}) for p, d, c in x])
     bins = []
-    for lo, hi in zip(DECODE_BINS, DECODE_BINS[1:] + (None,)):
+    for lo, hi in zip(DECODE_BINS, DECODE_BINS[1:] + (np.inf,)):
         for prompt in (False, True):
-            sel = (x[:, 1] >= lo) & ((x[:, 0] > 0) == prompt)
-            if hi is not None:
-                sel &= x[:, 1] < hi
+            sel = (x[:, 1] >= lo) & (x[:, 1] < hi) & ((x[:, 0] > 0) == prompt)
             if sel.any():
-                bins.append({"decodes": f"{lo}-{hi - 1}" if hi else f">={lo}",
+                bins.append({"decodes": f"{lo}-{hi - 1}" if hi < np.inf else f">={lo}",
                              "prompt_tokens": prompt, "steps": int(sel.sum()),
                              "measured_ms": float(1e3 * y[sel].mean()),
                              "model_ms": float(1e3 * pred[sel].mean())})
