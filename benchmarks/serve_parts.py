@@ -1,0 +1,110 @@
+"""Serving grid points measured in parts: the paired runs of several ``serve_ab`` results that ran
+the same point (device, vLLM, commit, model, each arm's server arguments, trace window, load and
+rate, warm-up) pooled into one ratio with its spread (:func:`benchmarks.analysis.paired_ratio`).
+Each result pairs its arms' runs inside its own invocation; pooling keeps those pairs. Besides
+the client's ratios, the server's split of each pair: the engine's part of the first-token time
+(engine queue + prefill), the rest of the server's TTFT (API server, engine input and output
+paths) and what the client sees beyond the server."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from benchmarks import analysis, report
+from benchmarks.serve_report import BASELINE, completed_runs
+
+ARM = "prepack"
+PER_RUN_ARGS = ("--prepack-stats-path",)  # options whose value is each invocation's own file
+CLIENT = {"mean_ttft_ms": False, "p99_ttft_ms": False, "request_goodput": True}
+
+
+def point_key(result: dict, load: str) -> tuple:
+    """What must be equal for two results' runs at ``load`` to be repetitions of one point."""
+    w = result.get("workload") or {}
+    arms = result.get("arms") or {}
+    return (result.get("device"), result.get("vllm"), result.get("git_commit"),
+            result.get("model_shape"),
+            tuple((a, _arguments(arms.get(a, {}).get("serve_args") or []))
+                  for a in (BASELINE, ARM)),
+            w.get("source"), w.get("start"), w.get("n"), load,
+            round(float(result.get("rates", {}).get(load) or 0), 2),
+            bool(result.get("warmup_replay")))
+
+
+def _arguments(args: list[str]) -> tuple[str, ...]:
+    """A server's arguments without the per-invocation ones (:data:`PER_RUN_ARGS`)."""
+    out: list[str] = []
+    for i, arg in enumerate(args):
+        if arg not in PER_RUN_ARGS and (i == 0 or args[i - 1] not in PER_RUN_ARGS):
+            out.append(arg)
+    return tuple(out)
+
+
+def split(run: dict) -> dict[str, float] | None:
+    """A completed run's first-token time in three parts (ms means), None without the server's
+    split: ``engine`` (engine queue + prefill), ``server_rest`` (server TTFT - engine) and
+    ``client_rest`` (client TTFT - server TTFT)."""
+    m = run.get("metrics") or {}
+    keys = ("server_ttft_mean_ms", "server_queue_mean_ms", "server_prefill_mean_ms")
+    client = (run.get("bench") or {}).get("mean_ttft_ms")
+    if client is None or any(m.get(k) is None for k in keys):
+        return None
+    engine = m["server_queue_mean_ms"] + m["server_prefill_mean_ms"]
+    return {"engine": engine, "server_rest": m["server_ttft_mean_ms"] - engine,
+            "client_rest": client - m["server_ttft_mean_ms"]}
+
+
+def pairs(result: dict, load: str) -> list[tuple[dict, dict]]:
+    """(stock run, prepack run) per repetition where both completed."""
+    by = {(r["arm"], r.get("rep")): r for r in completed_runs(result, load)}
+    reps = sorted({rep for arm, rep in by if arm == BASELINE and (ARM, rep) in by})
+    return [(by[(BASELINE, rep)], by[(ARM, rep)]) for rep in reps]
+
+
+def pooled_points(results: list[tuple[Path, dict]]) -> list[dict]:
+    """Every point that two or more results measured: its files, its pairs, the client's
+    paired ratios, the engine's part as a paired ratio and each arm's mean split."""
+    groups: dict[tuple, list[tuple[Path, list]]] = {}
+    for path, result in results:
+        for load in result.get("per_load", {}):
+            if found := pairs(result, load):
+                groups.setdefault(point_key(result, load), []).append((path, found))
+    points = []
+    for key, parts in groups.items():
+        if len(parts) < 2:
+            continue
+        both = [pair for _, found in parts for pair in found]
+        ratios = {m: analysis.paired_ratio([p["bench"].get(m) for _, p in both],
+                                           [s["bench"].get(m) for s, _ in both], higher)
+                  for m, higher in CLIENT.items()}
+        splits = [(split(s), split(p)) for s, p in both]
+        splits = [(s, p) for s, p in splits if s and p]
+        ratios["engine"] = analysis.paired_ratio([p["engine"] for _, p in splits],
+                                                 [s["engine"] for s, _ in splits], False)
+        means = {arm: {part: sum(sp[i][part] for sp in splits) / len(splits)
+                       for part in ("engine", "server_rest", "client_rest")}
+                 for i, arm in enumerate((BASELINE, ARM))} if splits else {}
+        points.append({"files": [p.name for p, _ in parts], "load": key[8],
+                       "pairs": len(both), "ratios": ratios, "split_means": means})
+    return points
+
+
+def section(results: list[tuple[Path, dict]]) -> list[str]:
+    """docs/results.md's table of the points measured in parts (nothing where there are none)."""
+    points = pooled_points(results)
+    if not points:
+        return []
+    lines = ["#### Serving points measured in parts (pairs pooled over invocations)", "",
+             "Engine: engine queue + prefill; rest: the rest of the server's TTFT; client: the "
+             "client's TTFT beyond the server's. Means in ms, prepack / stock.", "",
+             "| files | load | pairs | TTFT mean vs stock | TTFT p99 vs stock | goodput vs stock "
+             "| engine vs stock | engine | rest | client |", "|---" * 10 + "|"]
+    for pt in points:
+        r, m = pt["ratios"], pt["split_means"]
+        cells = [" / ".join(f"{m[a][part]:.0f}" for a in (ARM, BASELINE)) if m else "-"
+                 for part in ("engine", "server_rest", "client_rest")]
+        lines.append(f"| {', '.join(f'`{f}`' for f in pt['files'])} | {pt['load']}x | "
+                     f"{pt['pairs']} | "
+                     + " | ".join(report.fmt_ratio(r[k]) for k in (*CLIENT, "engine"))
+                     + f" | {' | '.join(cells)} |")
+    return [*lines, ""]
