@@ -12,6 +12,7 @@ import re
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from types import SimpleNamespace
 from unittest import mock
 
 from vllm.v1.core.sched.scheduler import Scheduler
@@ -75,17 +76,10 @@ class Run:
     tpot: dict[str, float] = dataclasses.field(default_factory=dict)
     """Per request with two or more output tokens: seconds per output token after the first."""
     held: dict[str, float] = dataclasses.field(default_factory=dict)
-    """Per request: seconds from the first step that could schedule it (the first
-    ``schedule()`` after it was added) to the step that did: what an admission order shortens
-    (TTFT also holds async scheduling's lag before that step, and the prefill's own steps)."""
-
-
-class _Clock:
-    def __init__(self) -> None:
-        self.now = 0.0
-
-    def __call__(self) -> float:
-        return self.now
+    """Per request: seconds from the first ``schedule()`` after it was added to the one that
+    scheduled it: what an admission order shortens (TTFT adds async scheduling's lag before that
+    step, and the prefill's own steps)."""
+    preemptions: int = 0  # requests vLLM preempted (KV blocks ran out), summed over steps
 
 
 def simulate(arm: str, requests: Sequence[Request], *, model: str, budget: int,
@@ -93,23 +87,21 @@ def simulate(arm: str, requests: Sequence[Request], *, model: str, budget: int,
              cpu_scale: float, seed: int, async_scheduling: bool = True,
              prefix_caching: bool = True, options: dict | None = None, host: str = "model",
              samples: list | None = None, step_noise: float = 0.0, noise_seed: int = 0) -> Run:
-    """One arm over ``requests`` (sorted by arrival); fresh random prompts per ``seed``.
-
-    The scheduler's CPU time per step is the fitted :data:`HOST_MODEL` (``host="model"``) or
-    this step's measured time (``"measured"``; appended to ``samples`` as ``(scheduled,
-    new, seconds)``), times ``cpu_scale``. ``step_noise``: :func:`_gpu_seconds`, drawn from
-    ``noise_seed``. ``async_scheduling`` (vLLM's default): a step's GPU and scheduler times
-    overlap, and an arrival is seen one step late (:func:`_arrive_async`)."""
+    """One arm over ``requests`` (sorted by arrival); fresh random prompts per ``seed``. Step
+    CPU time: the fitted :data:`HOST_MODEL` (``host="model"``) or the measured time
+    (``"measured"``; appended to ``samples`` as ``(scheduled, new, seconds)``), times
+    ``cpu_scale``. ``step_noise``: :func:`_gpu_seconds`, drawn from ``noise_seed``. Async
+    scheduling (vLLM's default) overlaps GPU and CPU time; arrivals: :func:`_arrive_async`."""
     opts = arm_options(arm) if options is None else options
     if host not in ("model", "measured"):
         raise ValueError(f"invalid host {host!r}; accepted: model, measured")
     host_model = HOST_MODEL if host == "model" else None
     cls = Scheduler if opts is None else PrepackSyncScheduler
-    clock = _Clock()
+    clock = SimpleNamespace(now=0.0)  # the virtual clock, vLLM's time.time()
     rng, noise = random.Random(seed), random.Random(noise_seed)
     gc.collect()
     gc.disable()  # a collector pause would be charged to one step as scheduler time
-    with mock.patch("time.time", clock), contextlib.ExitStack() as done:
+    with mock.patch("time.time", lambda: clock.now), contextlib.ExitStack() as done:
         done.callback(gc.enable)
         scheduler = make_scheduler(
             cls, model, budget=budget, max_num_seqs=max_num_seqs, num_blocks=num_blocks,
@@ -117,7 +109,7 @@ def simulate(arm: str, requests: Sequence[Request], *, model: str, budget: int,
             additional_config={"prepack": opts or {}})
         pending, arrival = list(requests), {}
         ttft, held, visible = {}, {}, {}  # request -> seconds (visible: a time on the clock)
-        i = steps = out_tokens = cpu = 0
+        i = steps = out_tokens = cpu = preemptions = 0
         last: dict[str, tuple[float, int]] = {}  # request -> (time of its latest token, tokens)
         seen = 0.0  # async: the previous step's start, when the engine scheduled this one
         while i < len(pending) or scheduler.has_unfinished_requests():
@@ -143,11 +135,13 @@ def simulate(arm: str, requests: Sequence[Request], *, model: str, budget: int,
             clock.now += max(gpu, host) if async_scheduling else gpu + host
             cpu += c1 - c0
             steps += 1
+            preemptions += len(out.preempted_req_ids or ())
             out_tokens += _tokens(runner, clock.now, arrival, ttft, last)
     first = requests[0].arrival if requests else 0.0
     tpot = {r: (t - arrival[r] - ttft[r]) / (n - 1) for r, (t, n) in last.items() if n > 1}
     return Run(ttft=ttft, makespan=clock.now - first, output_tokens=out_tokens, steps=steps,
-               sched_cpu_s=cpu, counters=_counters(scheduler), tpot=tpot, held=held)
+               sched_cpu_s=cpu, counters=_counters(scheduler), tpot=tpot, held=held,
+               preemptions=preemptions)
 
 
 def _counters(scheduler) -> dict:
@@ -224,6 +218,7 @@ def metrics(run: Run) -> dict:
             "tpot_mean_s": sum(run.tpot.values()) / len(run.tpot) if run.tpot else 0.0,
             "throughput_tok_s": run.output_tokens / run.makespan,
             "makespan_s": run.makespan, "steps": run.steps, "completed": len(t),
+            "preemptions": run.preemptions,
             "sched_cpu_us_per_step": 1e6 * run.sched_cpu_s / max(1, run.steps),
             **{f"prepack_{k}": v for k, v in run.counters.items()
                if k in ("split_prompts", "overtakes", "planner_faults", "max_oldest_wait_s")}}

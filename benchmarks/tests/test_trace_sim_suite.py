@@ -42,6 +42,20 @@ def test_every_request_gets_its_first_token_and_every_output(tiny_model, arm):
         assert run.counters["admitted"] == len(reqs)
 
 
+@pytest.mark.parametrize("arm", ["stock", "stretch"])
+def test_preemptions_are_counted_and_lose_no_request(tiny_model, arm):
+    # 40-44 output tokens each: running requests outgrow a 40-block KV cache and vLLM preempts.
+    reqs = [trace_sim_drive.Request(i / 400.0, (17 * i) % 400 + 8, 40 + i % 5) for i in range(60)]
+    runs = {blocks: trace_sim_drive.simulate(
+        arm, reqs, model=tiny_model, budget=256, max_num_seqs=8, num_blocks=blocks,
+        max_model_len=1024, step_model=trace_sim_model.STEP_MODELS["llama-3.1-8b"], seed=0,
+        cpu_scale=0.0) for blocks in (40, 512)}
+    assert runs[40].preemptions > 0 and runs[512].preemptions == 0
+    for run in runs.values():
+        assert len(run.ttft) == len(reqs) and run.output_tokens == sum(r.output_len for r in reqs)
+        assert trace_sim_drive.metrics(run)["preemptions"] == run.preemptions
+
+
 def test_the_deadline_order_lets_short_prompts_overtake_under_a_queue(tiny_model):
     stock, ours = _run(tiny_model, "stock"), _run(tiny_model, "stretch")
     assert ours.counters["overtakes"] > 0
