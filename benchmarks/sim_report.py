@@ -54,19 +54,32 @@ def section(path: Path, d: dict) -> list[str]:
              f"`{path.name}`)", "",
              f"{d['workload']['n']} requests per window from row {d['workload']['start']} "
              f"(seeds {', '.join(map(str, seeds))}); loads are multiples of stock's simulated "
-             f"saturation. Data: {d['workload']['trace']}.", "",
+             f"saturation.{kv_words(d)} Data: {d['workload']['trace']}.", "",
              "| budget | load | stock TTFT / held mean s | arm | TTFT mean | TTFT p50 "
-             "| TTFT p99 | throughput |", "|---|---|---|---|---|---|---|---|"]
+             "| TTFT p99 | throughput | preemptions, arm / stock |", "|---" * 9 + "|"]
     for pt in d["points"]:
         where = f"| {pt['budget']} | {pt['load']:.2f}x | {stock_split(pt)}"
         for arm, r in pt["ratios"].items():
             label = arm_label(arm, d["arms"].get(arm), d.get("policies", {}).get(arm))
             lines.append(f"{where} | {label} | "
-                         + " | ".join(cell(r.get(m)) for m in METRICS) + " |")
+                         + " | ".join(cell(r.get(m)) for m in METRICS)
+                         + f" | {preemptions(pt, arm)} / {preemptions(pt, 'stock')} |")
             where = "| | |"
     return lines + ["", "Ratios: arm over stock on the same windows. Held: from the first step "
                     "that could schedule a request to the step that did, the part of its TTFT "
                     "that an admission order can shorten.", ""]
+
+
+def kv_words(d: dict) -> str:
+    return f" KV cache: {d['num_blocks']:,} blocks of 16 tokens." if "num_blocks" in d else ""
+
+
+def preemptions(pt: dict, arm: str) -> str:
+    """An arm's preemptions over the windows (``-`` where not recorded)."""
+    runs = pt.get("per_arm", {}).get(arm) or []
+    if not runs or any("preemptions" not in r for r in runs):
+        return "-"
+    return str(sum(r["preemptions"] for r in runs))
 
 
 def stock_split(pt: dict) -> str:

@@ -51,6 +51,15 @@ def test_simulation_section_and_frontier_from_a_result(tmp_path):
         run["held_mean_s"] = waiting
     text = "\n".join(sim_report.section(tmp_path / "sim.json", result))
     assert "| 2048 | 1.50x | 0.300 / 0.150 | stretch (stretch 2) |" in text
+    assert text.count("| - / - |") == 2 and "KV cache" not in text  # not recorded
+    for arm, counts in (("stock", (3, 4)), ("stretch", (5, 6)), ("stretch4", (0, 0))):
+        per_arm = result["points"][0]["per_arm"].setdefault(arm, [{}, {}])
+        for run, n in zip(per_arm, counts):
+            run["preemptions"] = n
+    result["num_blocks"] = 7185
+    text = "\n".join(sim_report.section(tmp_path / "sim.json", result))
+    assert "| 11 / 7 |" in text and "| 0 / 7 |" in text
+    assert "KV cache: 7,185 blocks of 16 tokens." in text
     assert "step-time noise" not in text
     result.update(replicas=5, step_noise=0.29)
     text = "\n".join(sim_report.section(tmp_path / "sim.json", result))
