@@ -15,6 +15,7 @@ from benchmarks.serve_report import BASELINE, completed_runs
 
 ARM = "prepack"
 PER_RUN_ARGS = ("--prepack-stats-path",)  # options whose value is each invocation's own file
+PREEMPTIONS = "vllm:num_preemptions_total"
 CLIENT = {"mean_ttft_ms": False, "p99_ttft_ms": False, "request_goodput": True}
 
 
@@ -63,7 +64,8 @@ def pairs(result: dict, load: str) -> list[tuple[dict, dict]]:
 
 def pooled_points(results: list[tuple[Path, dict]]) -> list[dict]:
     """Every point that two or more results measured: its files, its pairs, the client's
-    paired ratios, the engine's part as a paired ratio and each arm's mean split."""
+    paired ratios, the engine's part as a paired ratio, each arm's mean split and its
+    preemptions over the pairs."""
     groups: dict[tuple, list[tuple[Path, list]]] = {}
     for path, result in results:
         for load in result.get("per_load", {}):
@@ -84,8 +86,12 @@ def pooled_points(results: list[tuple[Path, dict]]) -> list[dict]:
         means = {arm: {part: sum(sp[i][part] for sp in splits) / len(splits)
                        for part in ("engine", "server_rest", "client_rest")}
                  for i, arm in enumerate((BASELINE, ARM))} if splits else {}
+        preempted = {arm: sum((run.get("metrics") or {}).get(PREEMPTIONS) or 0
+                              for pair in both for run in pair if run["arm"] == arm)
+                     for arm in (BASELINE, ARM)}
         points.append({"files": [p.name for p, _ in parts], "load": key[8],
-                       "pairs": len(both), "ratios": ratios, "split_means": means})
+                       "pairs": len(both), "ratios": ratios, "split_means": means,
+                       "preemptions": preempted})
     return points
 
 
@@ -96,9 +102,10 @@ def section(results: list[tuple[Path, dict]]) -> list[str]:
         return []
     lines = ["#### Serving points measured in parts (pairs pooled over invocations)", "",
              "Engine: engine queue + prefill; rest: the rest of the server's TTFT; client: the "
-             "client's TTFT beyond the server's. Means in ms, prepack / stock.", "",
+             "client's TTFT beyond the server's. Means in ms, prepack / stock; preemptions: "
+             "the pairs' sum, prepack / stock.", "",
              "| files | load | pairs | TTFT mean vs stock | TTFT p99 vs stock | goodput vs stock "
-             "| engine vs stock | engine | rest | client |", "|---" * 10 + "|"]
+             "| engine vs stock | engine | rest | client | preemptions |", "|---" * 11 + "|"]
     for pt in points:
         r, m = pt["ratios"], pt["split_means"]
         cells = [" / ".join(f"{m[a][part]:.0f}" for a in (ARM, BASELINE)) if m else "-"
@@ -106,5 +113,6 @@ def section(results: list[tuple[Path, dict]]) -> list[str]:
         lines.append(f"| {', '.join(f'`{f}`' for f in pt['files'])} | {pt['load']}x | "
                      f"{pt['pairs']} | "
                      + " | ".join(report.fmt_ratio(r[k]) for k in (*CLIENT, "engine"))
-                     + f" | {' | '.join(cells)} |")
+                     + f" | {' | '.join(cells)} | {pt['preemptions'][ARM]:.0f} / "
+                     f"{pt['preemptions'][BASELINE]:.0f} |")
     return [*lines, ""]

@@ -11,7 +11,8 @@ from benchmarks import serve_parts
 
 def run(arm, rep, ttft, lf=1.0, ok=True, queue=100.0, prefill=50.0, server=400.0):
     metrics = {"server_ttft_mean_ms": server, "server_queue_mean_ms": queue,
-               "server_prefill_mean_ms": prefill}
+               "server_prefill_mean_ms": prefill,
+               "vllm:num_preemptions_total": 2.0 if arm == "prepack" else 1.0}
     return {"arm": arm, "rep": rep, "load_factor": lf, "ok": ok, "metrics": metrics,
             "bench": {"mean_ttft_ms": ttft, "p99_ttft_ms": 2 * ttft, "request_goodput": 10.0}}
 
@@ -45,8 +46,10 @@ def test_two_invocations_of_one_point_pool_their_pairs():
     assert stock == {"engine": 150.0, "server_rest": 250.0,
                      "client_rest": pytest.approx((600 + 1100 + 600) / 3)}
     assert prepack["engine"] == pytest.approx((150 + 150 + 60) / 3)
+    assert point["preemptions"] == {"stock": 3, "prepack": 6}  # paired runs only
     lines = serve_parts.section([(Path("a.json"), a), (Path("b.json"), b)])
     assert "| `a.json`, `b.json` | 1x | 3 | 1.07 [0.90-1.30] |" in "\n".join(lines)
+    assert lines[-2].endswith("| 6 / 3 |")
 
 
 @pytest.mark.parametrize("change", [{"commit": "def"}, {"rate": 12.0}])
