@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from benchmarks import analysis, report
-from benchmarks.serve_report import BASELINE, completed_runs
+from benchmarks.serve_report import BASELINE, engine_ms, pairs
 
 ARM = "prepack"
 PER_RUN_ARGS = ("--prepack-stats-path",)  # options whose value is each invocation's own file
@@ -45,21 +45,11 @@ def split(run: dict) -> dict[str, float] | None:
     """A completed run's first-token time in three parts (ms means), None without the server's
     split: ``engine`` (engine queue + prefill), ``server_rest`` (server TTFT - engine) and
     ``client_rest`` (client TTFT - server TTFT)."""
-    m = run.get("metrics") or {}
-    keys = ("server_ttft_mean_ms", "server_queue_mean_ms", "server_prefill_mean_ms")
-    client = (run.get("bench") or {}).get("mean_ttft_ms")
-    if client is None or any(m.get(k) is None for k in keys):
+    server = (run.get("metrics") or {}).get("server_ttft_mean_ms")
+    engine, client = engine_ms(run), (run.get("bench") or {}).get("mean_ttft_ms")
+    if None in (server, engine, client):
         return None
-    engine = m["server_queue_mean_ms"] + m["server_prefill_mean_ms"]
-    return {"engine": engine, "server_rest": m["server_ttft_mean_ms"] - engine,
-            "client_rest": client - m["server_ttft_mean_ms"]}
-
-
-def pairs(result: dict, load: str) -> list[tuple[dict, dict]]:
-    """(stock run, prepack run) per repetition where both completed."""
-    by = {(r["arm"], r.get("rep")): r for r in completed_runs(result, load)}
-    reps = sorted({rep for arm, rep in by if arm == BASELINE and (ARM, rep) in by})
-    return [(by[(BASELINE, rep)], by[(ARM, rep)]) for rep in reps]
+    return {"engine": engine, "server_rest": server - engine, "client_rest": client - server}
 
 
 def pooled_points(results: list[tuple[Path, dict]]) -> list[dict]:

@@ -30,8 +30,8 @@ def aggregate(runs: list[dict], load_factors: Sequence[float], reps: int) -> dic
             per_arm[arm] = {m: analysis.spread([row[m] for row in rows])
                             for m in [*RATIO_METRICS, "total_token_throughput"]
                             if rows and all(row.get(m) is not None for row in rows)}
-        paired = [rep for rep in range(reps) if ("stock", rep) in by and ("prepack", rep) in by]
-        rows = {arm: [by[(arm, rep)]["bench"] for rep in paired] for arm in ARMS}
+        paired = pairs({"runs": runs}, f"{lf:g}")
+        rows = {arm: [pair[i]["bench"] for pair in paired] for i, arm in enumerate(ARMS)}
         ratios = analysis.compare(rows, BASELINE, RATIO_METRICS)["prepack"]
         out[f"{lf:g}"] = {"paired_reps": len(paired), "per_arm": per_arm,
                           "ratios_prepack_vs_stock": ratios}
@@ -81,6 +81,21 @@ def completed_runs(result: dict, load: str, arm: str | None = None) -> list[dict
             and f"{r.get('load_factor', -1):g}" == load]
 
 
+def pairs(result: dict, load: str) -> list[tuple[dict, dict]]:
+    """(stock run, prepack run) at ``load`` per repetition where both completed."""
+    by = {(r["arm"], r.get("rep")): r for r in completed_runs(result, load)}
+    reps = sorted({rep for arm, rep in by if arm == BASELINE and (ARMS[1], rep) in by})
+    return [(by[(BASELINE, rep)], by[(ARMS[1], rep)]) for rep in reps]
+
+
+def engine_ms(run: dict) -> float | None:
+    """A run's engine part of the first-token time: the server's engine-queue and prefill means
+    (ms) added; None where the server's split was not recorded."""
+    m = run.get("metrics") or {}
+    parts = (m.get("server_queue_mean_ms"), m.get("server_prefill_mean_ms"))
+    return None if None in parts else sum(parts)
+
+
 def server_split(result: dict, load: str, arm: str) -> list[float | None]:
     """The server's own mean TTFT, engine-queue, prefill and per-output-token times (ms) of
     ``arm`` at ``load``, each the mean over its completed runs (None where no run recorded it)."""
@@ -100,11 +115,9 @@ def engine_floor(result: dict, load: str) -> float | None:
     server's split."""
     floors = []
     for r in completed_runs(result, load, BASELINE):
-        m = r.get("metrics") or {}
-        engine = [m.get("server_queue_mean_ms"), m.get("server_prefill_mean_ms")]
-        ttft = (r.get("bench") or {}).get("mean_ttft_ms")
-        if None not in engine and ttft:
-            floors.append(1 - sum(engine) / ttft)
+        engine, ttft = engine_ms(r), (r.get("bench") or {}).get("mean_ttft_ms")
+        if engine is not None and ttft:
+            floors.append(1 - engine / ttft)
     return sum(floors) / len(floors) if floors else None
 
 
