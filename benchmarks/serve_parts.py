@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from benchmarks import analysis, report
-from benchmarks.serve_report import BASELINE, engine_ms, pairs
+from benchmarks.serve_report import BASELINE, engine_ms, engine_ratio, pairs
 
 ARM = "prepack"
 PER_RUN_ARGS = ("--prepack-stats-path",)  # options whose value is each invocation's own file
@@ -69,10 +69,9 @@ def pooled_points(results: list[tuple[Path, dict]]) -> list[dict]:
         ratios = {m: analysis.paired_ratio([p["bench"].get(m) for _, p in both],
                                            [s["bench"].get(m) for s, _ in both], higher)
                   for m, higher in CLIENT.items()}
+        ratios["engine"] = engine_ratio(both)
         splits = [(split(s), split(p)) for s, p in both]
         splits = [(s, p) for s, p in splits if s and p]
-        ratios["engine"] = analysis.paired_ratio([p["engine"] for _, p in splits],
-                                                 [s["engine"] for s, _ in splits], False)
         means = {arm: {part: sum(sp[i][part] for sp in splits) / len(splits)
                        for part in ("engine", "server_rest", "client_rest")}
                  for i, arm in enumerate((BASELINE, ARM))} if splits else {}

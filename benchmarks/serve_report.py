@@ -96,6 +96,14 @@ def engine_ms(run: dict) -> float | None:
     return None if None in parts else sum(parts)
 
 
+def engine_ratio(paired: list[tuple[dict, dict]]) -> dict | None:
+    """The engine's part of the first-token time (:func:`engine_ms`), prepack over stock, over
+    the (stock, prepack) pairs where both recorded the server's split: what the admission order
+    moves, without the API server's and the client's parts."""
+    return analysis.paired_ratio([engine_ms(p) for _, p in paired],
+                                 [engine_ms(s) for s, _ in paired], False)
+
+
 def server_split(result: dict, load: str, arm: str) -> list[float | None]:
     """The server's own mean TTFT, engine-queue, prefill and per-output-token times (ms) of
     ``arm`` at ``load``, each the mean over its completed runs (None where no run recorded it)."""
@@ -122,10 +130,16 @@ def engine_floor(result: dict, load: str) -> float | None:
 
 
 def _floor_line(result: dict) -> str:
-    floors = {lf: engine_floor(result, lf) for lf in result.get("per_load", {})}
+    loads = list(result.get("per_load", {}))
+    floors = {lf: engine_floor(result, lf) for lf in loads}
     cells = [f"{lf}x {f:.2f}" for lf, f in floors.items() if f is not None]
-    return ("" if not cells else "Floor of the TTFT mean ratio, any order (stock's engine queue "
-            "and prefill at zero, the rest of its TTFT unchanged): " + ", ".join(cells) + ".\n")
+    if not cells:
+        return ""
+    engine = {lf: engine_ratio(pairs(result, lf)) for lf in loads}
+    return ("Floor of the TTFT mean ratio, any order (stock's engine queue and prefill at zero, "
+            "the rest of its TTFT unchanged): " + ", ".join(cells) + ". The engine's part "
+            "(engine queue + prefill), prepack vs stock: " + ", ".join(
+                f"{lf}x {report.fmt_ratio(r)}" for lf, r in engine.items() if r) + ".\n")
 
 
 def _split_cell(result: dict, load: str, arm: str) -> str:

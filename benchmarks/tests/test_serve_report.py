@@ -9,20 +9,23 @@ import pytest
 def test_engine_floor_takes_stocks_engine_time_out_of_its_client_ttft():
     from benchmarks.serve_report import _floor_line, engine_floor
 
-    def run(arm, lf, queue, ttft, ok=True):
+    def run(arm, lf, queue, ttft, ok=True, rep=0):
         split = {} if queue is None else {"server_queue_mean_ms": queue,
                                           "server_prefill_mean_ms": 50}
         return {"arm": arm, "load_factor": lf, "ok": ok, "bench": {"mean_ttft_ms": ttft},
-                "metrics": split}
+                "metrics": split, "rep": rep}
 
-    runs = [run("stock", 1.0, 50, 1000), run("stock", 1.0, 250, 1000),
-            run("prepack", 1.0, 0, 500), run("stock", 1.0, 900, 1000, ok=False),
-            run("stock", 1.5, None, 800)]
+    runs = [run("stock", 1.0, 50, 1000), run("stock", 1.0, 250, 1000, rep=1),
+            run("prepack", 1.0, 0, 500), run("stock", 1.0, 900, 1000, ok=False, rep=2),
+            run("prepack", 1.0, 0, 400, rep=2), run("stock", 1.5, None, 800)]
     result = {"runs": runs, "per_load": {"1": {}, "1.5": {}}}
     # mean of 0.9 and 0.7; the prepack arm's and the failed run's left out
     assert engine_floor(result, "1") == pytest.approx(0.8)
     assert engine_floor(result, "1.5") is None  # no server split recorded
-    assert _floor_line(result).endswith("unchanged): 1x 0.80.\n")
+    line = _floor_line(result)
+    assert "unchanged): 1x 0.80." in line
+    # the engine's part over the one pair with both arms complete: (0 + 50) / (50 + 50)
+    assert line.endswith("prepack vs stock: 1x 0.50 [0.50-0.50] (single run).\n")
     assert _floor_line({"runs": runs[-1:], "per_load": {"1.5": {}}}) == ""
 
 
