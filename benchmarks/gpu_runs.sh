@@ -30,7 +30,8 @@
 # --prepack-* options), GRAPHS (1 for vLLM's default torch.compile and CUDA graphs instead of
 # eager; trace-llm then times compiled steps), VARIANT (trace-serve: a tag in the file name),
 # SATURATION (stock's saturation rate in req/s from an earlier part of the same grid: not
-# measured again), WARMUP_REPLAY (trace-serve: 1 for serve_ab's --warmup-replay).
+# measured again), WARMUP_REPLAY (trace-serve: 1 for serve_ab's --warmup-replay), TIME_BUDGET
+# (trace-serve: seconds after which no pair starts, default 520; the run is stopped 60 s later).
 set -uo pipefail
 phase=${1:?usage: bash benchmarks/gpu_runs.sh paper|nochunk|serve|equiv1|equiv|pp|tp|dp|moe|trace-llm|trace-serve|planner-cost [tag]}
 tag=${2:-$(python3 -c "import torch; n=torch.cuda.get_device_name(0).split()[1].lower(); \
@@ -177,10 +178,11 @@ trace-serve)
   if [ "${GRAPHS:-0}" = 1 ]; then mode= mode_tag=_graphs; else mode=--enforce-eager mode_tag=; fi
   if [ "${WARMUP_REPLAY:-0}" = 1 ]; then warm=--warmup-replay; else warm=; fi
   name="trace_serve_8b_b${budget}_${loads//,/_}${mode_tag}${VARIANT:+_$VARIANT}_$tag"
-  run "$name" 580 $py -m benchmarks.serve_ab --model-shape llama-3.1-8b \
+  budget_s=${TIME_BUDGET:-520}
+  run "$name" $((budget_s + 60)) $py -m benchmarks.serve_ab --model-shape llama-3.1-8b \
     --tokenizer .models/tiny-llama --workload trace ${TRACE:+--trace "$TRACE"} \
     --trace-start "${START:-0}" --n "${N:-300}" --load-factors "$loads" --reps "${REPS:-3}" \
-    --ttft-slo-ms "${SLO_MS:-2000}" --time-budget-s 520 --max-duration-s 200 \
+    --ttft-slo-ms "${SLO_MS:-2000}" --time-budget-s "$budget_s" --max-duration-s 200 \
     --serve-args "$mode --max-model-len 8192 --max-num-batched-tokens $budget" \
     ${SATURATION:+--saturation-rate "$SATURATION"} \
     ${PREPACK_ARGS:+--prepack-args "$PREPACK_ARGS"} $warm --out "$out/$name.json"
