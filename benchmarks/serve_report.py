@@ -142,6 +142,27 @@ def _floor_line(result: dict) -> str:
                 f"{lf}x {report.fmt_ratio(r)}" for lf, r in engine.items() if r) + ".\n")
 
 
+CPU_PARTS = {"api_server": "API server", "engine": "engine processes", "client": "client"}
+
+
+def cpu_busy_means(result: dict, load: str, arm: str) -> dict[str, float]:
+    """``arm``'s CPU seconds per wall second at ``load``, each part's mean over its runs."""
+    runs = [r["cpu_busy"] for r in completed_runs(result, load, arm) if r.get("cpu_busy")]
+    return {k: sum(b[k] for b in runs) / len(runs) for k in CPU_PARTS
+            if runs and all(k in b for b in runs)}
+
+
+def _cpu_line(result: dict) -> str:
+    cells = []
+    for lf in result.get("per_load", {}):
+        stock, ours = (cpu_busy_means(result, lf, arm) for arm in ARMS)
+        if parts := [k for k in CPU_PARTS if k in stock and k in ours]:
+            cells.append(f"{lf}x " + ", ".join(f"{CPU_PARTS[k]} {stock[k]:.2f} / {ours[k]:.2f}"
+                                               for k in parts))
+    return ("" if not cells else "CPU seconds per wall second of a run, stock / prepack (1.00: "
+            "one core busy throughout): " + "; ".join(cells) + ".\n")
+
+
 def _split_cell(result: dict, load: str, arm: str) -> str:
     *ttft, tpot = server_split(result, load, arm)
     return " / ".join(["-" if v is None else f"{v:.0f}" for v in ttft]
@@ -224,4 +245,6 @@ def render_section(result: dict) -> str:
     lines.append("")
     if floor := _floor_line(result):
         lines.append(floor)
+    if cpu := _cpu_line(result):
+        lines.append(cpu)
     return "\n".join(lines)

@@ -13,6 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+from benchmarks.serve_cpu import cpu_busy, cpu_seconds
 from benchmarks.serve_pool import Pool, metrics_delta, scrape, step_windows, wait_for_counts
 from benchmarks.serve_traces import CHUNK
 from tests.harness.server import Server, child_env, settled, vllm_command
@@ -31,6 +32,7 @@ class BenchClient:
 
     def __init__(self) -> None:
         self.proc: subprocess.Popen | None = None
+        self.cpu_s: float | None = None  # the last command's CPU seconds in the client
 
     def _start(self) -> subprocess.Popen:
         proc = subprocess.Popen([sys.executable, "-m", "benchmarks.bench_client"],
@@ -42,6 +44,7 @@ class BenchClient:
 
     def run(self, argv: list[str], log_path: Path, timeout: float) -> int | None:
         """``argv`` after ``vllm bench serve``; None when it ran past ``timeout``."""
+        self.cpu_s = None
         if self.proc is None or self.proc.poll() is not None:
             self.proc = self._start()
         self.proc.stdin.write(json.dumps({"argv": argv, "log": str(log_path)}) + "\n")
@@ -53,7 +56,11 @@ class BenchClient:
             except TimeoutError:
                 self.close()  # a hung run: the next run gets a fresh client
                 return None
-        return json.loads(line)["returncode"] if line else 1
+        if not line:
+            return 1
+        answer = json.loads(line)
+        self.cpu_s = answer.get("cpu_s")
+        return answer["returncode"]
 
     def close(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
@@ -176,8 +183,11 @@ def run_bench(pool: Pool, arm: str, trace: Path, entries: list[dict], slo_ms: fl
     record: dict = {"name": name, "arm": arm, "started_utc": started, "trace": str(trace),
                     "requests": len(entries), "bench_command": shlex.join(["vllm", *cmd[1:]])}
     log_path = pool.workdir / f"bench_{name}.log"
+    cpu0 = cpu_seconds(server.proc.pid)
     returncode = CLIENT.run(cmd[3:], log_path, args.max_duration_s)
     record["wall_s"] = round(time.monotonic() - t0, 3)
+    record["cpu_busy"] = cpu_busy(cpu0, cpu_seconds(server.proc.pid), CLIENT.cpu_s,
+                                  record["wall_s"])
     record["bench_log"] = str(log_path)
     raw_path = result_dir / f"{name}.json"
     if returncode != 0 or not raw_path.exists():

@@ -45,3 +45,21 @@ def test_decisions_count_the_prepack_arms_completed_runs_only():
     assert not same_admissions(decided)
     assert same_admissions(decisions({"runs": runs}, "0.5"))
     assert decisions({"runs": runs}, "1.5") is None
+
+
+def test_cpu_line_gives_each_arms_mean_busy_share_per_load():
+    from benchmarks.serve_report import _cpu_line, cpu_busy_means
+
+    def run(arm, rep, api, ok=True):
+        return {"arm": arm, "load_factor": 1.0, "rep": rep, "ok": ok,
+                "cpu_busy": {"api_server": api, "engine": 1.0, "client": 0.5}}
+
+    runs = [run("stock", 0, 0.4), run("stock", 1, 0.6), run("prepack", 0, 0.9),
+            run("prepack", 1, 5.0, ok=False)]
+    result = {"runs": runs, "per_load": {"1": {}}}
+    assert cpu_busy_means(result, "1", "stock")["api_server"] == pytest.approx(0.5)
+    assert cpu_busy_means(result, "1", "prepack")["api_server"] == pytest.approx(0.9)
+    assert _cpu_line(result).endswith("1x API server 0.50 / 0.90, engine processes 1.00 / "
+                                      "1.00, client 0.50 / 0.50.\n")
+    assert _cpu_line({"runs": [{**r, "cpu_busy": None} for r in runs],
+                      "per_load": {"1": {}}}) == ""  # results made before it was recorded

@@ -37,6 +37,8 @@ def _assert_measured_run(arm: str, r: dict, slo: dict) -> None:
     assert m["vllm:iteration_tokens_total_count"] > 0  # the engine's steps, in either arm
     prepack_steps = m["vllm_prepack_steps_total"]
     assert prepack_steps == 0 if arm == "stock" else prepack_steps > 0
+    busy = r["cpu_busy"]  # the API server, its engine processes and the client all worked
+    assert set(busy) == {"api_server", "engine", "client"} and min(busy.values()) > 0, busy
 
 
 @pytest.mark.engine
