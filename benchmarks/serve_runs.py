@@ -32,7 +32,6 @@ class BenchClient:
 
     def __init__(self) -> None:
         self.proc: subprocess.Popen | None = None
-        self.cpu_s: float | None = None  # the last command's CPU seconds in the client
 
     def _start(self) -> subprocess.Popen:
         proc = subprocess.Popen([sys.executable, "-m", "benchmarks.bench_client"],
@@ -42,9 +41,10 @@ class BenchClient:
             raise RuntimeError("benchmarks.bench_client did not start")
         return proc
 
-    def run(self, argv: list[str], log_path: Path, timeout: float) -> int | None:
-        """``argv`` after ``vllm bench serve``; None when it ran past ``timeout``."""
-        self.cpu_s = None
+    def run(self, argv: list[str], log_path: Path,
+            timeout: float) -> tuple[int | None, float | None]:
+        """``argv`` after ``vllm bench serve``: its return code (None: it ran past ``timeout``)
+        and the client's CPU seconds in it (None: not reported)."""
         if self.proc is None or self.proc.poll() is not None:
             self.proc = self._start()
         self.proc.stdin.write(json.dumps({"argv": argv, "log": str(log_path)}) + "\n")
@@ -55,12 +55,9 @@ class BenchClient:
                 line = future.result(timeout=timeout)
             except TimeoutError:
                 self.close()  # a hung run: the next run gets a fresh client
-                return None
-        if not line:
-            return 1
-        answer = json.loads(line)
-        self.cpu_s = answer.get("cpu_s")
-        return answer["returncode"]
+                return None, None
+        answer = json.loads(line) if line else {"returncode": 1}
+        return answer["returncode"], answer.get("cpu_s")
 
     def close(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
@@ -184,9 +181,9 @@ def run_bench(pool: Pool, arm: str, trace: Path, entries: list[dict], slo_ms: fl
                     "requests": len(entries), "bench_command": shlex.join(["vllm", *cmd[1:]])}
     log_path = pool.workdir / f"bench_{name}.log"
     cpu0 = cpu_seconds(server.proc.pid)
-    returncode = CLIENT.run(cmd[3:], log_path, args.max_duration_s)
+    returncode, client_cpu_s = CLIENT.run(cmd[3:], log_path, args.max_duration_s)
     record["wall_s"] = round(time.monotonic() - t0, 3)
-    record["cpu_busy"] = cpu_busy(cpu0, cpu_seconds(server.proc.pid), CLIENT.cpu_s,
+    record["cpu_busy"] = cpu_busy(cpu0, cpu_seconds(server.proc.pid), client_cpu_s,
                                   record["wall_s"])
     record["bench_log"] = str(log_path)
     raw_path = result_dir / f"{name}.json"
