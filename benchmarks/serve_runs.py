@@ -133,7 +133,22 @@ def packing_of_run(path: Path, offsets: dict[Path, int], windows: dict[int, rang
     out = {"packing": summarize_records(records)} if per_file else {}
     if len(per_file) > 1:  # data parallel: one file per engine core
         out["packing_per_rank"] = {name: summarize_records(x) for name, x in per_file.items()}
+    elif records:
+        out["step_series"] = step_series(records)
     return out
+
+
+SERIES = ("step", "prefill_tokens", "scheduled_tokens", "admitted", "running")
+
+
+def step_series(records: list[dict]) -> dict[str, list]:
+    """One engine's step records as columns, in step order, for fitting a step-time model to
+    the server's own steps (:func:`benchmarks.trace_sim_model.serve_steps`): ``time`` (seconds
+    since the run's first step) and :data:`SERIES`."""
+    rows = sorted(records, key=lambda r: r.get("step", 0))
+    t0 = rows[0].get("time", 0.0)
+    return {"time": [round(r.get("time", 0.0) - t0, 6) for r in rows],
+            **{c: [r.get(c, 0) for r in rows] for c in SERIES}}
 
 
 def check_run(bench: dict, entries: list[dict]) -> list[str]:

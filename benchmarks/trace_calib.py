@@ -8,9 +8,11 @@ Where the GPU's prepack arm left no request waiting after any step and overtook 
 admissions were stock's: that point's GPU ratios measure the setup's run-to-run noise, not the
 policy, and the row says so.
 
-The simulator's step model was fitted to eager steps (``--enforce-eager``): a result whose
-servers ran with torch.compile and CUDA graphs is skipped, and listed under ``skipped`` with
-the reason. ``--steps`` puts the step model beside measured GPU steps (``*_steps.json`` of
+The simulator's step model: fitted to the result's own steps where its prepack runs recorded
+them (``step_series``, :mod:`benchmarks.step_source`), eager or CUDA graphs alike; else the
+shape's model, fitted to eager steps (``--enforce-eager``), so that a result without step series
+whose servers ran with torch.compile and CUDA graphs is skipped, and listed under ``skipped``
+with the reason. ``--steps`` puts the step model beside measured GPU steps (``*_steps.json`` of
 ``benchmarks.ab``): its time over theirs, in total and by decode batch.
 
     python -m benchmarks.trace_calib \\
@@ -30,6 +32,7 @@ from pathlib import Path
 from benchmarks import harness, serve_report
 from benchmarks.trace_sim import SimOptions
 from benchmarks.trace_sim_model import STEP_MODELS, step_model_check
+from tests.harness.sched import BLOCK_SIZE
 
 BENCHMARK = "trace simulator calibration against GPU trace replays"
 METRICS = {"mean_ttft_ms": "ttft_mean_s", "p99_ttft_ms": "ttft_p99_s",
@@ -37,8 +40,8 @@ METRICS = {"mean_ttft_ms": "ttft_mean_s", "p99_ttft_ms": "ttft_p99_s",
 """GPU metric -> the simulator's (goodput: every request within the SLO at these points, so
 the simulator's throughput ratio stands for it)."""
 TOLERANCE = 0.15
-SKIP_GRAPHS = ("servers ran with torch.compile and CUDA graphs; the step model is fitted to "
-               "eager steps")
+SKIP_GRAPHS = ("servers ran with torch.compile and CUDA graphs and recorded no step series; the "
+               "shape's step model is fitted to eager steps")
 ARM = "stretch8q0.9"
 """The simulator arm of a GPU replay that does not record its prepack options: stretch 8 and
 tail quantile 0.9, the defaults of the commits of those replays."""
@@ -91,16 +94,29 @@ def sim_arm(result: dict) -> str:
     return f"stretch{ran['stretch']:g}q{ran['tail_quantile']:g}"
 
 
-def sim_points(result: dict, loads: list[str], opts: CalibOptions, bar) -> dict[str, dict]:
-    """The simulator on the GPU result's window, budget and loads: load -> its ratios and
-    the prepack arm's decisions."""
+def has_steps(result: dict) -> bool:
+    """Whether the result's prepack runs recorded the server's steps (``step_series``)."""
+    return any(r.get("step_series") for r in result.get("runs", []) if r.get("arm") == "prepack")
+
+
+def sim_options(path: Path, result: dict, loads: list[str], opts: CalibOptions) -> SimOptions:
+    """The simulator on the GPU result's window, budget and loads, with the KV cache its
+    servers logged (else ``opts.num_blocks``) and a step model fitted to the result's own
+    steps where it has them."""
+    w, kv_tokens = result["workload"], result["arms"]["stock"].get("kv_cache_tokens")
+    return SimOptions(shape=result["model_shape"], trace=opts.trace, start=w["start"], n=w["n"],
+                      budgets=(budget_of(result),), max_num_seqs=opts.max_num_seqs,
+                      loads=tuple(float(lf) for lf in loads),
+                      arms=("stock", sim_arm(result)), seeds=(0,),
+                      num_blocks=kv_tokens // BLOCK_SIZE if kv_tokens else opts.num_blocks,
+                      step_timings=(str(path),) if has_steps(result) else ())
+
+
+def sim_points(sim: SimOptions, bar) -> dict[str, dict]:
+    """The simulator at ``sim``'s loads: load -> its ratios and the prepack arm's decisions."""
     from benchmarks import trace_sim
 
-    w, arm = result["workload"], sim_arm(result)
-    sim = SimOptions(shape=result["model_shape"], trace=opts.trace, start=w["start"], n=w["n"],
-                     budgets=(budget_of(result),), max_num_seqs=opts.max_num_seqs,
-                     loads=tuple(float(lf) for lf in loads),
-                     arms=("stock", arm), seeds=(0,), num_blocks=opts.num_blocks)
+    arm = sim.arms[1]
     out = {}
     for pt in trace_sim.grid(sim, bar):
         run = pt["per_arm"][arm][0]
@@ -133,17 +149,23 @@ def run(opts: CalibOptions) -> dict:
     results, skipped = [], []
     for p in opts.gpu:
         d = json.loads(Path(p).read_text())
-        if not eager(d):
+        if not eager(d) and not has_steps(d):
             skipped.append({"gpu_file": Path(p).name, "reason": SKIP_GRAPHS})
             print(f"{Path(p).name}: skipped ({SKIP_GRAPHS})")
             continue
         agg = per_load(d)
         results.append((Path(p), d, agg, [k for k, v in agg.items() if v["paired_reps"]]))
-    points = []
+    from benchmarks import trace_sim
+
+    points, models = [], {}
     with tqdm(total=sum(2 * len(loads) for *_, loads in results), desc="trace calib",
               unit="run") as bar:
         for path, d, agg, loads in results:
-            sim = sim_points(d, loads, opts, bar)
+            options = sim_options(path, d, loads, opts)
+            sim = sim_points(options, bar)
+            models[path.name] = {"num_blocks": options.num_blocks,
+                                 "step_model": dataclasses.asdict(trace_sim.step_model(options)),
+                                 "fitted_to": list(options.step_timings) or d["model_shape"]}
             for load in loads:
                 g, s = gpu_point(d, agg[load], load), sim[load]
                 points.append({"gpu_file": path.name, "vllm": d["vllm"], "device": d["device"],
@@ -154,8 +176,7 @@ def run(opts: CalibOptions) -> dict:
                                "same_admissions_on_gpu": serve_report.same_admissions(g)})
     result = {"benchmark": BENCHMARK, **harness.environment(), "tolerance": TOLERANCE,
               "max_num_seqs": opts.max_num_seqs, "num_blocks": opts.num_blocks,
-              "step_models": {d["model_shape"]: dataclasses.asdict(STEP_MODELS[d["model_shape"]])
-                              for _, d, *_ in results},
+              "step_models": models,
               "points": points, "skipped": skipped, "step_model_checks": step_checks(opts)}
     for p in points:
         print(f"{p['gpu_file']} load {p['load']:g}: " + "  ".join(
@@ -188,7 +209,8 @@ def parse(argv: Sequence[str] | None = None) -> CalibOptions:
     p.add_argument("--max-num-seqs", type=int, default=CalibOptions.max_num_seqs,
                    help="the GPU servers' max_num_seqs (vllm serve's default on an H200)")
     p.add_argument("--num-blocks", type=int, default=CalibOptions.num_blocks,
-                   help="KV-cache blocks (the 8B shape at 0.4 of an H200)")
+                   help="KV-cache blocks where a GPU result did not record its servers' KV cache "
+                   "(kv_cache_tokens); default: the 8B shape at 0.4 of an H200")
     p.add_argument("--steps", nargs="*", default=(),
                    help="GPU steps files (benchmarks.ab *_steps.json) to put the step model beside")
     p.add_argument("--out")

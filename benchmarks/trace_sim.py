@@ -36,7 +36,7 @@ from benchmarks.trace_sim_drive import (
     simulate,
     window_requests,
 )
-from benchmarks.trace_sim_model import CPU_SCALE, HOST_MODEL, STEP_MODELS, fit_host_model
+from benchmarks.trace_sim_model import CPU_SCALE, HOST_MODEL, STEP_MODELS, StepModel
 
 BENCHMARK = "trace simulation: vLLM's schedulers on a virtual clock (CPU)"
 METRICS = {"ttft_mean_s": False, "ttft_p50_s": False, "ttft_p99_s": False,
@@ -65,6 +65,7 @@ class SimOptions:
     fit_host: bool = False
     step_noise: float = 0.0
     replicas: int = 1
+    step_timings: tuple[str, ...] = ()
     out: str | None = None
 
 
@@ -73,11 +74,20 @@ def ratios(per_arm: dict[str, list[dict]], baseline: str = "stock") -> dict:
     return analysis.compare(per_arm, baseline, METRICS)
 
 
-def _engine(opts: SimOptions, model: str, budget: int, **extra) -> dict:
+def engine_settings(opts: SimOptions, model: str, budget: int, **extra) -> dict:
     """:func:`simulate`'s engine settings for one budget."""
     return dict(model=model, budget=budget, max_num_seqs=opts.max_num_seqs,
                 num_blocks=opts.num_blocks, max_model_len=opts.max_model_len,
-                step_model=STEP_MODELS[opts.shape], cpu_scale=opts.cpu_scale, **extra)
+                step_model=step_model(opts), cpu_scale=opts.cpu_scale, **extra)
+
+
+def step_model(opts: SimOptions) -> StepModel:
+    """The shape's fitted step model, or one fitted to ``opts.step_timings``."""
+    if not opts.step_timings:
+        return STEP_MODELS[opts.shape]
+    from benchmarks.step_source import fitted
+
+    return fitted(tuple(opts.step_timings))[0]
 
 
 def grid(opts: SimOptions, bar) -> list[dict]:
@@ -92,7 +102,7 @@ def grid(opts: SimOptions, bar) -> list[dict]:
     requests = windows[opts.seeds[0]]
     points = []
     for budget in opts.budgets:
-        kw = _engine(opts, model, budget, host=opts.host)
+        kw = engine_settings(opts, model, budget, host=opts.host)
         sat = saturation(requests, seed=0, **kw)
         native = (len(requests) - 1) / (requests[-1].arrival - requests[0].arrival)
         loads = [native * opts.compression / sat] if opts.compression else opts.loads
@@ -113,59 +123,12 @@ def grid(opts: SimOptions, bar) -> list[dict]:
     return points
 
 
-def fit_hosts(opts: SimOptions, bar) -> dict:
-    """The :class:`HostModel` fitted to every arm's measured scheduler CPU time per step over
-    the grid's budgets and loads (the first seed's window), and each arm's own fit."""
-    from benchmarks import trace
-    from benchmarks.models import config_dir
-
-    window = window_requests(trace.load(opts.trace, start=opts.start, n=opts.n,
-                                        max_model_len=opts.max_model_len))
-    samples: dict[str, list] = {arm: [] for arm in opts.arms}
-    for budget in opts.budgets:
-        kw = _engine(opts, str(config_dir(opts.shape)), budget, host="measured",
-                     seed=opts.seeds[0])
-        sat = saturation(window, **kw)
-        for load in opts.loads:
-            for arm in opts.arms:
-                bar.set_postfix(budget=budget, load=load, arm=arm)
-                simulate(arm, compressed(window, load * sat), samples=samples[arm], **kw)
-                bar.update()
-    fits = {arm: fit_host_model(s) for arm, s in samples.items()}
-    fits["all"] = fit_host_model([x for s in samples.values() for x in s])
-    return {arm: {"model": dataclasses.asdict(m), "fit": f} for arm, (m, f) in fits.items()}
-
-
-def run_host_fit(opts: SimOptions) -> dict:
-    """The host model's fit, printed; its result JSON (written to ``opts.out``)."""
-    from tqdm import tqdm
-
-    from benchmarks import trace
-
-    with tqdm(total=len(opts.budgets) * len(opts.loads) * len(opts.arms),
-              desc="host fit", unit="run") as bar:
-        fits = fit_hosts(opts, bar)
-    for arm, f in fits.items():
-        print(f"{arm:>8}: " + "  ".join(f"{k} {v * 1e6:.1f} us" for k, v in f["model"].items())
-              + f"  (mean {f['fit']['mean_s'] * 1e3:.2f} ms per step, "
-              f"mean abs error {f['fit']['mean_abs_error_s'] * 1e3:.2f} ms)")
-    result = {"benchmark": "trace simulator: scheduler CPU time per step, fitted (CPU)",
-              **harness.environment(), "shape": opts.shape, "n": opts.n, "start": opts.start,
-              "budgets": list(opts.budgets), "loads": list(opts.loads),
-              "max_num_seqs": opts.max_num_seqs, "arms": list(opts.arms),
-              "workload": {"trace": trace.ATTRIBUTION},
-              "host_model": fits.pop("all"), "per_arm": fits}
-    if opts.out:
-        harness.write_json(opts.out, result)
-        print("wrote", opts.out)
-    return result
-
-
 def run(opts: SimOptions) -> dict:
     """The grid, its ratios printed; the result JSON (written to ``opts.out``)."""
     from tqdm import tqdm
 
     from benchmarks import trace
+    from benchmarks.step_source import fitted
 
     loads = (1 if opts.compression else len(opts.loads)) * opts.replicas
     with tqdm(total=len(opts.budgets) * loads * len(opts.seeds) * len(opts.arms),
@@ -176,7 +139,8 @@ def run(opts: SimOptions) -> dict:
             print(f"budget {pt['budget']:5d} load {pt['load']:.1f} {arm:>8}: " + "  ".join(
                 f"{m} {report.fmt_ratio(v)}" for m, v in r.items()))
     result = {"benchmark": BENCHMARK, **harness.environment(), "shape": opts.shape,
-              "step_model": dataclasses.asdict(STEP_MODELS[opts.shape]),
+              "step_model": dataclasses.asdict(step_model(opts)),
+              "step_model_fit": fitted(tuple(opts.step_timings))[1] if opts.step_timings else None,
               "cpu_scale": opts.cpu_scale, "host": opts.host,
               "host_model": dataclasses.asdict(HOST_MODEL) if opts.host == "model" else None,
               "max_num_seqs": opts.max_num_seqs,
@@ -227,6 +191,9 @@ def parse(argv: Sequence[str] | None = None) -> SimOptions:
                    "mean-1 lognormal factor on each step's GPU time (0: the model's time)")
     p.add_argument("--replicas", type=int, default=d.replicas,
                    help="runs per window and arm, each with its own noise draws")
+    p.add_argument("--step-timings", nargs="+", default=(), metavar="FILE",
+                   help="fit the step model to these GPU steps (benchmarks.ab steps files or "
+                   "serve_ab results with step series) instead of the shape's fitted model")
     p.add_argument("--out", default=None)
     args = p.parse_args(argv)
     if args.step_noise < 0 or args.replicas < 1:
@@ -238,12 +205,16 @@ def parse(argv: Sequence[str] | None = None) -> SimOptions:
         p.error(str(e))
     if "stock" not in args.arms:
         p.error(f"--arms {list(args.arms)}: stock (the baseline) must be one of them")
-    return SimOptions(**vars(args))
+    return SimOptions(**{**vars(args), "step_timings": tuple(args.step_timings)})
 
 
 def main(argv: Sequence[str] | None = None) -> dict:
     opts = parse(argv)
-    return run_host_fit(opts) if opts.fit_host else run(opts)
+    if opts.fit_host:
+        from benchmarks.trace_sim_host import run_host_fit
+
+        return run_host_fit(opts)
+    return run(opts)
 
 
 if __name__ == "__main__":

@@ -84,7 +84,11 @@ def test_serve_ab_smoke_both_arms_complete(tiny_model, tmp_path, engine_lock):
     assert runs["prepack"]["packing"]["admitted"] == 10
     assert runs["prepack"]["packing"]["prefill_tokens"] == runs["prepack"]["bench"][
         "total_input_tokens"]
-    assert "packing" not in runs["stock"]
+    assert "packing" not in runs["stock"] and "step_series" not in runs["stock"]
+    series = runs["prepack"]["step_series"]  # the server's own steps, for the step model
+    assert len(series["time"]) == runs["prepack"]["packing"]["steps"] == len(series["step"])
+    assert sum(series["prefill_tokens"]) == runs["prepack"]["bench"]["total_input_tokens"]
+    assert series["time"][0] == 0 and series["time"] == sorted(series["time"])
     ratios = d["per_load"]["1"]["ratios_prepack_vs_stock"]
     for metric in ("mean_ttft_ms", "p99_ttft_ms", "mean_tpot_ms", "request_throughput"):
         assert ratios[metric]["verdict"] == "single run" and ratios[metric]["n"] == 1

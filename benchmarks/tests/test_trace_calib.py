@@ -104,3 +104,25 @@ def test_the_simulator_runs_the_options_the_gpu_server_logged():
     result["arms"]["prepack"]["prepack_options"] = {**ran, "policy": "hrrn"}
     with pytest.raises(ValueError, match="hrrn"):
         trace_calib.sim_arm(result)
+
+
+def test_a_replay_with_step_series_is_simulated_with_its_own_steps_and_kv_cache(tmp_path):
+    """A CUDA-graph replay whose prepack runs recorded the server's steps gets a simulator row,
+    with a step model fitted to those steps and the KV cache its servers logged."""
+    from benchmarks.serve_runs import step_series
+    from benchmarks.tests.test_step_source import TRUTH, _records
+
+    trace = tmp_path / "trace.csv"
+    trace.write_text(TRACE_CSV)
+    result = _gpu_result(3, 0.5, mode="--max-model-len=8192")
+    result["arms"]["stock"]["kv_cache_tokens"] = 4096
+    for run, n in zip((r for r in result["runs"] if r["arm"] == "prepack"), (300, 200)):
+        run["step_series"] = step_series(_records(n, {40}, set()))
+    graphs = tmp_path / "graphs.json"
+    graphs.write_text(json.dumps(result))
+    out = trace_calib.main(["--gpu", str(graphs), "--trace", str(trace), "--max-num-seqs", "4",
+                            "--num-blocks", "256"])
+    assert out["skipped"] == [] and [p["gpu_file"] for p in out["points"]] == ["graphs.json"]
+    used = out["step_models"]["graphs.json"]
+    assert used["num_blocks"] == 4096 // 16 and used["fitted_to"] == [str(graphs)]
+    assert used["step_model"]["gpu_per_token"] == pytest.approx(TRUTH.gpu_per_token, rel=1e-3)

@@ -1,0 +1,97 @@
+"""Step timings for the simulator's step-time model, from either source: a ``benchmarks.ab``
+steps file (``*_steps.json``: an in-process engine core timed by :mod:`benchmarks.step_timing`)
+or a ``benchmarks.serve_ab`` result whose prepack runs carry the server's own steps
+(``step_series``: the plugin's statistics records, one per engine step, with the server's
+mode, eager or CUDA graphs). Both come out in the steps file's layout, so that
+:func:`benchmarks.trace_sim_model.fit_step_model` fits either.
+
+    python -m benchmarks.step_source benchmarks/results/trace_serve_..._h100_vllm033.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import functools
+import json
+from collections.abc import Sequence
+from pathlib import Path
+
+
+def serve_steps(result: dict) -> dict:
+    """A ``serve_ab`` result's step series as a steps file: one arm (``prepack``), each
+    completed run a repetition, cut into segments where the engine may have idled (a step
+    whose running requests were all admitted by it carried nothing over from the one before,
+    so the time between them may include an idle wait) or a step record is missing. Prompt
+    tokens are the step's ``prefill_tokens``; decode requests its other scheduled tokens (one
+    each: no speculative decoding in these runs)."""
+    segments = []
+    for rep, run in enumerate(r for r in result.get("runs", [])
+                              if r.get("arm") == "prepack" and r.get("ok")):
+        cols = run.get("step_series")
+        if not cols or not cols["step"]:
+            continue
+        start = 0
+        for i in range(1, len(cols["step"]) + 1):
+            if i == len(cols["step"]) or (cols["running"][i] == cols["admitted"][i]
+                                          or cols["step"][i] != cols["step"][i - 1] + 1):
+                segments.append(_segment(cols, start, i, rep))
+                start = i
+    return {"steps": {"serve": {"prepack": segments}}}
+
+
+def _segment(cols: dict, a: int, b: int, rep: int) -> dict:
+    prefill = cols["prefill_tokens"][a:b]
+    return {"rep": rep, "t": cols["time"][a:b], "prefill": prefill,
+            "decode_reqs": [s - p for s, p in zip(cols["scheduled_tokens"][a:b], prefill)]}
+
+
+def load_steps(paths: Sequence[str | Path], warmup: bool = False) -> dict:
+    """Every step of ``paths`` (steps files and ``serve_ab`` results alike) in one steps dict,
+    a steps file's warm-up repetition (rep 0) left out unless ``warmup`` (a ``serve_ab``
+    result's runs are all measured ones); a file that is neither is an error naming it."""
+    merged: dict = {"steps": {}}
+    for p in paths:
+        d = json.loads(Path(p).read_text())
+        if "runs" in d and "steps" not in d:
+            d = serve_steps(d)
+        elif not isinstance(d.get("steps"), dict):
+            raise ValueError(f"{p}: neither a benchmarks.ab steps file (a 'steps' mapping) nor a "
+                             "benchmarks.serve_ab result (a 'runs' list)")
+        elif not warmup:
+            d = {"steps": {pt: {arm: [r for r in runs if r["rep"] != 0]
+                                for arm, runs in arms.items()}
+                           for pt, arms in d["steps"].items()}}
+        for point, arms in d["steps"].items():
+            merged["steps"][f"{Path(p).name}:{point}"] = arms
+    if not any(run for arms in merged["steps"].values() for runs in arms.values()
+               for run in runs):
+        raise ValueError(f"{[str(p) for p in paths]}: no step timings (a serve_ab result "
+                         "records them from the prepack arm's statistics file, step_series)")
+    return merged
+
+
+@functools.lru_cache(maxsize=8)
+def fitted(paths: tuple[str, ...]) -> tuple:
+    """The step model fitted to the measured steps of ``paths`` (:func:`load_steps`), and the
+    fit's record (its files and errors), as :func:`benchmarks.trace_sim_model.fit_step_model`
+    fits a steps file."""
+    from benchmarks.trace_sim_model import fit_step_model
+
+    model, fit = fit_step_model(load_steps(paths), skip_reps=())
+    return model, {"files": [Path(p).name for p in paths], **fit}
+
+
+def main(argv: Sequence[str] | None = None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("files", nargs="+", help="steps files or serve_ab results")
+    args = p.parse_args(argv)
+    model, fit = fitted(tuple(args.files))
+    out = {"step_model": dataclasses.asdict(model), "fit": fit}
+    print(json.dumps(out, indent=1))
+    return out
+
+
+if __name__ == "__main__":
+    main()
