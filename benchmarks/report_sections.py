@@ -118,7 +118,7 @@ def equivalence_table(path: Path, d: dict) -> list[str]:
 
 def serving_section(path: Path, d: dict) -> list[str]:
     """A serving A/B: ratios and verdicts from the raw runs with the current rules."""
-    from benchmarks import serve_report
+    from benchmarks import serve_report, step_source
 
     d["per_load"] = serve_report.aggregate(d["runs"], d["load_factors"], d["repetitions"])
     serve_args = d["arms"]["stock"].get("serve_args") or []
@@ -127,9 +127,10 @@ def serving_section(path: Path, d: dict) -> list[str]:
                f"{ran['stretch']:g}, tail quantile {ran['tail_quantile']:g}, lookahead "
                f"{ran['lookahead']}, packed attention {ran['packed_attention']}."
                if isinstance(ran, dict) else "")
+    steps = step_source.describe(d)
     return [serve_report.render_section(d),
             f"`{path.name}`; `vllm serve` arguments of both arms: "
-            f"`{' '.join(map(str, serve_args))}`.{options}", ""]
+            f"`{' '.join(map(str, serve_args))}`.{options}", ""] + ([steps, ""] if steps else [])
 
 
 def calibration_table(path: Path, d: dict) -> list[str]:

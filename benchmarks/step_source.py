@@ -17,6 +17,9 @@ import json
 from collections.abc import Sequence
 from pathlib import Path
 
+MIN_STEPS = 50
+"""Fewer steps than this in a result's step series are not fitted for its report."""
+
 
 def serve_steps(result: dict) -> dict:
     """A ``serve_ab`` result's step series as a steps file: one arm (``prepack``), each
@@ -80,6 +83,21 @@ def fitted(paths: tuple[str, ...]) -> tuple:
 
     model, fit = fit_step_model(load_steps(paths), skip_reps=())
     return model, {"files": [Path(p).name for p in paths], **fit}
+
+
+def describe(result: dict) -> str:
+    """A sentence on the step model fitted to a ``serve_ab`` result's own steps ("" without
+    step series), for its section of docs/results.md."""
+    from benchmarks.trace_sim_model import fit_step_model
+
+    steps = serve_steps(result)
+    if sum(len(s["t"]) for s in steps["steps"]["serve"]["prepack"]) < MIN_STEPS:
+        return ""
+    m, fit = fit_step_model(steps, skip_reps=())
+    return (f"The prepack server's own steps, fitted (`benchmarks/step_source.py`, {fit['steps']} "
+            f"steps): launch {1e3 * m.base:.1f} ms + {1e6 * m.per_decode:.1f} us per decode "
+            f"request, compute {1e3 * m.gpu_base:.1f} ms + {1e6 * m.gpu_per_token:.1f} us per "
+            f"token, mean error {1e3 * fit['mean_abs_error_s']:.1f} ms per step.")
 
 
 def main(argv: Sequence[str] | None = None) -> dict:

@@ -104,3 +104,13 @@ def test_trace_sim_takes_its_step_model_from_step_timings():
     assert opts.step_timings == (str(STEPS),)
     assert trace_sim.step_model(opts) == step_source.fitted((str(STEPS),))[0]
     assert trace_sim.step_model(trace_sim.parse([])) == trace_sim_model.STEP_MODELS["llama-3.1-8b"]
+
+
+def test_a_serving_section_states_the_fit_of_its_own_steps():
+    result = _result(_records(300, {40}, set()))
+    sentence = step_source.describe(result)
+    _, fit = trace_sim_model.fit_step_model(step_source.serve_steps(result), skip_reps=())
+    assert fit["steps"] == 296 and "(`benchmarks/step_source.py`, 296 steps)" in sentence
+    assert f"compute {1e3 * TRUTH.gpu_base:.1f} ms + {1e6 * TRUTH.gpu_per_token:.1f} us" in sentence
+    assert step_source.describe(_result(_records(20, set(), set()))) == ""
+    assert step_source.describe({"runs": [{"arm": "prepack", "ok": True}]}) == ""
