@@ -27,7 +27,9 @@ def serve_steps(result: dict) -> dict:
     whose running requests were all admitted by it carried nothing over from the one before,
     so the time between them may include an idle wait) or a step record is missing. Prompt
     tokens are the step's ``prefill_tokens``; decode requests its other scheduled tokens (one
-    each: no speculative decoding in these runs)."""
+    each: no speculative decoding in these runs). ``lag``: 1 where the server scheduled
+    asynchronously (its scheduler class), so that a period is the time of the step before last
+    (:func:`benchmarks.trace_sim_model.fit_step_model`), else 0."""
     segments = []
     for rep, run in enumerate(r for r in result.get("runs", [])
                               if r.get("arm") == "prepack" and r.get("ok")):
@@ -40,7 +42,8 @@ def serve_steps(result: dict) -> dict:
                                           or cols["step"][i] != cols["step"][i - 1] + 1):
                 segments.append(_segment(cols, start, i, rep))
                 start = i
-    return {"steps": {"serve": {"prepack": segments}}}
+    cls = (result.get("arms") or {}).get("prepack", {}).get("scheduler_class") or ""
+    return {"steps": {"serve": {"prepack": segments}}, "lag": int("Async" in cls)}
 
 
 def _segment(cols: dict, a: int, b: int, rep: int) -> dict:
@@ -52,8 +55,11 @@ def _segment(cols: dict, a: int, b: int, rep: int) -> dict:
 def load_steps(paths: Sequence[str | Path], warmup: bool = False) -> dict:
     """Every step of ``paths`` (steps files and ``serve_ab`` results alike) in one steps dict,
     a steps file's warm-up repetition (rep 0) left out unless ``warmup`` (a ``serve_ab``
-    result's runs are all measured ones); a file that is neither is an error naming it."""
+    result's runs are all measured ones), with the one scheduling lag they share (``lag``: a
+    steps file's is 1, its engine scheduled asynchronously); a file that is neither, or files of
+    both lags, are an error naming them."""
     merged: dict = {"steps": {}}
+    lags = set()
     for p in paths:
         d = json.loads(Path(p).read_text())
         if "runs" in d and "steps" not in d:
@@ -65,8 +71,13 @@ def load_steps(paths: Sequence[str | Path], warmup: bool = False) -> dict:
             d = {"steps": {pt: {arm: [r for r in runs if r["rep"] != 0]
                                 for arm, runs in arms.items()}
                            for pt, arms in d["steps"].items()}}
+        lags.add(d.get("lag", 1))  # a steps file: async scheduling, vLLM's default on GPU
         for point, arms in d["steps"].items():
             merged["steps"][f"{Path(p).name}:{point}"] = arms
+    if len(lags) > 1:
+        raise ValueError(f"{[str(p) for p in paths]}: steps of synchronous and asynchronous "
+                         "scheduling; fit them apart")
+    merged["lag"] = lags.pop() if lags else 1
     if not any(run for arms in merged["steps"].values() for runs in arms.values()
                for run in runs):
         raise ValueError(f"{[str(p) for p in paths]}: no step timings (a serve_ab result "
@@ -81,7 +92,8 @@ def fitted(paths: tuple[str, ...]) -> tuple:
     fits a steps file."""
     from benchmarks.trace_sim_model import fit_step_model
 
-    model, fit = fit_step_model(load_steps(paths), skip_reps=())
+    steps = load_steps(paths)
+    model, fit = fit_step_model(steps, skip_reps=(), lag=steps["lag"])
     return model, {"files": [Path(p).name for p in paths], **fit}
 
 
@@ -93,7 +105,7 @@ def describe(result: dict) -> str:
     steps = serve_steps(result)
     if sum(len(s["t"]) for s in steps["steps"]["serve"]["prepack"]) < MIN_STEPS:
         return ""
-    m, fit = fit_step_model(steps, skip_reps=())
+    m, fit = fit_step_model(steps, skip_reps=(), lag=steps["lag"])
     return (f"The prepack server's own steps, fitted (`benchmarks/step_source.py`, {fit['steps']} "
             f"steps): launch {1e3 * m.base:.1f} ms + {1e6 * m.per_decode:.1f} us per decode "
             f"request, compute {1e3 * m.gpu_base:.1f} ms + {1e6 * m.gpu_per_token:.1f} us per "

@@ -116,8 +116,10 @@ def fit_step_model(steps: dict, skip_reps: tuple[int, ...] = (0,),
     a compute time (linear in tokens), over every arm and repetition of a ``benchmarks.ab``
     steps file (``*_steps.json``), warm-up repetitions left out: each step is assigned to the
     term that predicts it longer, each term refitted by least squares on its steps, until
-    stable (to start: compute on the steps of 90% of the largest prefill or more, launch on
-    the rest).
+    stable. Two starts: compute on the steps of 90% of the largest prefill or more, and on
+    those of the median prefill or more (launch on the rest); the second is kept only where
+    its error is more than 1% smaller (on a CPU, where a decode request costs more than a
+    prompt token, the first can end with every step on compute).
 
     With async scheduling (vLLM's default) the engine schedules step ``k + 1`` right after it
     has taken step ``k - 1``'s output (``t[k + 1]`` = ``t_out[k - 1]`` in the steps file), so
@@ -125,16 +127,12 @@ def fit_step_model(steps: dict, skip_reps: tuple[int, ...] = (0,),
     import numpy as np
 
     x, y = step_periods(steps, skip_reps, lag)
-    launch = np.column_stack([np.ones(len(y)), x[:, 1]])
-    compute = np.column_stack([np.ones(len(y)), x[:, 0] + x[:, 1]])
-    on_gpu = x[:, 0] >= 0.9 * x[:, 0].max()
-    for _ in range(100):
-        h = np.linalg.lstsq(launch[~on_gpu], y[~on_gpu], rcond=None)[0]
-        g = np.linalg.lstsq(compute[on_gpu], y[on_gpu], rcond=None)[0]
-        pred = np.maximum(launch @ h, compute @ g)
-        if np.array_equal(on_gpu, now := compute @ g > launch @ h):
-            break
-        on_gpu = now
+    prefill = x[:, 0]
+    fits = [_alternate(x, y, prefill >= 0.9 * prefill.max())]
+    if (prefill > 0).any():
+        fits.append(_alternate(x, y, prefill >= np.median(prefill[prefill > 0])))
+    error = [float(np.abs(pred - y).mean()) for *_, pred, _ in fits]
+    h, g, pred, on_gpu = fits[-1] if error[-1] < 0.99 * error[0] else fits[0]
     model = StepModel(base=float(h[0]), per_token=0.0, per_decode=float(h[1]),
                       gpu_base=float(g[0]), gpu_per_token=float(g[1]))
     return model, {
@@ -142,6 +140,23 @@ def fit_step_model(steps: dict, skip_reps: tuple[int, ...] = (0,),
         "compute_bound_share": float(on_gpu.mean()),
         # the spread of log(measured / model) per step: what ``--step-noise`` draws from
         "log_residual_sd": float(np.log(y / pred).std())}
+
+
+def _alternate(x, y, on_gpu):
+    """The launch and compute terms' coefficients fitted alternately from the assignment
+    ``on_gpu`` until it is stable, their prediction and the steps on compute."""
+    import numpy as np
+
+    launch = np.column_stack([np.ones(len(y)), x[:, 1]])
+    compute = np.column_stack([np.ones(len(y)), x[:, 0] + x[:, 1]])
+    for _ in range(100):
+        h = np.linalg.lstsq(launch[~on_gpu], y[~on_gpu], rcond=None)[0]
+        g = np.linalg.lstsq(compute[on_gpu], y[on_gpu], rcond=None)[0]
+        pred = np.maximum(launch @ h, compute @ g)
+        if np.array_equal(on_gpu, now := compute @ g > launch @ h):
+            break
+        on_gpu = now
+    return h, g, pred, on_gpu
 
 
 def step_periods(steps: dict, skip_reps: tuple[int, ...] = (), lag: int = 1):

@@ -17,16 +17,18 @@ TRUTH = trace_sim_model.StepModel(base=0.004, per_token=0.0, per_decode=2e-5,
                                   gpu_base=0.002, gpu_per_token=1.5e-5)
 
 
-def _records(n: int, idle_at: set[int], missing: set[int], t0: float = 1.7e9) -> list[dict]:
-    """Statistics records of ``n`` steps whose periods ``TRUTH`` gives one step late (async
-    scheduling); before each step in ``idle_at`` the engine idles 0.5 s and every running
+def _records(n: int, idle_at: set[int], missing: set[int], lag: int = 1,
+             t0: float = 1.7e9) -> list[dict]:
+    """Statistics records of ``n`` steps whose periods ``TRUTH`` gives ``lag`` steps late (1:
+    async scheduling); before each step in ``idle_at`` the engine idles 0.5 s and every running
     request is new; the records of ``missing`` are lost."""
     prefill = [(k * 613) % 8193 if k % 3 else 0 for k in range(n)]
     decodes = [(k * 37) % 250 + 1 for k in range(n)]
-    t = [t0, t0 + 0.01]
-    for k in range(1, n - 1):
-        t.append(t[-1] + TRUTH.seconds({"prefill_tokens": prefill[k - 1], "decodes": decodes[k - 1],
-                                        "attn": 0, "decode_ctx": 0}) + 0.5 * (k + 1 in idle_at))
+    t = [t0, t0 + 0.01][:lag + 1]
+    for k in range(lag, n - 1):
+        t.append(t[-1] + TRUTH.seconds({"prefill_tokens": prefill[k - lag],
+                                        "decodes": decodes[k - lag], "attn": 0, "decode_ctx": 0})
+                 + 0.5 * (k + 1 in idle_at))
     records = []
     for k in range(n):
         running = decodes[k] + (prefill[k] > 0)
@@ -36,8 +38,10 @@ def _records(n: int, idle_at: set[int], missing: set[int], t0: float = 1.7e9) ->
     return [r for k, r in enumerate(records) if k not in missing]
 
 
-def _result(*runs: list[dict]) -> dict:
-    return {"runs": [{"arm": "stock", "ok": True},
+def _result(*runs: list[dict], scheduler: str = "PrepackAsyncScheduler") -> dict:
+    cls = f"vllm_prepack.adapters.scheduler.{scheduler}"
+    return {"arms": {"prepack": {"scheduler_class": cls}},
+            "runs": [{"arm": "stock", "ok": True},
                      *({"arm": "prepack", "ok": True, "step_series": step_series(r)}
                        for r in runs),
                      {"arm": "prepack", "ok": False, "step_series": step_series(runs[0])}]}
@@ -114,3 +118,31 @@ def test_a_serving_section_states_the_fit_of_its_own_steps():
     assert f"compute {1e3 * TRUTH.gpu_base:.1f} ms + {1e6 * TRUTH.gpu_per_token:.1f} us" in sentence
     assert step_source.describe(_result(_records(20, set(), set()))) == ""
     assert step_source.describe({"runs": [{"arm": "prepack", "ok": True}]}) == ""
+
+
+def test_a_synchronous_server_is_fitted_without_the_lag(tmp_path):
+    sync, mixed = tmp_path / "sync.json", tmp_path / "async.json"
+    sync.write_text(json.dumps(_result(_records(600, {100}, set(), lag=0),
+                                       scheduler="PrepackSyncScheduler")))
+    mixed.write_text(json.dumps(_result(_records(100, set(), set()))))
+    assert step_source.load_steps([sync])["lag"] == 0
+    model, fit = step_source.fitted((str(sync),))
+    assert fit["lag"] == 0 and fit["mean_abs_error_s"] < 1e-5
+    assert model.gpu_per_token == pytest.approx(TRUTH.gpu_per_token, rel=1e-3)
+    with pytest.raises(ValueError, match="synchronous and asynchronous"):
+        step_source.load_steps([sync, mixed])
+
+
+def test_the_cpu_servers_steps_take_the_second_start():
+    """On the CPU server a decode request costs about eight prompt tokens: started from the
+    largest prefills, the fit ends with every step on compute, error 2.6 ms; started from the
+    median prefill it keeps a launch term per decode request, error 0.9 ms."""
+    import numpy as np
+
+    path = RESULTS / "trace_serve_tiny_replay_1.0_steps_cpu.json"
+    model, fit = step_source.fitted((str(path),))
+    assert fit["lag"] == 0 and fit["mean_abs_error_s"] < 1.2e-3
+    assert model.per_decode > 5 * model.gpu_per_token > 0
+    x, y = trace_sim_model.step_periods(step_source.load_steps([path]), (), 0)
+    *_, first, on_gpu = trace_sim_model._alternate(x, y, x[:, 0] >= 0.9 * x[:, 0].max())
+    assert on_gpu.all() and np.abs(first - y).mean() > 2 * fit["mean_abs_error_s"]

@@ -116,6 +116,7 @@ def test_a_replay_with_step_series_is_simulated_with_its_own_steps_and_kv_cache(
     trace.write_text(TRACE_CSV)
     result = _gpu_result(3, 0.5, mode="--max-model-len=8192")
     result["arms"]["stock"]["kv_cache_tokens"] = 4096
+    result["arms"]["prepack"] = {"scheduler_class": "PrepackAsyncScheduler"}  # lag 1
     for run, n in zip((r for r in result["runs"] if r["arm"] == "prepack"), (300, 200)):
         run["step_series"] = step_series(_records(n, {40}, set()))
     graphs = tmp_path / "graphs.json"
