@@ -64,7 +64,7 @@ def log_facts(log: str) -> dict:
     m = re.search(r"Initializing a V1 LLM engine .*? with config: (.*)$", log, re.M)
     if m:
         facts["engine_config"] = m.group(1)
-    m = re.search(r"GPU KV cache size: ([\d,]+) tokens", log)
+    m = re.search(r"[GC]PU KV cache size: ([\d,]+) tokens", log)  # CUDA, or the CPU backend
     if m:
         facts["kv_cache_tokens"] = int(m.group(1).replace(",", ""))
     m = re.search(r"Engine core built \w+ \((\{.*\})\)$", log, re.M)

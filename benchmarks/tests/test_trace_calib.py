@@ -95,6 +95,8 @@ def test_the_simulator_runs_the_options_the_gpu_server_logged():
            "(EngineCore_DP0 pid=7) INFO 12-03 22:40:01 [scheduler.py:298] Engine core built "
            f"PrepackAsyncScheduler ({PrepackConfig(stretch=2.5).to_dict()})\n")
     assert serve_pool.log_facts(log)["kv_cache_tokens"] == 271_008
+    cpu = "(EngineCore pid=9) INFO [kv_cache_utils.py:2327] CPU KV cache size: 524,288 tokens, "
+    assert serve_pool.log_facts(cpu)["kv_cache_tokens"] == 524_288
     ran = serve_pool.log_facts(log)["prepack_options"]
     assert ran == PrepackConfig(stretch=2.5).to_dict()
     result = _gpu_result(3, 0.5)
