@@ -30,8 +30,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from benchmarks import harness, serve_report
-from benchmarks.trace_sim import SimOptions
 from benchmarks.trace_sim_model import STEP_MODELS, step_model_check
+from benchmarks.trace_sim_options import SimOptions, step_model
 from tests.harness.sched import BLOCK_SIZE
 
 BENCHMARK = "trace simulator calibration against GPU trace replays"
@@ -155,8 +155,6 @@ def run(opts: CalibOptions) -> dict:
             continue
         agg = per_load(d)
         results.append((Path(p), d, agg, [k for k, v in agg.items() if v["paired_reps"]]))
-    from benchmarks import trace_sim
-
     points, models = [], {}
     with tqdm(total=sum(2 * len(loads) for *_, loads in results), desc="trace calib",
               unit="run") as bar:
@@ -164,7 +162,7 @@ def run(opts: CalibOptions) -> dict:
             options = sim_options(path, d, loads, opts)
             sim = sim_points(options, bar)
             models[path.name] = {"num_blocks": options.num_blocks,
-                                 "step_model": dataclasses.asdict(trace_sim.step_model(options)),
+                                 "step_model": dataclasses.asdict(step_model(options)),
                                  "fitted_to": list(options.step_timings) or d["model_shape"]}
             for load in loads:
                 g, s = gpu_point(d, agg[load], load), sim[load]

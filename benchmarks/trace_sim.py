@@ -27,7 +27,6 @@ from collections.abc import Sequence
 
 from benchmarks import analysis, harness, report
 from benchmarks.trace_sim_drive import (
-    ARMS,
     arm_options,
     compressed,
     metrics,
@@ -36,7 +35,9 @@ from benchmarks.trace_sim_drive import (
     simulate,
     window_requests,
 )
-from benchmarks.trace_sim_model import CPU_SCALE, HOST_MODEL, STEP_MODELS, StepModel
+from benchmarks.trace_sim_host import run_host_fit
+from benchmarks.trace_sim_model import HOST_MODEL, STEP_MODELS
+from benchmarks.trace_sim_options import SimOptions, engine_settings, step_model
 
 BENCHMARK = "trace simulation: vLLM's schedulers on a virtual clock (CPU)"
 METRICS = {"ttft_mean_s": False, "ttft_p50_s": False, "ttft_p99_s": False,
@@ -44,50 +45,9 @@ METRICS = {"ttft_mean_s": False, "ttft_p50_s": False, "ttft_p99_s": False,
 """Metric -> higher is better."""
 
 
-@dataclasses.dataclass(frozen=True)
-class SimOptions:
-    """One simulated grid: the CLI's flags, as attributes of the same names."""
-
-    shape: str = "llama-3.1-8b"
-    trace: str | None = None
-    start: int = 0
-    n: int = 500
-    budgets: tuple[int, ...] = (2048, 8192)
-    max_num_seqs: int = 1024
-    loads: tuple[float, ...] = (0.5, 0.8, 1.0, 1.2, 1.5)
-    compression: float | None = None
-    arms: tuple[str, ...] = tuple(ARMS)
-    seeds: tuple[int, ...] = (0, 1, 2)
-    num_blocks: int = 40_000
-    max_model_len: int = 8192
-    cpu_scale: float = CPU_SCALE
-    host: str = "model"
-    fit_host: bool = False
-    step_noise: float = 0.0
-    replicas: int = 1
-    step_timings: tuple[str, ...] = ()
-    out: str | None = None
-
-
 def ratios(per_arm: dict[str, list[dict]], baseline: str = "stock") -> dict:
     """Per arm and metric: the spread of the per-seed ratios over the baseline's."""
     return analysis.compare(per_arm, baseline, METRICS)
-
-
-def engine_settings(opts: SimOptions, model: str, budget: int, **extra) -> dict:
-    """:func:`simulate`'s engine settings for one budget."""
-    return dict(model=model, budget=budget, max_num_seqs=opts.max_num_seqs,
-                num_blocks=opts.num_blocks, max_model_len=opts.max_model_len,
-                step_model=step_model(opts), cpu_scale=opts.cpu_scale, **extra)
-
-
-def step_model(opts: SimOptions) -> StepModel:
-    """The shape's fitted step model, or one fitted to ``opts.step_timings``."""
-    if not opts.step_timings:
-        return STEP_MODELS[opts.shape]
-    from benchmarks.step_source import fitted
-
-    return fitted(tuple(opts.step_timings))[0]
 
 
 def grid(opts: SimOptions, bar) -> list[dict]:
@@ -210,11 +170,7 @@ def parse(argv: Sequence[str] | None = None) -> SimOptions:
 
 def main(argv: Sequence[str] | None = None) -> dict:
     opts = parse(argv)
-    if opts.fit_host:
-        from benchmarks.trace_sim_host import run_host_fit
-
-        return run_host_fit(opts)
-    return run(opts)
+    return run_host_fit(opts) if opts.fit_host else run(opts)
 
 
 if __name__ == "__main__":

@@ -7,9 +7,9 @@ from __future__ import annotations
 import dataclasses
 
 from benchmarks import harness
-from benchmarks.trace_sim import SimOptions, engine_settings
 from benchmarks.trace_sim_drive import compressed, saturation, simulate, window_requests
 from benchmarks.trace_sim_model import fit_host_model
+from benchmarks.trace_sim_options import SimOptions, engine_settings
 
 
 def fit_hosts(opts: SimOptions, bar) -> dict:

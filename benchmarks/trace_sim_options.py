@@ -1,0 +1,50 @@
+"""The trace simulator's options (:class:`SimOptions`, one per grid: the CLI's flags) and the
+engine settings and step model they give each simulated run."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from benchmarks.trace_sim_drive import ARMS
+from benchmarks.trace_sim_model import CPU_SCALE, STEP_MODELS, StepModel
+
+
+@dataclasses.dataclass(frozen=True)
+class SimOptions:
+    """One simulated grid: the CLI's flags, as attributes of the same names."""
+
+    shape: str = "llama-3.1-8b"
+    trace: str | None = None
+    start: int = 0
+    n: int = 500
+    budgets: tuple[int, ...] = (2048, 8192)
+    max_num_seqs: int = 1024
+    loads: tuple[float, ...] = (0.5, 0.8, 1.0, 1.2, 1.5)
+    compression: float | None = None
+    arms: tuple[str, ...] = tuple(ARMS)
+    seeds: tuple[int, ...] = (0, 1, 2)
+    num_blocks: int = 40_000
+    max_model_len: int = 8192
+    cpu_scale: float = CPU_SCALE
+    host: str = "model"
+    fit_host: bool = False
+    step_noise: float = 0.0
+    replicas: int = 1
+    step_timings: tuple[str, ...] = ()
+    out: str | None = None
+
+
+def engine_settings(opts: SimOptions, model: str, budget: int, **extra) -> dict:
+    """:func:`simulate`'s engine settings for one budget."""
+    return dict(model=model, budget=budget, max_num_seqs=opts.max_num_seqs,
+                num_blocks=opts.num_blocks, max_model_len=opts.max_model_len,
+                step_model=step_model(opts), cpu_scale=opts.cpu_scale, **extra)
+
+
+def step_model(opts: SimOptions) -> StepModel:
+    """The shape's fitted step model, or one fitted to ``opts.step_timings``."""
+    if not opts.step_timings:
+        return STEP_MODELS[opts.shape]
+    from benchmarks.step_source import fitted
+
+    return fitted(tuple(opts.step_timings))[0]
