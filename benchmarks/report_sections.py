@@ -138,7 +138,8 @@ def calibration_table(path: Path, d: dict) -> list[str]:
     device = d["points"][0]["device"] if d["points"] else "-"
     arms = d.get("simulator_arm") or ", ".join(sorted({p["sim"]["simulator_arm"]
                                                          for p in d["points"]}))
-    lines = [f"#### Trace simulator against the GPU ({device}, simulator arm "
+    side = "the GPU" if str(device).startswith("GPU") else "the server"
+    lines = [f"#### Trace simulator against {side} ({device}, simulator arm "
              f"`{arms}`, CPU, commit {str(d['git_commit'])[:10]})",
              "", "| GPU result, vLLM, budget, load | metric | GPU | simulator | within "
              f"{d['tolerance']:.0%} | inside GPU spread | overtakes / split per run, GPU vs "

@@ -100,16 +100,26 @@ def has_steps(result: dict) -> bool:
 
 
 def sim_options(path: Path, result: dict, loads: list[str], opts: CalibOptions) -> SimOptions:
-    """The simulator on the GPU result's window, budget and loads, with the KV cache its
-    servers logged (else ``opts.num_blocks``) and a step model fitted to the result's own
-    steps where it has them."""
+    """The simulator on the GPU result's window, budget, model length and loads, with the KV
+    cache its servers logged (else ``opts.num_blocks``) and a step model fitted to the result's
+    own steps where it has them: then a model directory (a result without a shape) is
+    simulated as it ran, and a synchronous server's steps, which hold its scheduler's time,
+    get no scheduler time added (``cpu_scale`` 0)."""
     w, kv_tokens = result["workload"], result["arms"]["stock"].get("kv_cache_tokens")
-    return SimOptions(shape=result["model_shape"], trace=opts.trace, start=w["start"], n=w["n"],
+    own = has_steps(result)
+    sync = own and "Sync" in (result["arms"].get("prepack", {}).get("scheduler_class") or "")
+    args = result["arms"]["stock"]["serve_args"]
+    return SimOptions(shape=result.get("model_shape") or SimOptions.shape,
+                      model=None if result.get("model_shape") else result.get("model"),
+                      trace=opts.trace, start=w["start"], n=w["n"],
                       budgets=(budget_of(result),), max_num_seqs=opts.max_num_seqs,
+                      max_model_len=int(args[args.index("--max-model-len") + 1])
+                      if "--max-model-len" in args else SimOptions.max_model_len,
                       loads=tuple(float(lf) for lf in loads),
                       arms=("stock", sim_arm(result)), seeds=(0,),
                       num_blocks=kv_tokens // BLOCK_SIZE if kv_tokens else opts.num_blocks,
-                      step_timings=(str(path),) if has_steps(result) else ())
+                      step_timings=(str(path),) if own else (), sync_scheduling=sync,
+                      cpu_scale=0.0 if sync else SimOptions.cpu_scale)
 
 
 def sim_points(sim: SimOptions, bar) -> dict[str, dict]:
@@ -162,6 +172,9 @@ def run(opts: CalibOptions) -> dict:
             options = sim_options(path, d, loads, opts)
             sim = sim_points(options, bar)
             models[path.name] = {"num_blocks": options.num_blocks,
+                                 "max_model_len": options.max_model_len,
+                                 "async_scheduling": not options.sync_scheduling,
+                                 "cpu_scale": options.cpu_scale,
                                  "step_model": dataclasses.asdict(step_model(options)),
                                  "fitted_to": list(options.step_timings) or d["model_shape"]}
             for load in loads:

@@ -53,16 +53,13 @@ def ratios(per_arm: dict[str, list[dict]], baseline: str = "stock") -> dict:
 def grid(opts: SimOptions, bar) -> list[dict]:
     """Every (budget, load) point: arms side by side on the same seeds."""
     from benchmarks import trace
-    from benchmarks.models import config_dir
-
-    model = str(config_dir(opts.shape))
     windows = {seed: window_requests(trace.load(
         opts.trace, start=opts.start + seed * opts.n, n=opts.n,
         max_model_len=opts.max_model_len)) for seed in opts.seeds}
     requests = windows[opts.seeds[0]]
     points = []
     for budget in opts.budgets:
-        kw = engine_settings(opts, model, budget, host=opts.host)
+        kw = engine_settings(opts, budget, host=opts.host)
         sat = saturation(requests, seed=0, **kw)
         native = (len(requests) - 1) / (requests[-1].arrival - requests[0].arrival)
         loads = [native * opts.compression / sat] if opts.compression else opts.loads
@@ -99,6 +96,7 @@ def run(opts: SimOptions) -> dict:
             print(f"budget {pt['budget']:5d} load {pt['load']:.1f} {arm:>8}: " + "  ".join(
                 f"{m} {report.fmt_ratio(v)}" for m, v in r.items()))
     result = {"benchmark": BENCHMARK, **harness.environment(), "shape": opts.shape,
+              "model": opts.model, "async_scheduling": not opts.sync_scheduling,
               "step_model": dataclasses.asdict(step_model(opts)),
               "step_model_fit": fitted(tuple(opts.step_timings))[1] if opts.step_timings else None,
               "cpu_scale": opts.cpu_scale, "host": opts.host,
@@ -154,8 +152,14 @@ def parse(argv: Sequence[str] | None = None) -> SimOptions:
     p.add_argument("--step-timings", nargs="+", default=(), metavar="FILE",
                    help="fit the step model to these GPU steps (benchmarks.ab steps files or "
                    "serve_ab results with step series) instead of the shape's fitted model")
+    p.add_argument("--model", default=None, metavar="DIR", help="a model directory (its "
+                   "config.json) instead of --shape; needs --step-timings")
+    p.add_argument("--sync-scheduling", action="store_true", help="synchronous scheduling "
+                   "(each step's scheduler time added to its GPU time) instead of vLLM's async")
     p.add_argument("--out", default=None)
     args = p.parse_args(argv)
+    if args.model and not args.step_timings:
+        p.error(f"--model {args.model}: give its steps with --step-timings (no fitted model)")
     if args.step_noise < 0 or args.replicas < 1:
         p.error(f"--step-noise {args.step_noise}, --replicas {args.replicas}: accepted "
                 "--step-noise >= 0 and --replicas >= 1")

@@ -16,13 +16,12 @@ def fit_hosts(opts: SimOptions, bar) -> dict:
     """The :class:`HostModel` fitted to every arm's measured scheduler CPU time per step over
     the grid's budgets and loads (the first seed's window), and each arm's own fit."""
     from benchmarks import trace
-    from benchmarks.models import config_dir
 
     window = window_requests(trace.load(opts.trace, start=opts.start, n=opts.n,
                                         max_model_len=opts.max_model_len))
     samples: dict[str, list] = {arm: [] for arm in opts.arms}
     for budget in opts.budgets:
-        kw = engine_settings(opts, str(config_dir(opts.shape)), budget, host="measured",
+        kw = engine_settings(opts, budget, host="measured",
                      seed=opts.seeds[0])
         sat = saturation(window, **kw)
         for load in opts.loads:

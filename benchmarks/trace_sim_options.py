@@ -31,19 +31,29 @@ class SimOptions:
     step_noise: float = 0.0
     replicas: int = 1
     step_timings: tuple[str, ...] = ()
+    model: str | None = None
+    sync_scheduling: bool = False
     out: str | None = None
 
 
-def engine_settings(opts: SimOptions, model: str, budget: int, **extra) -> dict:
-    """:func:`simulate`'s engine settings for one budget."""
-    return dict(model=model, budget=budget, max_num_seqs=opts.max_num_seqs,
-                num_blocks=opts.num_blocks, max_model_len=opts.max_model_len,
-                step_model=step_model(opts), cpu_scale=opts.cpu_scale, **extra)
+def engine_settings(opts: SimOptions, budget: int, **extra) -> dict:
+    """:func:`simulate`'s engine settings for one budget: the model directory ``opts.model``, else
+    the shape's config (:func:`benchmarks.models.config_dir`)."""
+    from benchmarks.models import config_dir
+
+    return dict(model=opts.model or str(config_dir(opts.shape)), budget=budget,
+                max_num_seqs=opts.max_num_seqs, num_blocks=opts.num_blocks,
+                max_model_len=opts.max_model_len, step_model=step_model(opts),
+                cpu_scale=opts.cpu_scale, async_scheduling=not opts.sync_scheduling, **extra)
 
 
 def step_model(opts: SimOptions) -> StepModel:
-    """The shape's fitted step model, or one fitted to ``opts.step_timings``."""
+    """The shape's fitted step model, or one fitted to ``opts.step_timings`` (the only one for
+    a model directory, ``opts.model``)."""
     if not opts.step_timings:
+        if opts.model:
+            raise ValueError(f"model {opts.model}: no step model fitted to it; give its steps "
+                             "(step_timings, --step-timings)")
         return STEP_MODELS[opts.shape]
     from benchmarks.step_source import fitted
 

@@ -129,3 +129,32 @@ def test_a_replay_with_step_series_is_simulated_with_its_own_steps_and_kv_cache(
     used = out["step_models"]["graphs.json"]
     assert used["num_blocks"] == 4096 // 16 and used["fitted_to"] == [str(graphs)]
     assert used["step_model"]["gpu_per_token"] == pytest.approx(TRUTH.gpu_per_token, rel=1e-3)
+
+
+def test_a_synchronous_server_without_a_shape_is_simulated_as_it_ran(tmp_path):
+    """A result of a model directory (no shape; here the 8B config's), from a synchronous
+    server whose steps hold its scheduler's time: simulated on that directory, synchronously,
+    with no scheduler time added, at the server's model length."""
+    from benchmarks.models import config_dir
+    from benchmarks.serve_runs import step_series
+    from benchmarks.tests.test_step_source import TRUTH, _records
+
+    trace = tmp_path / "trace.csv"
+    trace.write_text(TRACE_CSV)
+    result = _gpu_result(3, 0.5)
+    result["model_shape"], result["model"] = None, str(config_dir("llama-3.1-8b"))
+    result["arms"]["stock"]["serve_args"] += ["--max-model-len", "4096"]
+    result["arms"]["prepack"] = {"scheduler_class": "PrepackSyncScheduler"}
+    for run in (r for r in result["runs"] if r["arm"] == "prepack"):
+        run["step_series"] = step_series(_records(300, {40}, set(), lag=0))
+    path = tmp_path / "cpu.json"
+    path.write_text(json.dumps(result))
+    options = trace_calib.sim_options(path, result, ["1"], trace_calib.parse(["--gpu", "x"]))
+    assert options.sync_scheduling and options.cpu_scale == 0.0
+    assert (options.model, options.max_model_len) == (result["model"], 4096)
+    out = trace_calib.main(["--gpu", str(path), "--trace", str(trace), "--max-num-seqs", "4",
+                            "--num-blocks", "256"])
+    used = out["step_models"]["cpu.json"]
+    assert not used["async_scheduling"] and used["cpu_scale"] == 0.0
+    assert used["step_model"]["gpu_per_token"] == pytest.approx(TRUTH.gpu_per_token, rel=1e-3)
+    assert [p["gpu_file"] for p in out["points"]] == ["cpu.json"]
