@@ -138,11 +138,11 @@ def calibration_table(path: Path, d: dict) -> list[str]:
     device = d["points"][0]["device"] if d["points"] else "-"
     arms = d.get("simulator_arm") or ", ".join(sorted({p["sim"]["simulator_arm"]
                                                          for p in d["points"]}))
-    side = "the GPU" if str(device).startswith("GPU") else "the server"
-    lines = [f"#### Trace simulator against {side} ({device}, simulator arm "
+    side = "GPU" if str(device).startswith("GPU") else "server"
+    lines = [f"#### Trace simulator against the {side} ({device}, simulator arm "
              f"`{arms}`, CPU, commit {str(d['git_commit'])[:10]})",
-             "", "| GPU result, vLLM, budget, load | metric | GPU | simulator | within "
-             f"{d['tolerance']:.0%} | inside GPU spread | overtakes / split per run, GPU vs "
+             "", f"| {side} result, vLLM, budget, load | metric | {side} | simulator | within "
+             f"{d['tolerance']:.0%} | inside {side} spread | overtakes / split per run, {side} vs "
              "simulator |", "|---|---|---|---|---|---|---|"]
     for p in d["points"]:
         g, s = p["gpu"], p["sim"]
@@ -150,7 +150,7 @@ def calibration_table(path: Path, d: dict) -> list[str]:
         decided = (f"{g['overtakes_per_run']:.0f} / {g['split_per_run']:.0f} vs "
                    f"{s['overtakes_per_run']:.0f} / {s['split_per_run']:.0f}")
         if p["same_admissions_on_gpu"]:
-            decided += " (GPU: stock's admissions, its ratios are noise)"
+            decided += f" ({side}: stock's admissions, its ratios are noise)"
         for m, a in p["agreement"].items():
             lines.append(f"| {where} | {m} | {report.fmt_ratio(g['ratios'][m])} | "
                          f"{s['ratios'][m]:.2f} | {'yes' if a['within_15pct'] else 'no'} | "
