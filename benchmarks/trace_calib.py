@@ -54,6 +54,7 @@ class CalibOptions:
     max_num_seqs: int = 1024
     num_blocks: int = 20_666
     steps: tuple[str, ...] = ()
+    step_timings: tuple[str, ...] = ()
     out: str | None = None
 
 
@@ -101,13 +102,16 @@ def has_steps(result: dict) -> bool:
 
 def sim_options(path: Path, result: dict, loads: list[str], opts: CalibOptions) -> SimOptions:
     """The simulator on the GPU result's window, budget, model length and loads, with the KV
-    cache its servers logged (else ``opts.num_blocks``) and a step model fitted to the result's
-    own steps where it has them: then a model directory (a result without a shape) is
-    simulated as it ran, and a synchronous server's steps, which hold its scheduler's time,
-    get no scheduler time added (``cpu_scale`` 0)."""
+    cache its servers logged (else ``opts.num_blocks``), the scheduling its prepack server ran
+    (synchronous or async), and a step model fitted to the result's own steps where it has
+    them, else to ``opts.step_timings`` where given, else the shape's. Steps of a synchronous
+    server hold its scheduler's time: with them no scheduler time is added (``cpu_scale`` 0).
+    A result without a shape is simulated on its model directory."""
+    from benchmarks.step_source import fitted
+
     w, kv_tokens = result["workload"], result["arms"]["stock"].get("kv_cache_tokens")
-    own = has_steps(result)
-    sync = own and "Sync" in (result["arms"].get("prepack", {}).get("scheduler_class") or "")
+    steps = (str(path),) if has_steps(result) else opts.step_timings
+    sync = "Sync" in (result["arms"].get("prepack", {}).get("scheduler_class") or "")
     args = result["arms"]["stock"]["serve_args"]
     return SimOptions(shape=result.get("model_shape") or SimOptions.shape,
                       model=None if result.get("model_shape") else result.get("model"),
@@ -118,8 +122,9 @@ def sim_options(path: Path, result: dict, loads: list[str], opts: CalibOptions) 
                       loads=tuple(float(lf) for lf in loads),
                       arms=("stock", sim_arm(result)), seeds=(0,),
                       num_blocks=kv_tokens // BLOCK_SIZE if kv_tokens else opts.num_blocks,
-                      step_timings=(str(path),) if own else (), sync_scheduling=sync,
-                      cpu_scale=0.0 if sync else SimOptions.cpu_scale)
+                      step_timings=steps, sync_scheduling=sync,
+                      cpu_scale=0.0 if steps and fitted(steps)[1]["lag"] == 0
+                      else SimOptions.cpu_scale)
 
 
 def sim_points(sim: SimOptions, bar) -> dict[str, dict]:
@@ -159,7 +164,7 @@ def run(opts: CalibOptions) -> dict:
     results, skipped = [], []
     for p in opts.gpu:
         d = json.loads(Path(p).read_text())
-        if not eager(d) and not has_steps(d):
+        if not eager(d) and not has_steps(d) and not opts.step_timings:
             skipped.append({"gpu_file": Path(p).name, "reason": SKIP_GRAPHS})
             print(f"{Path(p).name}: skipped ({SKIP_GRAPHS})")
             continue
@@ -224,10 +229,14 @@ def parse(argv: Sequence[str] | None = None) -> CalibOptions:
                    "(kv_cache_tokens); default: the 8B shape at 0.4 of an H200")
     p.add_argument("--steps", nargs="*", default=(),
                    help="GPU steps files (benchmarks.ab *_steps.json) to put the step model beside")
+    p.add_argument("--step-timings", nargs="+", default=(), metavar="FILE",
+                   help="steps (steps files or serve_ab results) to fit the step model of a "
+                   "result that has none of its own (a server of the same model and settings)")
     p.add_argument("--out")
     a = p.parse_args(argv)
     return CalibOptions(gpu=tuple(a.gpu), trace=a.trace, max_num_seqs=a.max_num_seqs,
-                        num_blocks=a.num_blocks, steps=tuple(a.steps), out=a.out)
+                        num_blocks=a.num_blocks, steps=tuple(a.steps),
+                        step_timings=tuple(a.step_timings), out=a.out)
 
 
 def main(argv: Sequence[str] | None = None) -> dict:

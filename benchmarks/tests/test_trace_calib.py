@@ -158,3 +158,27 @@ def test_a_synchronous_server_without_a_shape_is_simulated_as_it_ran(tmp_path):
     assert not used["async_scheduling"] and used["cpu_scale"] == 0.0
     assert used["step_model"]["gpu_per_token"] == pytest.approx(TRUTH.gpu_per_token, rel=1e-3)
     assert [p["gpu_file"] for p in out["points"]] == ["cpu.json"]
+
+
+def test_a_result_without_steps_takes_the_step_timings_given(tmp_path):
+    """A CUDA-graph result with no steps of its own is simulated on the steps given for it
+    (``--step-timings``: another run of the same server) instead of being skipped."""
+    from benchmarks.serve_runs import step_series
+    from benchmarks.tests.test_step_source import TRUTH, _records
+
+    trace = tmp_path / "trace.csv"
+    trace.write_text(TRACE_CSV)
+    source = _gpu_result(3, 0.5, mode="--max-model-len=8192")
+    source["arms"]["prepack"] = {"scheduler_class": "PrepackAsyncScheduler"}
+    for run in (r for r in source["runs"] if r["arm"] == "prepack"):
+        run["step_series"] = step_series(_records(300, set(), set()))
+    steps, bare = tmp_path / "steps.json", tmp_path / "bare.json"
+    steps.write_text(json.dumps(source))
+    bare.write_text(json.dumps(_gpu_result(3, 0.5, mode="--max-model-len=8192")))
+    argv = ["--gpu", str(bare), "--trace", str(trace), "--max-num-seqs", "4", "--num-blocks", "256"]
+    assert trace_calib.main(argv)["skipped"][0]["gpu_file"] == "bare.json"
+    out = trace_calib.main(argv + ["--step-timings", str(steps)])
+    used = out["step_models"]["bare.json"]
+    assert out["skipped"] == [] and used["fitted_to"] == [str(steps)]
+    assert used["async_scheduling"] and used["cpu_scale"] == trace_calib.SimOptions.cpu_scale
+    assert used["step_model"]["gpu_per_token"] == pytest.approx(TRUTH.gpu_per_token, rel=1e-3)
