@@ -143,7 +143,7 @@ SERIES = ("step", "prefill_tokens", "scheduled_tokens", "admitted", "running")
 
 def step_series(records: list[dict]) -> dict[str, list]:
     """One engine's step records as columns, in step order, for fitting a step-time model to
-    the server's own steps (:func:`benchmarks.trace_sim_model.serve_steps`): ``time`` (seconds
+    the server's own steps (:func:`benchmarks.step_source.serve_steps`): ``time`` (seconds
     since the run's first step) and :data:`SERIES`."""
     rows = sorted(records, key=lambda r: r.get("step", 0))
     t0 = rows[0].get("time", 0.0)

@@ -5,7 +5,7 @@ or a ``benchmarks.serve_ab`` result whose prepack runs carry the server's own st
 mode, eager or CUDA graphs). Both come out in the steps file's layout, so that
 :func:`benchmarks.trace_sim_model.fit_step_model` fits either.
 
-    python -m benchmarks.step_source benchmarks/results/trace_serve_..._h100_vllm033.json
+    python -m benchmarks.step_source benchmarks/results/trace_serve_tiny_replay_1.0_steps_cpu.json
 """
 
 from __future__ import annotations

@@ -9,16 +9,20 @@ admissions were stock's: that point's GPU ratios measure the setup's run-to-run 
 policy, and the row says so.
 
 The simulator's step model: fitted to the result's own steps where its prepack runs recorded
-them (``step_series``, :mod:`benchmarks.step_source`), eager or CUDA graphs alike; else the
-shape's model, fitted to eager steps (``--enforce-eager``), so that a result without step series
-whose servers ran with torch.compile and CUDA graphs is skipped, and listed under ``skipped``
-with the reason. ``--steps`` puts the step model beside measured GPU steps (``*_steps.json`` of
-``benchmarks.ab``): its time over theirs, in total and by decode batch.
+them (``step_series``, :mod:`benchmarks.step_source`), eager or CUDA graphs alike; else to the
+steps of ``--step-timings`` (another run of the same server); else the shape's model, fitted to
+eager steps, so that a result with none of these whose servers ran with torch.compile and CUDA
+graphs is skipped (listed under ``skipped``). ``--steps``: the step model beside measured GPU
+steps (``benchmarks.ab`` ``*_steps.json``), its time over theirs in total and by decode batch.
 
     python -m benchmarks.trace_calib \\
         --gpu benchmarks/results/trace_serve_8b_b2048_1.0_1.5_h200.json \\
         --steps benchmarks/results/trace_llm_8b_b2048_4x_h200_steps.json \\
         --out benchmarks/results/trace_calib_serve_8b_h200.json      # CPU, about 1 min a file
+    python -m benchmarks.trace_calib --gpu benchmarks/results/trace_serve_tiny_*_cpu.json \\
+        --step-timings benchmarks/results/trace_serve_tiny_replay_1.0_steps_cpu.json \\
+        --trace .data/azure_conv_2023.csv --max-num-seqs 128 --num-blocks 32768 \\
+        --out benchmarks/results/trace_calib_serve_tiny_cpu.json
 """
 
 from __future__ import annotations
@@ -225,8 +229,7 @@ def parse(argv: Sequence[str] | None = None) -> CalibOptions:
     p.add_argument("--max-num-seqs", type=int, default=CalibOptions.max_num_seqs,
                    help="the GPU servers' max_num_seqs (vllm serve's default on an H200)")
     p.add_argument("--num-blocks", type=int, default=CalibOptions.num_blocks,
-                   help="KV-cache blocks where a GPU result did not record its servers' KV cache "
-                   "(kv_cache_tokens); default: the 8B shape at 0.4 of an H200")
+                   help="KV-cache blocks of a result without kv_cache_tokens (the 8B at 0.4 H200)")
     p.add_argument("--steps", nargs="*", default=(),
                    help="GPU steps files (benchmarks.ab *_steps.json) to put the step model beside")
     p.add_argument("--step-timings", nargs="+", default=(), metavar="FILE",

@@ -21,8 +21,7 @@ def fit_hosts(opts: SimOptions, bar) -> dict:
                                         max_model_len=opts.max_model_len))
     samples: dict[str, list] = {arm: [] for arm in opts.arms}
     for budget in opts.budgets:
-        kw = engine_settings(opts, budget, host="measured",
-                     seed=opts.seeds[0])
+        kw = engine_settings(opts, budget, host="measured", seed=opts.seeds[0])
         sat = saturation(window, **kw)
         for load in opts.loads:
             for arm in opts.arms:
