@@ -42,8 +42,14 @@ def serve_steps(result: dict) -> dict:
                                           or cols["step"][i] != cols["step"][i - 1] + 1):
                 segments.append(_segment(cols, start, i, rep))
                 start = i
-    cls = (result.get("arms") or {}).get("prepack", {}).get("scheduler_class") or ""
-    return {"steps": {"serve": {"prepack": segments}}, "lag": int("Async" in cls)}
+    return {"steps": {"serve": {"prepack": segments}}, "lag": int(scheduled_async(result))}
+
+
+def scheduled_async(result: dict) -> bool:
+    """Whether a ``serve_ab`` result's prepack server scheduled asynchronously (its scheduler
+    class; one that did not record it: yes, vLLM's default on a GPU)."""
+    cls = (result.get("arms") or {}).get("prepack", {}).get("scheduler_class")
+    return cls is None or "Async" in cls
 
 
 def _segment(cols: dict, a: int, b: int, rep: int) -> dict:
@@ -90,22 +96,24 @@ def fitted(paths: tuple[str, ...]) -> tuple:
     """The step model fitted to the measured steps of ``paths`` (:func:`load_steps`), and the
     fit's record (its files and errors), as :func:`benchmarks.trace_sim_model.fit_step_model`
     fits a steps file."""
+    model, fit = _fit(load_steps(paths))
+    return model, {"files": [Path(p).name for p in paths], **fit}
+
+
+def _fit(steps: dict) -> tuple:
+    """:func:`benchmarks.trace_sim_model.fit_step_model` on every step, at ``steps``' lag."""
     from benchmarks.trace_sim_model import fit_step_model
 
-    steps = load_steps(paths)
-    model, fit = fit_step_model(steps, skip_reps=(), lag=steps["lag"])
-    return model, {"files": [Path(p).name for p in paths], **fit}
+    return fit_step_model(steps, skip_reps=(), lag=steps["lag"])
 
 
 def describe(result: dict) -> str:
     """A sentence on the step model fitted to a ``serve_ab`` result's own steps ("" without
     step series), for its section of docs/results.md."""
-    from benchmarks.trace_sim_model import fit_step_model
-
     steps = serve_steps(result)
     if sum(len(s["t"]) for s in steps["steps"]["serve"]["prepack"]) < MIN_STEPS:
         return ""
-    m, fit = fit_step_model(steps, skip_reps=(), lag=steps["lag"])
+    m, fit = _fit(steps)
     return (f"The prepack server's own steps, fitted (`benchmarks/step_source.py`, {fit['steps']} "
             f"steps): launch {1e3 * m.base:.1f} ms + {1e6 * m.per_decode:.1f} us per decode "
             f"request, compute {1e3 * m.gpu_base:.1f} ms + {1e6 * m.gpu_per_token:.1f} us per "

@@ -111,11 +111,11 @@ def sim_options(path: Path, result: dict, loads: list[str], opts: CalibOptions) 
     them, else to ``opts.step_timings`` where given, else the shape's. Steps of a synchronous
     server hold its scheduler's time: with them no scheduler time is added (``cpu_scale`` 0).
     A result without a shape is simulated on its model directory."""
-    from benchmarks.step_source import fitted
+    from benchmarks.step_source import fitted, scheduled_async
 
     w, kv_tokens = result["workload"], result["arms"]["stock"].get("kv_cache_tokens")
     steps = (str(path),) if has_steps(result) else opts.step_timings
-    sync = "Sync" in (result["arms"].get("prepack", {}).get("scheduler_class") or "")
+    sync = not scheduled_async(result)
     args = result["arms"]["stock"]["serve_args"]
     return SimOptions(shape=result.get("model_shape") or SimOptions.shape,
                       model=None if result.get("model_shape") else result.get("model"),

@@ -126,6 +126,7 @@ def test_a_synchronous_server_is_fitted_without_the_lag(tmp_path):
                                        scheduler="PrepackSyncScheduler")))
     mixed.write_text(json.dumps(_result(_records(100, set(), set()))))
     assert step_source.load_steps([sync])["lag"] == 0
+    assert step_source.scheduled_async({"runs": []})  # no class recorded: vLLM's GPU default
     model, fit = step_source.fitted((str(sync),))
     assert fit["lag"] == 0 and fit["mean_abs_error_s"] < 1e-5
     assert model.gpu_per_token == pytest.approx(TRUTH.gpu_per_token, rel=1e-3)
