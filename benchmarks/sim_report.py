@@ -9,7 +9,7 @@ from pathlib import Path
 from benchmarks import report, trace_sim
 
 DEFAULT_ARM = "stretch"
-"""The arm that runs the plugin's defaults (``benchmarks.trace_sim_drive.ARMS``)."""
+"""The arm that runs the plugin's defaults (``benchmarks.trace_sim_options.ARMS``)."""
 
 METRICS = tuple(trace_sim.METRICS)
 

@@ -27,17 +27,21 @@ from collections.abc import Sequence
 
 from benchmarks import analysis, harness, report
 from benchmarks.trace_sim_drive import (
-    arm_options,
     compressed,
     metrics,
-    policy_of,
     saturation,
     simulate,
     window_requests,
 )
 from benchmarks.trace_sim_host import run_host_fit
 from benchmarks.trace_sim_model import HOST_MODEL, STEP_MODELS
-from benchmarks.trace_sim_options import SimOptions, engine_settings, step_model
+from benchmarks.trace_sim_options import (
+    SimOptions,
+    arm_options,
+    engine_settings,
+    policy_of,
+    step_model,
+)
 
 BENCHMARK = "trace simulation: vLLM's schedulers on a virtual clock (CPU)"
 METRICS = {"ttft_mean_s": False, "ttft_p50_s": False, "ttft_p99_s": False,

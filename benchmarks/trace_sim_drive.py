@@ -8,54 +8,19 @@ import dataclasses
 import gc
 import math
 import random
-import re
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from types import SimpleNamespace
 from unittest import mock
 
+from vllm.v1.core.sched.async_scheduler import AsyncScheduler
 from vllm.v1.core.sched.scheduler import Scheduler
 
 from benchmarks.trace_sim_model import HOST_MODEL, StepModel, step_features
+from benchmarks.trace_sim_options import arm_options
 from tests.harness.sched import make_request, make_scheduler, runner_output
-from vllm_prepack.adapters.scheduler import PrepackSyncScheduler
-from vllm_prepack.config import PrepackConfig
-
-ARMS: dict[str, dict | None] = {
-    # name: prepack options (None: stock vLLM)
-    "stock": None,
-    "stretch": {},
-    "fcfs": {"policy": "fcfs", "tail_quantile": 0},
-    "sjf": {"policy": "sjf", "tail_quantile": 0},
-    "hrrn": {"policy": "hrrn"},
-}
-
-
-_STRETCH_ARM = re.compile(r"stretch(?P<stretch>[0-9.]+)(q(?P<tail_quantile>[0-9.]+))?"
-                          r"(l(?P<lookahead>[0-9]+))?")
-
-
-def arm_options(arm: str) -> dict | None:
-    """An arm's prepack options: a name of :data:`ARMS`, or ``stretch<X>[q<Q>][l<L>]``
-    (stretch X, tail quantile Q, lookahead L; the defaults for what is left out)."""
-    if arm in ARMS:
-        return ARMS[arm]
-    with contextlib.suppress(ValueError):  # a number pattern that is no number: 1.2.3
-        if m := _STRETCH_ARM.fullmatch(arm):
-            return {k: (int if k == "lookahead" else float)(v)
-                    for k, v in m.groupdict().items() if v is not None}
-    raise ValueError(f"unknown arm {arm!r}; accepted: {', '.join(ARMS)}, stretch<X>[q<Q>][l<L>]")
-
-
-def policy_of(arm: str) -> dict | None:
-    """The admission options an arm ran (None: stock vLLM): its options over the defaults."""
-    options = arm_options(arm)
-    if options is None:
-        return None
-    c = PrepackConfig.from_dict(options)
-    return {"policy": c.policy, "stretch": c.stretch, "tail_quantile": c.tail_quantile,
-            "lookahead": c.lookahead}
+from vllm_prepack.adapters.scheduler import PrepackAsyncScheduler, PrepackSyncScheduler
 
 
 @dataclass(frozen=True)
@@ -91,57 +56,75 @@ def simulate(arm: str, requests: Sequence[Request], *, model: str, budget: int,
     CPU time: the fitted :data:`HOST_MODEL` (``host="model"``) or the measured time
     (``"measured"``; appended to ``samples`` as ``(scheduled, new, seconds)``), times
     ``cpu_scale``. ``step_noise``: :func:`_gpu_seconds`, drawn from ``noise_seed``. Async
-    scheduling (vLLM's default) overlaps GPU and CPU time; arrivals: :func:`_arrive_async`."""
+    scheduling (vLLM's default): vLLM's async scheduler classes, run as its engine core runs
+    them (step k + 1 is scheduled before step k's output is applied), GPU and CPU time
+    overlapping; arrivals: :func:`_arrive_async`."""
     opts = arm_options(arm) if options is None else options
     if host not in ("model", "measured"):
         raise ValueError(f"invalid host {host!r}; accepted: model, measured")
-    host_model = HOST_MODEL if host == "model" else None
-    cls = Scheduler if opts is None else PrepackSyncScheduler
+    classes = (AsyncScheduler, PrepackAsyncScheduler) if async_scheduling else (
+        Scheduler, PrepackSyncScheduler)
     clock = SimpleNamespace(now=0.0)  # the virtual clock, vLLM's time.time()
-    rng, noise = random.Random(seed), random.Random(noise_seed)
     gc.collect()
     gc.disable()  # a collector pause would be charged to one step as scheduler time
-    with mock.patch("time.time", lambda: clock.now), contextlib.ExitStack() as done:
-        done.callback(gc.enable)
+    with mock.patch("time.time", lambda: clock.now), contextlib.ExitStack() as stack:
+        stack.callback(gc.enable)
         scheduler = make_scheduler(
-            cls, model, budget=budget, max_num_seqs=max_num_seqs, num_blocks=num_blocks,
-            prefix_caching=prefix_caching, max_model_len=max_model_len,
-            additional_config={"prepack": opts or {}})
-        pending, arrival = list(requests), {}
-        ttft, held, visible = {}, {}, {}  # request -> seconds (visible: a time on the clock)
-        i = steps = out_tokens = cpu = preemptions = 0
-        last: dict[str, tuple[float, int]] = {}  # request -> (time of its latest token, tokens)
-        seen = 0.0  # async: the previous step's start, when the engine scheduled this one
-        while i < len(pending) or scheduler.has_unfinished_requests():
-            i = _arrive_async(scheduler, pending, i, seen if async_scheduling else clock.now,
-                              clock.now, rng, arrival, visible)
-            if not scheduler.has_unfinished_requests():
-                clock.now = seen = pending[i].arrival
-                continue
-            seen = clock.now
-            c0 = time.thread_time()
-            out = scheduler.schedule()
-            c1 = time.thread_time()
-            for r in out.scheduled_new_reqs:
-                held.setdefault(r.req_id, clock.now - visible[r.req_id])
-            features = step_features(scheduler, out)
-            runner = runner_output(scheduler, out)
-            c2 = time.thread_time()
-            scheduler.update_from_output(out, runner)
-            c3 = time.thread_time()
-            host = _host_seconds(host_model, samples, c1 - c0 + c3 - c2, (
-                len(out.num_scheduled_tokens), len(out.scheduled_new_reqs))) * cpu_scale
-            gpu = _gpu_seconds(step_model, features, out, noise, step_noise)
-            clock.now += max(gpu, host) if async_scheduling else gpu + host
-            cpu += c1 - c0
-            steps += 1
-            preemptions += len(out.preempted_req_ids or ())
+            classes[opts is not None], model, budget=budget, max_num_seqs=max_num_seqs,
+            num_blocks=num_blocks, prefix_caching=prefix_caching, max_model_len=max_model_len,
+            async_scheduling=async_scheduling, additional_config={"prepack": opts or {}})
+        run = _drive(scheduler, requests, clock, random.Random(seed), SimpleNamespace(
+            gpu=step_model, host=HOST_MODEL if host == "model" else None, samples=samples,
+            cpu_scale=cpu_scale, noise=random.Random(noise_seed), sigma=step_noise,
+            pipelined=async_scheduling))
+    run.counters = _counters(scheduler)
+    return run
+
+
+def _drive(scheduler, requests: Sequence[Request], clock, rng: random.Random, m) -> Run:
+    """Step ``scheduler`` until every request finishes; ``m``: the step and host models."""
+    pending, arrival = list(requests), {}
+    ttft, held, visible = {}, {}, {}  # request -> seconds (visible: a time on the clock)
+    i = steps = out_tokens = cpu = preemptions = 0
+    last: dict[str, tuple[float, int]] = {}  # request -> (time of its latest token, tokens)
+    seen = 0.0  # async: the previous step's start, when the engine scheduled this one
+    flight = None  # async: the step in flight (output, runner output), not yet applied
+    while i < len(pending) or scheduler.has_unfinished_requests() or flight:
+        i = _arrive_async(scheduler, pending, i, seen if m.pipelined else clock.now,
+                          clock.now, rng, arrival, visible)
+        if not scheduler.has_unfinished_requests() and not flight:
+            clock.now = seen = pending[i].arrival
+            continue
+        seen = clock.now
+        c0 = time.thread_time()
+        out = scheduler.schedule()
+        c1 = time.thread_time()
+        for r in out.scheduled_new_reqs:
+            held.setdefault(r.req_id, clock.now - visible[r.req_id])
+        features = step_features(scheduler, out)
+        runner = runner_output(scheduler, out)
+        applied, flight = (flight, (out, runner)) if m.pipelined else ((out, runner), None)
+        c2 = time.thread_time()
+        if applied:
+            scheduler.update_from_output(*applied)
+        c3 = time.thread_time()
+        if m.pipelined and applied:  # the step before this one ends now
+            out_tokens += _tokens(applied[1], clock.now, arrival, ttft, last)
+        if not out.total_num_scheduled_tokens:
+            flight = None  # nothing to run: the engine core submits no empty step
+        host = _host_seconds(m.host, m.samples, c1 - c0 + c3 - c2, (
+            len(out.num_scheduled_tokens), len(out.scheduled_new_reqs))) * m.cpu_scale
+        gpu = _gpu_seconds(m.gpu, features, out, m.noise, m.sigma)
+        clock.now += max(gpu, host) if m.pipelined else gpu + host
+        cpu += c1 - c0
+        steps += 1
+        preemptions += len(out.preempted_req_ids or ())
+        if not m.pipelined:
             out_tokens += _tokens(runner, clock.now, arrival, ttft, last)
     first = requests[0].arrival if requests else 0.0
     tpot = {r: (t - arrival[r] - ttft[r]) / (n - 1) for r, (t, n) in last.items() if n > 1}
     return Run(ttft=ttft, makespan=clock.now - first, output_tokens=out_tokens, steps=steps,
-               sched_cpu_s=cpu, counters=_counters(scheduler), tpot=tpot, held=held,
-               preemptions=preemptions)
+               sched_cpu_s=cpu, counters={}, tpot=tpot, held=held, preemptions=preemptions)
 
 
 def _counters(scheduler) -> dict:

@@ -3,10 +3,47 @@ engine settings and step model they give each simulated run."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import re
 
-from benchmarks.trace_sim_drive import ARMS
 from benchmarks.trace_sim_model import CPU_SCALE, STEP_MODELS, StepModel
+from vllm_prepack.config import PrepackConfig
+
+ARMS: dict[str, dict | None] = {
+    # name: prepack options (None: stock vLLM)
+    "stock": None,
+    "stretch": {},
+    "fcfs": {"policy": "fcfs", "tail_quantile": 0},
+    "sjf": {"policy": "sjf", "tail_quantile": 0},
+    "hrrn": {"policy": "hrrn"},
+}
+
+
+_STRETCH_ARM = re.compile(r"stretch(?P<stretch>[0-9.]+)(q(?P<tail_quantile>[0-9.]+))?"
+                          r"(l(?P<lookahead>[0-9]+))?")
+
+
+def arm_options(arm: str) -> dict | None:
+    """An arm's prepack options: a name of :data:`ARMS`, or ``stretch<X>[q<Q>][l<L>]``
+    (stretch X, tail quantile Q, lookahead L; the defaults for what is left out)."""
+    if arm in ARMS:
+        return ARMS[arm]
+    with contextlib.suppress(ValueError):  # a number pattern that is no number: 1.2.3
+        if m := _STRETCH_ARM.fullmatch(arm):
+            return {k: (int if k == "lookahead" else float)(v)
+                    for k, v in m.groupdict().items() if v is not None}
+    raise ValueError(f"unknown arm {arm!r}; accepted: {', '.join(ARMS)}, stretch<X>[q<Q>][l<L>]")
+
+
+def policy_of(arm: str) -> dict | None:
+    """The admission options an arm ran (None: stock vLLM): its options over the defaults."""
+    options = arm_options(arm)
+    if options is None:
+        return None
+    c = PrepackConfig.from_dict(options)
+    return {"policy": c.policy, "stretch": c.stretch, "tail_quantile": c.tail_quantile,
+            "lookahead": c.lookahead}
 
 
 @dataclasses.dataclass(frozen=True)

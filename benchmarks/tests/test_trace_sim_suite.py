@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from benchmarks import trace_sim_drive, trace_sim_model
+from benchmarks import trace_sim_drive, trace_sim_model, trace_sim_options
 from vllm_prepack.config import PrepackConfig
 
 
@@ -81,26 +81,47 @@ def test_async_scheduling_sees_an_arrival_one_step_late(tiny_model):
         {"prefill_tokens": 0, "decodes": 1, "attn": 0, "decode_ctx": 0}))  # one decode step
 
 
+def test_async_scheduling_frees_a_finished_requests_slot_one_step_later(tiny_model):
+    # vLLM's async scheduler classes, pipelined as the engine core runs them: step k + 1 is
+    # scheduled before step k's output is applied, so r2 gets the slot that r0's last token
+    # frees one step later than without async scheduling (r1 decodes in between).
+    model = trace_sim_model.STEP_MODELS["llama-3.1-8b"]
+    reqs = [trace_sim_drive.Request(0.0, 40, 2), trace_sim_drive.Request(0.0, 40, 20),
+            trace_sim_drive.Request(0.0, 40, 2)]
+
+    def run(arm: str, async_scheduling: bool) -> trace_sim_drive.Run:
+        return trace_sim_drive.simulate(
+            arm, reqs, model=tiny_model, budget=256, max_num_seqs=2, num_blocks=512,
+            max_model_len=1024, step_model=model, seed=0, cpu_scale=0.0,
+            async_scheduling=async_scheduling)
+
+    decode = model.seconds({"prefill_tokens": 0, "decodes": 1, "attn": 0, "decode_ctx": 0})
+    for arm in ("stock", "stretch"):
+        sync, pipelined = run(arm, False), run(arm, True)
+        assert pipelined.ttft["r0"] == sync.ttft["r0"]
+        assert pipelined.ttft["r2"] == pytest.approx(sync.ttft["r2"] + decode)
+
+
 def test_the_simulator_is_deterministic_without_scheduler_cpu_time(tiny_model):
     assert _run(tiny_model, "stretch").ttft == _run(tiny_model, "stretch").ttft
 
 
 def test_arm_names_and_errors():
-    assert trace_sim_drive.arm_options("stock") is None
-    assert trace_sim_drive.arm_options("stretch4q0") == {"stretch": 4.0, "tail_quantile": 0.0}
-    assert trace_sim_drive.arm_options("stretch2") == {"stretch": 2.0}
-    assert trace_sim_drive.arm_options("stretch2q0.9l16") == {
+    assert trace_sim_options.arm_options("stock") is None
+    assert trace_sim_options.arm_options("stretch4q0") == {"stretch": 4.0, "tail_quantile": 0.0}
+    assert trace_sim_options.arm_options("stretch2") == {"stretch": 2.0}
+    assert trace_sim_options.arm_options("stretch2q0.9l16") == {
         "stretch": 2.0, "tail_quantile": 0.9, "lookahead": 16}
-    assert trace_sim_drive.arm_options("stretch2l512") == {"stretch": 2.0, "lookahead": 512}
+    assert trace_sim_options.arm_options("stretch2l512") == {"stretch": 2.0, "lookahead": 512}
     for bad in ("lifo", "stretch2x", "stretch1.2.3", "stretch2l1.5", "stretchq1"):
         with pytest.raises(ValueError, match=f"unknown arm '{bad}'; accepted: stock"):
-            trace_sim_drive.arm_options(bad)
-    for options in trace_sim_drive.ARMS.values():  # every arm is a valid configuration
+            trace_sim_options.arm_options(bad)
+    for options in trace_sim_options.ARMS.values():  # every arm is a valid configuration
         PrepackConfig.from_dict(options or {})
 
 
 def test_a_result_records_the_policy_each_arm_ran():
-    policy_of = trace_sim_drive.policy_of
+    policy_of = trace_sim_options.policy_of
     defaults = PrepackConfig()
     assert policy_of("stock") is None
     assert policy_of("stretch") == {"policy": "stretch", "stretch": defaults.stretch,
