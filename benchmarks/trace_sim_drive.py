@@ -17,7 +17,7 @@ from unittest import mock
 from vllm.v1.core.sched.async_scheduler import AsyncScheduler
 from vllm.v1.core.sched.scheduler import Scheduler
 
-from benchmarks.trace_sim_model import HOST_MODEL, StepModel, step_features
+from benchmarks.trace_sim_model import HOST_MODEL, HostModel, StepModel, step_features
 from benchmarks.trace_sim_options import arm_options
 from tests.harness.sched import make_request, make_scheduler, runner_output
 from vllm_prepack.adapters.scheduler import PrepackAsyncScheduler, PrepackSyncScheduler
@@ -73,16 +73,28 @@ def simulate(arm: str, requests: Sequence[Request], *, model: str, budget: int,
             classes[opts is not None], model, budget=budget, max_num_seqs=max_num_seqs,
             num_blocks=num_blocks, prefix_caching=prefix_caching, max_model_len=max_model_len,
             async_scheduling=async_scheduling, additional_config={"prepack": opts or {}})
-        run = _drive(scheduler, requests, clock, random.Random(seed), SimpleNamespace(
-            gpu=step_model, host=HOST_MODEL if host == "model" else None, samples=samples,
-            cpu_scale=cpu_scale, noise=random.Random(noise_seed), sigma=step_noise,
-            pipelined=async_scheduling))
+        run = _drive(scheduler, requests, clock, random.Random(seed), Timing(
+            step_model, HOST_MODEL if host == "model" else None, samples, cpu_scale,
+            random.Random(noise_seed), step_noise, async_scheduling))
     run.counters = _counters(scheduler)
     return run
 
 
-def _drive(scheduler, requests: Sequence[Request], clock, rng: random.Random, m) -> Run:
-    """Step ``scheduler`` until every request finishes; ``m``: the step and host models."""
+@dataclass(frozen=True)
+class Timing:
+    """How :func:`_drive` times a step (:func:`simulate`'s arguments of the same meaning)."""
+
+    gpu: StepModel
+    host: HostModel | None  # None: the measured scheduler time
+    samples: list | None
+    cpu_scale: float
+    noise: random.Random
+    sigma: float
+    pipelined: bool  # async scheduling
+
+
+def _drive(scheduler, requests: Sequence[Request], clock, rng: random.Random, m: Timing) -> Run:
+    """Step ``scheduler`` until every request finishes, each step timed by ``m``."""
     pending, arrival = list(requests), {}
     ttft, held, visible = {}, {}, {}  # request -> seconds (visible: a time on the clock)
     i = steps = out_tokens = cpu = preemptions = 0
