@@ -138,7 +138,7 @@ def packing_of_run(path: Path, offsets: dict[Path, int], windows: dict[int, rang
     return out
 
 
-SERIES = ("step", "prefill_tokens", "scheduled_tokens", "admitted", "running")
+SERIES = ("step", "prefill_tokens", "scheduled_tokens", "admitted", "running", "preempted")
 
 
 def step_series(records: list[dict]) -> dict[str, list]:

@@ -50,6 +50,9 @@ class StepStats:
     """vLLM held prefills this step (``--prefill-schedule-interval``): the data-parallel
     engine core's throttle, or vLLM 0.33's local cadence; vLLM admits then only when
     capacity-bound."""
+    preempted: int = 0
+    """Requests vLLM preempted this step (KV blocks ran out); in such a step it admits
+    nothing from the waiting queue."""
     dp_rank: int | None = None
     """The engine core's data-parallel rank (None without data parallelism)."""
 
@@ -176,6 +179,8 @@ class PackingObserver:
     planner_faults: int = 0
     throttled_steps: int = 0
     throttled_admitted: int = 0
+    preemptions: int = 0
+    """Requests vLLM preempted, summed over steps."""
     max_oldest_wait_s: float = 0.0
     split_prompts: int = 0
     first_tokens: int = 0
@@ -200,6 +205,7 @@ class PackingObserver:
         planned: Sequence[str] | None = None,
         planner_fault: bool = False,
         throttled: bool = False,
+        preempted: int = 0,
     ) -> StepStats:
         """One step. ``oldest_waiting_arrival``: the earliest arrival still waiting after it.
         An admitted request *overtook* if it arrived after that one."""
@@ -239,6 +245,7 @@ class PackingObserver:
             plan_adhered=None if planned is None else admitted.issuperset(planned),
             planner_fault=planner_fault,
             throttled=throttled,
+            preempted=preempted,
             dp_rank=self.dp_rank,
         )
         self._accumulate(stats)
@@ -256,6 +263,7 @@ class PackingObserver:
         self.max_oldest_wait_s = max(self.max_oldest_wait_s, s.oldest_wait_s)
         self.oldest_wait_s = s.oldest_wait_s
         self.planner_faults += int(s.planner_fault)
+        self.preemptions += s.preempted
         if s.throttled:
             self.throttled_steps += 1
             self.throttled_admitted += s.admitted
@@ -288,6 +296,7 @@ class PackingObserver:
             "planner_faults": self.planner_faults,
             "throttled_steps": self.throttled_steps,
             "throttled_admitted": self.throttled_admitted,
+            "preemptions": self.preemptions,
             "max_oldest_wait_s": self.max_oldest_wait_s,
             "packed_attention": dict(self.packed),
             "mean_first_token_step": (
@@ -315,7 +324,7 @@ class PackingObserver:
 
 REPLAYED = ("steps", "prefill_steps", "admitted", "prefill_tokens", "mean_prefill_fill",
             "overtakes", "plan_adherence", "planner_faults", "throttled_steps",
-            "throttled_admitted", "max_oldest_wait_s")
+            "throttled_admitted", "preemptions", "max_oldest_wait_s")
 """The keys of :meth:`PackingObserver.summary` that a JSONL file's records determine."""
 
 

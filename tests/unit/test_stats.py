@@ -22,12 +22,13 @@ def prefill(req_id, tokens, *, before=0, prompt=None, new=True, arrival=0.0):
                             prompt_len=prompt or before + tokens, new=new, arrival=arrival)
 
 
-def record(observer, prefills, *, oldest=None, planned=None, throttled=False, scheduled=None):
+def record(observer, prefills, *, oldest=None, planned=None, throttled=False, scheduled=None,
+           preempted=0):
     return observer.record(
         prefills=prefills,
         scheduled_tokens=sum(p.tokens for p in prefills) if scheduled is None else scheduled,
         oldest_waiting_arrival=oldest, num_waiting=3, num_running=2, now=100.0,
-        planned=planned, throttled=throttled)
+        planned=planned, throttled=throttled, preempted=preempted)
 
 
 def test_overtakes_are_admissions_that_arrived_after_the_oldest_still_waiting():
@@ -96,6 +97,7 @@ def test_a_jsonl_file_summarizes_as_the_observer_that_wrote_it():
            oldest=1.5, planned=["a", "b"])
     record(observer, [prefill("b", 30, before=20, new=False, arrival=2.0)], oldest=None)
     record(observer, [], oldest=3.0, planned=["c"], throttled=True)
+    record(observer, [], oldest=3.0, planned=["c"], preempted=2)  # KV ran out: nothing admitted
     record(observer, [prefill("c", 8, arrival=3.0)], oldest=None, planned=["c", "d"])
     out.flush()
     lines = [json.loads(line) for line in text.getvalue().splitlines()]
@@ -103,7 +105,9 @@ def test_a_jsonl_file_summarizes_as_the_observer_that_wrote_it():
     replayed = summarize_records(lines)
     summary = observer.summary()
     assert {k: replayed[k] for k in REPLAYED} == {k: summary[k] for k in REPLAYED}
-    assert replayed["partial_prefills"] == 1 and replayed["steps"] == 4
+    assert replayed["partial_prefills"] == 1 and replayed["steps"] == 5
+    assert [line["preempted"] for line in lines] == [0, 0, 0, 2, 0]
+    assert replayed["preemptions"] == summary["preemptions"] == 2
     assert summarize_records([])["mean_prefill_fill"] is None
 
 

@@ -242,6 +242,8 @@ def soak(cls, trace, *, async_scheduling: bool, options: dict | None = None,
         elif in_flight:
             deliver()
     assert not scheduler.requests, "requests left in the scheduler"
+    if cls in PREPACK:  # the statistics count vLLM's preemptions step by step
+        assert scheduler.prepack_observer.preemptions == stats["preemptions"]
     assert not ready_since and not compiling, "grammar requests never admitted"
     free_at_end = scheduler.kv_cache_manager.block_pool.get_num_free_blocks()
     return dict(stats=stats, outputs=outputs, finished=finished, aborted=aborted,

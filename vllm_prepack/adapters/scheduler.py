@@ -135,6 +135,7 @@ def observe_step(
         planned=None if planned is None else [r.request_id for r in planned],
         planner_fault=planner_fault,
         throttled=throttled,
+        preempted=len(output.preempted_req_ids or ()),
     )
     return prefills
 
