@@ -115,15 +115,16 @@ def _drive(scheduler, requests: Sequence[Request], clock, rng: random.Random, m:
             held.setdefault(r.req_id, clock.now - visible[r.req_id])
         features = step_features(scheduler, out)
         runner = runner_output(scheduler, out)
-        applied, flight = (flight, (out, runner)) if m.pipelined else ((out, runner), None)
+        ended, flight = flight, (out, runner)
         c2 = time.thread_time()
-        if applied:
-            scheduler.update_from_output(*applied)
+        if ended:  # async: the step before this one ends now
+            scheduler.update_from_output(*ended)
+        if not (m.pipelined and out.total_num_scheduled_tokens):
+            scheduler.update_from_output(out, runner)  # sync, or an empty step: nothing runs
+            flight = None
         c3 = time.thread_time()
-        if m.pipelined and applied:  # the step before this one ends now
-            out_tokens += _tokens(applied[1], clock.now, arrival, ttft, last)
-        if not out.total_num_scheduled_tokens:
-            flight = None  # nothing to run: the engine core submits no empty step
+        if ended:
+            out_tokens += _tokens(ended[1], clock.now, arrival, ttft, last)
         host = _host_seconds(m.host, m.samples, c1 - c0 + c3 - c2, (
             len(out.num_scheduled_tokens), len(out.scheduled_new_reqs))) * m.cpu_scale
         gpu = _gpu_seconds(m.gpu, features, out, m.noise, m.sigma)
