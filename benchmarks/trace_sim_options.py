@@ -14,6 +14,7 @@ ARMS: dict[str, dict | None] = {
     # name: prepack options (None: stock vLLM)
     "stock": None,
     "stretch": {},
+    "stretch-kv-off": {"kv_reserve": "off"},
     "fcfs": {"policy": "fcfs", "tail_quantile": 0},
     "sjf": {"policy": "sjf", "tail_quantile": 0},
     "hrrn": {"policy": "hrrn"},
@@ -43,7 +44,7 @@ def policy_of(arm: str) -> dict | None:
         return None
     c = PrepackConfig.from_dict(options)
     return {"policy": c.policy, "stretch": c.stretch, "tail_quantile": c.tail_quantile,
-            "lookahead": c.lookahead}
+            "lookahead": c.lookahead, "kv_reserve": c.kv_reserve}
 
 
 @dataclasses.dataclass(frozen=True)

@@ -73,6 +73,13 @@ def free_kv_blocks(kv_cache_manager) -> int:
             - getattr(kv_cache_manager, "watermark_blocks", 0))
 
 
+def admits_whole_prompts(scheduler) -> bool:
+    """vLLM admits a waiting request only if its whole prompt fits the free KV blocks:
+    v1/core/sched/scheduler.py ``scheduler_reserve_full_isl`` (``SchedulerConfig``, default
+    True in 0.32 and 0.33; absent in releases without the gate: False)."""
+    return bool(getattr(scheduler, "scheduler_reserve_full_isl", False))
+
+
 def prefix_cache_hit(scheduler, request) -> int:
     """Tokens of ``request`` vLLM would find computed, by vLLM's own lookup without its hit
     statistics: v1/core/kv_cache_manager.py ``get_computed_blocks`` (bound ``num_tokens - 1``,

@@ -22,6 +22,7 @@ STATS_PATH_ENV = "VLLM_PREPACK_STATS"
 SCHEDULERS = ("default", "prepack")
 # POLICIES (the admission orders) is the planner's own tuple: one definition of what is accepted.
 PACKED_ATTENTION = ("auto", "on", "off")
+KV_RESERVES = ("oldest", "off")
 SCHEDULING_POLICIES = ("fcfs", "priority")
 """vLLM's ``--scheduling-policy`` values; prepack orders admission within a priority class."""
 
@@ -53,6 +54,11 @@ class PrepackConfig:
     lookahead: int = 128
     """How many waiting requests (in queue order) the planner looks at each step."""
 
+    kv_reserve: str = "oldest"
+    """``oldest``: no prompt is admitted with the KV blocks the oldest waiting request needs
+    for its next chunk (under KV pressure the free blocks gather for it, as under vLLM's FCFS);
+    ``off``: every prompt that fits is admitted."""
+
     packed_attention: str = "auto"
     """Packed-prefill attention path: ``on``, ``off``, or ``auto`` (on where measured faster)."""
 
@@ -65,6 +71,7 @@ class PrepackConfig:
     def __post_init__(self) -> None:
         _choice("policy", self.policy, POLICIES)
         _choice("packed_attention", self.packed_attention, PACKED_ATTENTION)
+        _choice("kv_reserve", self.kv_reserve, KV_RESERVES)
         if isinstance(self.stretch, bool) or not isinstance(self.stretch, (int, float)) or not (
             self.stretch >= 0 and math.isfinite(self.stretch)
         ):

@@ -92,6 +92,9 @@ class Budget:
     step_tokens: int = 0
     """Tokens a prefill can get in a later step (the token budget less the decoding
     requests' tokens); 0: as ``tokens``."""
+    whole_prompt: bool = False
+    """vLLM admits a waiting request only if its whole prompt fits the free blocks, whatever
+    it schedules of it (``scheduler_reserve_full_isl``)."""
 
     def __post_init__(self) -> None:
         for name, low in (("tokens", 0), ("slots", 0), ("blocks", 0), ("block_size", 1),
@@ -179,27 +182,36 @@ def plan(
     stretch: float = 2.0,
     clock: int = 0,
     lookahead: int = 128,
+    oldest: Candidate | None = None,
 ) -> Plan:
     """Walk ``ordered`` (the queue order) and admit each candidate that fits whole; the first
     one that does not is the chunk. The candidates behind it are admitted only within its
     slack: they leave it a slot and :func:`chunk_floor` tokens, so it completes in as few
     steps as if it had taken the whole budget. A due candidate that does not fit ends the
-    walk. At most ``lookahead`` candidates are looked at."""
+    walk. At most ``lookahead`` candidates are looked at.
+
+    ``oldest`` (the request vLLM's FCFS queue would take first): until the walk reaches it,
+    no candidate takes the free KV blocks it needs to be admitted (:func:`oldest_reserve`);
+    one that would is not admitted, and the oldest is the chunk instead, as under FCFS."""
     tokens, slots, blocks = budget.tokens, budget.slots, budget.blocks
     admit: list[int] = []
     chunk: Candidate | None = None
     used = used_blocks = scanned = 0
     slot_reserve = token_reserve = 0  # kept for the chunk, once there is one
+    kv_reserve = oldest_reserve(oldest, budget)  # kept for the oldest, until it is reached
     for c in ordered:
         if slots <= slot_reserve or tokens <= token_reserve or scanned >= lookahead:
             break
         if chunk is not None and c.priority != chunk.priority:
             break  # never past a request of a higher priority class (vLLM's semantics)
         scanned += 1
+        if oldest is not None and c.key == oldest.key:
+            kv_reserve = 0
         charge = c.charge
         fits = charge <= tokens - token_reserve
-        need = blocks_needed(c.cached, charge, budget.block_size) if fits else -1
-        if 0 <= need <= blocks:
+        gate = admission_blocks(c, budget, charge) if fits else blocks + 1
+        if gate <= blocks - kv_reserve:
+            need = blocks_needed(c.cached, charge, budget.block_size)
             admit.append(c.key)
             tokens -= charge
             slots -= 1
@@ -207,9 +219,29 @@ def plan(
             used += charge
             used_blocks += need
             continue
+        if kv_reserve and gate <= blocks:  # only the oldest's blocks keep it out
+            chunk, kv_reserve = oldest, 0
+            break
         if chunk is None:
             chunk, slot_reserve = c, 1
             token_reserve = chunk_floor(c, tokens, budget.step_tokens or budget.tokens)
         if is_due(c, policy, stretch, clock):
             break
+    if kv_reserve and chunk is not None and (
+            admission_blocks(chunk, budget, tokens) > blocks - kv_reserve):
+        chunk = oldest  # vLLM fills the step with a chunk: the oldest's, not one that starves it
     return Plan(tuple(admit), None if chunk is None else chunk.key, used, used_blocks, scanned)
+
+
+def oldest_reserve(oldest: Candidate | None, budget: Budget) -> int:
+    """The free KV blocks the oldest waiting request needs to be admitted first: its whole
+    prompt's under ``budget.whole_prompt`` (vLLM's admission gate), else those of the chunk
+    vLLM would give it (its prompt, up to the step's free tokens); 0 without one."""
+    return 0 if oldest is None else admission_blocks(oldest, budget, budget.tokens)
+
+
+def admission_blocks(c: Candidate, budget: Budget, tokens: int) -> int:
+    """The free KV blocks vLLM needs to start ``c`` with ``tokens`` free: its whole prompt's
+    under ``budget.whole_prompt``, else those of its chunk."""
+    new = c.tokens if budget.whole_prompt else min(c.charge, tokens)
+    return blocks_needed(c.cached, new, budget.block_size)

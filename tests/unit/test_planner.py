@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ast
 import bisect
+import dataclasses
 import inspect
 import itertools
 import os
@@ -23,11 +24,13 @@ from vllm_prepack.planner import (
     Budget,
     Candidate,
     Plan,
+    admission_blocks,
     blocks_needed,
     check_policy,
     chunk_floor,
     hrrn_order,
     is_due,
+    oldest_reserve,
     order_key,
     plan,
 )
@@ -288,6 +291,76 @@ def test_is_due_matches_the_spec(s: Scenario) -> None:
         assert is_due(c, s.policy, s.stretch, s.clock) == s.due(c)
         if s.policy in ("fcfs", "sjf"):
             assert is_due(c, s.policy, s.stretch, s.clock) == c.preempted
+
+
+# -- (g) the oldest request's KV blocks ------------------------------------------------------------
+
+
+@st.composite
+def with_oldest(draw):
+    """A scenario, vLLM's whole-prompt admission gate on or off, and the request FCFS would
+    take first (any candidate; its place in the walk varies)."""
+    s = draw(scenarios())
+    s = dataclasses.replace(s, budget=dataclasses.replace(s.budget,
+                                                          whole_prompt=draw(st.booleans())))
+    oldest = draw(st.sampled_from(s.candidates)) if s.candidates else None
+    return s, oldest
+
+
+def _ahead_of(s: Scenario, p: Plan, oldest: Candidate) -> list[Candidate]:
+    """The admitted candidates the walk took before it reached ``oldest``."""
+    by_key = {c.key: c for c in s.candidates}
+    ahead = []
+    for k in p.admit:
+        if k == oldest.key:
+            break
+        ahead.append(by_key[k])
+    return ahead
+
+
+@PROPERTY
+@given(with_oldest())
+def test_nothing_admitted_ahead_of_the_oldest_takes_its_blocks(arg) -> None:
+    s, oldest = arg
+    if oldest is None:
+        return
+    p = plan(s.candidates, s.budget, **s.kwargs, oldest=oldest)
+    bs = s.budget.block_size
+    ahead = _ahead_of(s, p, oldest)
+    taken = sum(blocks_needed(c.cached, c.charge, bs) for c in ahead)
+    reserve = oldest_reserve(oldest, s.budget)
+    assert reserve == admission_blocks(oldest, s.budget, s.budget.tokens)
+    if ahead:
+        assert taken + reserve <= s.budget.blocks, (taken, reserve)
+    assert len(set(p.admit)) == len(p.admit) and p.chunk not in p.admit
+    assert p.tokens <= s.budget.tokens and p.blocks <= s.budget.blocks
+    scanned = {c.key for c in s.candidates[: p.scanned]}
+    assert p.chunk is None or p.chunk in scanned or p.chunk == oldest.key
+
+
+@PROPERTY
+@given(with_oldest())
+def test_the_oldests_reserve_changes_nothing_without_kv_pressure(arg) -> None:
+    s, oldest = arg
+    roomy = dataclasses.replace(s, budget=dataclasses.replace(s.budget, blocks=BIG))
+    assert plan(roomy.candidates, roomy.budget, **roomy.kwargs, oldest=oldest) == roomy.run()
+
+
+@PROPERTY
+@given(with_oldest())
+def test_a_candidate_kept_out_by_the_reserve_makes_the_oldest_the_chunk(arg) -> None:
+    """Work conservation with the reserve: every scanned candidate left out either did not
+    fit what the ones before it left, or would have taken the oldest's blocks; then the walk
+    ends and the oldest is presented next, as FCFS takes it."""
+    s, oldest = arg
+    if oldest is None:
+        return
+    p = plan(s.candidates, s.budget, **s.kwargs, oldest=oldest)
+    unreserved = plan(s.candidates[: p.scanned], s.budget, **s.kwargs)
+    admitted = set(p.admit)
+    if p.admit != unreserved.admit[: len(p.admit)] or (
+            len(unreserved.admit) > len(p.admit) and oldest.key not in admitted):
+        assert p.chunk == oldest.key, (p, unreserved)
 
 
 # -- (f) the order -------------------------------------------------------------------------------

@@ -559,3 +559,43 @@ def test_shutdown_leaves_every_step_in_the_statistics_file(tiny_model, tmp_path)
     lines = path.read_text().splitlines()
     assert len(lines) == steps == scheduler.prepack_observer.steps
     assert not scheduler.prepack_observer.jsonl._thread.is_alive()
+
+
+# -- KV pressure: the oldest request's blocks ---------------------------------------------------
+
+
+def _first_step_of(cls, tiny_model, options=None) -> tuple[int, list[str]]:
+    """KV-bound: four running prompts hold most of the cache and finish one after another; a
+    long prompt queues, then a short one every step. Returns the step that first schedules the
+    long prompt and the requests admitted before it."""
+    scheduler = make_scheduler(cls, tiny_model, chunked=True, budget=256, num_blocks=49,
+                               additional_config={"prepack": options or {}})
+    now = time.time()
+    for i in range(4):  # 10 blocks each, finishing after 12, 24, 36, 48 decode steps
+        scheduler.add_request(make_request([3 + i] * 160, max_tokens=12 * (i + 1),
+                                           arrival=now + i, req_id=f"hog{i}"))
+    while scheduler.waiting:
+        _step(scheduler)
+    scheduler.add_request(make_request([9] * 320, max_tokens=4, arrival=now + 10, req_id="long"))
+    before: list[str] = []
+    for step in range(1, 200):
+        scheduler.add_request(make_request([11 + step] * 16, max_tokens=40,
+                                           arrival=now + 10 + step, req_id=f"short{step}"))
+        _, new = _step(scheduler)
+        if "long" in new:
+            return step, before + new[: new.index("long")]
+        before += new
+    raise AssertionError("the long prompt was never scheduled")
+
+
+def test_under_kv_pressure_the_oldest_is_scheduled_when_stock_schedules_it(tiny_model):
+    """The free blocks gather for the oldest waiting request (``kv_reserve=oldest``, the
+    default): it is scheduled at the step stock vLLM schedules it, short prompts that queued
+    after it taking only blocks it cannot use. With ``kv_reserve=off`` they take every block
+    that frees and the long prompt waits for its deadline."""
+    stock_step, stock_before = _first_step_of(Scheduler, tiny_model)
+    step, _ = _first_step_of(PrepackSyncScheduler, tiny_model)
+    off_step, off_before = _first_step_of(PrepackSyncScheduler, tiny_model, {"kv_reserve": "off"})
+    assert stock_before == []  # FCFS: nothing that queued after it goes first
+    assert step <= stock_step
+    assert off_step > stock_step and off_before  # the starvation the reserve prevents

@@ -16,6 +16,7 @@ from typing import Any
 from vllm_prepack import compat
 from vllm_prepack.config import (
     ADDITIONAL_CONFIG_KEY,
+    KV_RESERVES,
     PACKED_ATTENTION,
     POLICIES,
     SCHEDULER_QUALNAME,
@@ -30,23 +31,26 @@ _OPTIONS: dict[str, dict[str, Any]] = {
                    "deadline = prefill clock at arrival + stretch x uncached prompt tokens), "
                    "fcfs (arrival order, passing over prompts that do not fit whole), sjf "
                    "(fewest uncached tokens first) or hrrn (SGLang's highest response ratio "
-                   "next). Every policy fills the step. Default: stretch."),
+                   "next). Every policy fills the step."),
     "stretch": dict(type=float, metavar="X", help="For --prepack-policy stretch: a request may "
                     "be overtaken until the engine has computed X times its uncached prompt "
-                    "tokens since it arrived (0: arrival order). Default: 8."),
+                    "tokens since it arrived (0: arrival order)."),
     "tail_quantile": dict(type=float, metavar="Q", help="Tail bound: a request that has "
                           "waited longer than this quantile of recent times to first token, "
                           "and is among the oldest 1 - Q of the queue, is taken in arrival "
-                          "order first and never passed over (0: off). Default: 0.9."),
+                          "order first and never passed over (0: off)."),
     "lookahead": dict(type=int, metavar="N", help="Waiting requests the planner looks at "
-                      "each step, in queue order. Default: 128."),
+                      "each step, in queue order."),
+    "kv_reserve": dict(choices=KV_RESERVES, help="oldest: no prompt is admitted with the KV "
+                       "blocks the oldest waiting request needs for its next chunk (under KV "
+                       "pressure free blocks gather for it, as under vLLM's FCFS); off: every "
+                       "prompt that fits is admitted."),
     "packed_attention": dict(choices=PACKED_ATTENTION, help="Packed-prefill attention path "
-                             "for fresh prompts. Default: auto."),
+                             "for fresh prompts."),
     "stats_path": dict(metavar="PATH", help="Write per-step packing statistics as JSONL "
                        "(default: $VLLM_PREPACK_STATS)."),
     "stats_log_interval_s": dict(type=float, metavar="SECONDS", help="Seconds between "
-                                 "packing-statistics log lines of the engine core (0: off). "
-                                 "Default: 10."),
+                                 "packing-statistics log lines of the engine core (0: off)."),
 }
 
 
@@ -73,7 +77,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
         help="Scheduler: default (vLLM's own) or prepack (vllm-prepack's packed prefill "
         "admission and packed-prefill attention).",
     )
+    defaults = PrepackConfig()
     for name, kwargs in _OPTIONS.items():
+        default = getattr(defaults, name)
+        shown = "" if default is None else f" Default: {default}."
+        kwargs = {**kwargs, "help": kwargs["help"] + shown}
         group.add_argument(flag(name), dest=dest(name), default=None, **kwargs)
     return parser
 

@@ -373,7 +373,8 @@ class PrepackSchedulerMixin:
         free = compat.free_kv_blocks(self.kv_cache_manager)
         step = self.max_num_scheduled_tokens - decoding * self._decode_tokens
         return planner.Budget(tokens=max(0, tokens), slots=slots, blocks=max(0, free - blocks),
-                              block_size=block_size, step_tokens=max(1, step))
+                              block_size=block_size, step_tokens=max(1, step),
+                              whole_prompt=compat.admits_whole_prompts(self))
 
     def _walk(self, cap: int) -> Iterator[planner.Candidate]:
         """Candidates in queue order. A request in one of vLLM's blocked states goes through
@@ -425,6 +426,24 @@ class PrepackSchedulerMixin:
             yield r
         yield from first[i:]
 
+    def _oldest(self, cap: int) -> planner.Candidate | None:
+        """The request vLLM's FCFS queue would take first, whose next chunk's KV blocks the
+        plan keeps (``kv_reserve``): the head of the order if preempted (vLLM puts preempted
+        requests back at the head), else the earliest arrival, if it is of the head's priority
+        class and not in a blocked state. Two lookups, no walk."""
+        queue = self.waiting
+        if self.prepack_config.kv_reserve == "off" or not queue:
+            return None
+        head = next(queue.ordered())
+        first = head if head.status == RequestStatus.PREEMPTED else next(
+            queue.arrived_by(math.inf))
+        if first.status not in _PLANNABLE or (
+                self.policy == SchedulingPolicy.PRIORITY and first.priority != head.priority):
+            return None
+        c = self._candidate(first, cap)
+        self._by_key[c.key] = first
+        return c
+
     def _plan(self) -> tuple[list[Request], int]:
         """The requests to present first this step, those admitted whole then the chunk, and
         how many are admitted whole."""
@@ -434,9 +453,10 @@ class PrepackSchedulerMixin:
         if budget.slots < 1 or budget.tokens < 1:  # nothing can be admitted: no walk
             return [], 0
         self._by_key.clear()
+        oldest = self._oldest(cap)
         plan = planner.plan(self._walk(cap), budget, policy=cfg.policy,
                             stretch=cfg.stretch, clock=self.prepack_clock,
-                            lookahead=cfg.lookahead)
+                            lookahead=cfg.lookahead, oldest=oldest)
         front = [self._by_key[k] for k in plan.admit]
         if plan.chunk is not None:
             front.append(self._by_key[plan.chunk])
