@@ -46,9 +46,9 @@ the simulator's throughput ratio stands for it)."""
 TOLERANCE = 0.15
 SKIP_GRAPHS = ("servers ran with torch.compile and CUDA graphs and recorded no step series; the "
                "shape's step model is fitted to eager steps")
-ARM = "stretch8q0.9"
-"""The simulator arm of a GPU replay that does not record its prepack options: stretch 8 and
-tail quantile 0.9, the defaults of the commits of those replays."""
+ARM = "stretch8q0.9-kv-off"
+"""The simulator arm of a GPU replay that does not record its prepack options: stretch 8, tail
+quantile 0.9, no KV reserve, the defaults of the commits of those replays."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -88,15 +88,15 @@ def eager(result: dict) -> bool:
 
 
 def sim_arm(result: dict) -> str:
-    """The simulator arm of the options the GPU's prepack server ran (its engine core's log line,
-    ``arms.prepack.prepack_options``), else :data:`ARM`."""
+    """The simulator arm of the options the GPU's prepack server ran (its log), else :data:`ARM`."""
     ran = result["arms"].get("prepack", {}).get("prepack_options")
     if not isinstance(ran, dict):
         return ARM
     if ran.get("policy", "stretch") != "stretch" or ran.get("lookahead", 128) != 128:
         raise ValueError(f"prepack options {ran} have no simulator arm; accepted: policy "
                          "stretch with lookahead 128")
-    return f"stretch{ran['stretch']:g}q{ran['tail_quantile']:g}"
+    kv = "" if ran.get("kv_reserve", "off") == "oldest" else "-kv-off"  # absent: none then
+    return f"stretch{ran['stretch']:g}q{ran['tail_quantile']:g}{kv}"
 
 
 def has_steps(result: dict) -> bool:

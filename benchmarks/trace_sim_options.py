@@ -22,19 +22,24 @@ ARMS: dict[str, dict | None] = {
 
 
 _STRETCH_ARM = re.compile(r"stretch(?P<stretch>[0-9.]+)(q(?P<tail_quantile>[0-9.]+))?"
-                          r"(l(?P<lookahead>[0-9]+))?")
+                          r"(l(?P<lookahead>[0-9]+))?(?P<kv_off>-kv-off)?")
 
 
 def arm_options(arm: str) -> dict | None:
-    """An arm's prepack options: a name of :data:`ARMS`, or ``stretch<X>[q<Q>][l<L>]``
-    (stretch X, tail quantile Q, lookahead L; the defaults for what is left out)."""
+    """An arm's prepack options: a name of :data:`ARMS`, or ``stretch<X>[q<Q>][l<L>][-kv-off]``
+    (stretch X, tail quantile Q, lookahead L, ``kv_reserve=off``; the defaults for what is left
+    out)."""
     if arm in ARMS:
         return ARMS[arm]
     with contextlib.suppress(ValueError):  # a number pattern that is no number: 1.2.3
         if m := _STRETCH_ARM.fullmatch(arm):
-            return {k: (int if k == "lookahead" else float)(v)
-                    for k, v in m.groupdict().items() if v is not None}
-    raise ValueError(f"unknown arm {arm!r}; accepted: {', '.join(ARMS)}, stretch<X>[q<Q>][l<L>]")
+            groups = m.groupdict()
+            options: dict = {"kv_reserve": "off"} if groups.pop("kv_off") else {}
+            options.update({k: (int if k == "lookahead" else float)(v)
+                            for k, v in groups.items() if v is not None})
+            return options
+    raise ValueError(f"unknown arm {arm!r}; accepted: {', '.join(ARMS)}, "
+                     "stretch<X>[q<Q>][l<L>][-kv-off]")
 
 
 def policy_of(arm: str) -> dict | None:

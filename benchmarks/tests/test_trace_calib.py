@@ -100,9 +100,12 @@ def test_the_simulator_runs_the_options_the_gpu_server_logged():
     ran = serve_pool.log_facts(log)["prepack_options"]
     assert ran == PrepackConfig(stretch=2.5).to_dict()
     result = _gpu_result(3, 0.5)
-    assert trace_calib.sim_arm(result) == trace_calib.ARM == "stretch8q0.9"
+    assert trace_calib.sim_arm(result) == trace_calib.ARM == "stretch8q0.9-kv-off"
     result["arms"]["prepack"] = {"prepack_options": ran}
-    assert trace_calib.sim_arm(result) == "stretch2.5q0.9"
+    assert trace_calib.sim_arm(result) == "stretch2.5q0.9"  # kv_reserve=oldest, the default
+    result["arms"]["prepack"] = {"prepack_options": {k: v for k, v in ran.items()
+                                                     if k != "kv_reserve"}}
+    assert trace_calib.sim_arm(result) == "stretch2.5q0.9-kv-off"  # a server before the option
     result["arms"]["prepack"]["prepack_options"] = {**ran, "policy": "hrrn"}
     with pytest.raises(ValueError, match="hrrn"):
         trace_calib.sim_arm(result)

@@ -113,6 +113,9 @@ def test_arm_names_and_errors():
     assert trace_sim_options.arm_options("stretch2q0.9l16") == {
         "stretch": 2.0, "tail_quantile": 0.9, "lookahead": 16}
     assert trace_sim_options.arm_options("stretch2l512") == {"stretch": 2.0, "lookahead": 512}
+    assert trace_sim_options.arm_options("stretch8q0.9-kv-off") == {
+        "stretch": 8.0, "tail_quantile": 0.9, "kv_reserve": "off"}
+    assert trace_sim_options.arm_options("stretch-kv-off") == {"kv_reserve": "off"}
     for bad in ("lifo", "stretch2x", "stretch1.2.3", "stretch2l1.5", "stretchq1"):
         with pytest.raises(ValueError, match=f"unknown arm '{bad}'; accepted: stock"):
             trace_sim_options.arm_options(bad)
@@ -126,8 +129,10 @@ def test_a_result_records_the_policy_each_arm_ran():
     assert policy_of("stock") is None
     assert policy_of("stretch") == {"policy": "stretch", "stretch": defaults.stretch,
                                     "tail_quantile": defaults.tail_quantile,
-                                    "lookahead": defaults.lookahead}
+                                    "lookahead": defaults.lookahead,
+                                    "kv_reserve": defaults.kv_reserve}
     assert policy_of("stretch8q0")["stretch"] == 8.0 and policy_of("sjf")["policy"] == "sjf"
+    assert policy_of("stretch-kv-off")["kv_reserve"] == "off"
 
 
 def test_the_simulator_is_deterministic_with_the_host_model(tiny_model):
