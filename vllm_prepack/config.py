@@ -55,9 +55,10 @@ class PrepackConfig:
     """How many waiting requests (in queue order) the planner looks at each step."""
 
     kv_reserve: str = "oldest"
-    """``oldest``: no prompt is admitted with the KV blocks the oldest waiting request needs
-    for its next chunk (under KV pressure the free blocks gather for it, as under vLLM's FCFS);
-    ``off``: every prompt that fits is admitted."""
+    """``oldest``: no prompt is admitted with the free KV blocks the oldest waiting request
+    needs to be admitted (its whole prompt's under vLLM's ``scheduler_reserve_full_isl``), so
+    under KV pressure they gather for it, as under vLLM's FCFS; ``off``: every prompt that fits
+    is admitted."""
 
     packed_attention: str = "auto"
     """Packed-prefill attention path: ``on``, ``off``, or ``auto`` (on where measured faster)."""

@@ -41,10 +41,11 @@ _OPTIONS: dict[str, dict[str, Any]] = {
                           "order first and never passed over (0: off)."),
     "lookahead": dict(type=int, metavar="N", help="Waiting requests the planner looks at "
                       "each step, in queue order."),
-    "kv_reserve": dict(choices=KV_RESERVES, help="oldest: no prompt is admitted with the KV "
-                       "blocks the oldest waiting request needs for its next chunk (under KV "
-                       "pressure free blocks gather for it, as under vLLM's FCFS); off: every "
-                       "prompt that fits is admitted."),
+    "kv_reserve": dict(choices=KV_RESERVES, help="oldest: no prompt is admitted with the free "
+                       "KV blocks the oldest waiting request needs to be admitted (its whole "
+                       "prompt's under vLLM's scheduler_reserve_full_isl), so under KV pressure "
+                       "they gather for it, as under vLLM's FCFS; off: every prompt that fits is "
+                       "admitted."),
     "packed_attention": dict(choices=PACKED_ATTENTION, help="Packed-prefill attention path "
                              "for fresh prompts."),
     "stats_path": dict(metavar="PATH", help="Write per-step packing statistics as JSONL "

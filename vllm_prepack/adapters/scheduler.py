@@ -427,8 +427,8 @@ class PrepackSchedulerMixin:
         yield from first[i:]
 
     def _oldest(self, cap: int) -> planner.Candidate | None:
-        """The request vLLM's FCFS queue would take first, whose next chunk's KV blocks the
-        plan keeps (``kv_reserve``): the head of the order if preempted (vLLM puts preempted
+        """The request vLLM's FCFS queue would take first, whose KV blocks the plan keeps
+        (``kv_reserve``): the head of the order if preempted (vLLM puts preempted
         requests back at the head), else the earliest arrival, if it is of the head's priority
         class and not in a blocked state. Two lookups, no walk."""
         queue = self.waiting
