@@ -11,7 +11,8 @@ def test_render_writes_tables_from_committed_results(tmp_path, bench_env):
     from benchmarks import render
 
     readme = tmp_path / "README.md"
-    readme.write_text(f"# x\n{render.START}\nold\n{render.END}\ntail\n")
+    stale = "stale section text"  # a phrase no rendered table contains
+    readme.write_text(f"# x\n{render.START}\n{stale}\n{render.END}\ntail\n")
     import subprocess
 
     proc = subprocess.run([sys.executable, "-m", "benchmarks.render", "--readme", str(readme),
@@ -20,7 +21,7 @@ def test_render_writes_tables_from_committed_results(tmp_path, bench_env):
                           env=bench_env)
     assert proc.returncode == 0, proc.stderr
     text = readme.read_text()
-    assert "old" not in text and text.endswith("tail\n")
+    assert stale not in text and text.endswith("tail\n")
     if any((ROOT / "benchmarks" / "results").glob("ab_*.json")):
         assert "| mix | padding | arm |" in text and "ttft_cdf.png" in text
         assert list(tmp_path.glob("*_ttft_cdf.png"))
