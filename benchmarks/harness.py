@@ -42,6 +42,7 @@ def environment() -> dict:
         "torch": torch.__version__,
         "cuda": torch.version.cuda,
         "host_cpus": os.cpu_count(),
+        "host": host(),
         # vLLM settings taken from the environment (batch invariance, NCCL library, ...)
         "vllm_env": {k: v for k, v in sorted(os.environ.items()) if k.startswith("VLLM_")
                      and not any(s in k for s in ("KEY", "TOKEN", "SECRET"))},
@@ -57,6 +58,37 @@ def environment() -> dict:
     except ImportError:
         env["vllm"] = None
     return env
+
+
+def cgroup_cpus(cpu_max: str | None) -> float | None:
+    """CPUs allowed by a cgroup v2 ``cpu.max`` line ("<quota> <period>"; "max": no quota)."""
+    parts = (cpu_max or "").split()
+    if len(parts) != 2 or parts[0] == "max":
+        return None
+    return int(parts[0]) / int(parts[1])
+
+
+def host() -> dict:
+    """The host's CPU as this run saw it: model, CPUs it may use (affinity, cgroup quota), load,
+    and a one-core probe (best of 5 times of a fixed pure-Python loop): hosts that report the
+    same CPU count can differ several-fold in how fast a server's Python paths run."""
+    def read(path: str) -> str | None:
+        try:
+            return Path(path).read_text()
+        except OSError:
+            return None
+
+    model = next((line.split(":", 1)[1].strip() for line in (read("/proc/cpuinfo") or "")
+                  .splitlines() if line.startswith("model name")), platform.processor() or None)
+    probe = []
+    for _ in range(5):
+        t0 = time.perf_counter()
+        sum(i * i for i in range(200_000))
+        probe.append(time.perf_counter() - t0)
+    cpu_max = (read("/sys/fs/cgroup/cpu.max") or "").strip() or None
+    return {"cpu_model": model, "usable_cpus": len(os.sched_getaffinity(0)),
+            "cgroup_cpu_max": cpu_max, "cgroup_cpus": cgroup_cpus(cpu_max),
+            "load_1m": round(os.getloadavg()[0], 2), "probe_ms": round(min(probe) * 1e3, 2)}
 
 
 def write_json(path: str | Path, payload: dict) -> Path:

@@ -48,3 +48,13 @@ def fmt_ratio(r: dict | None) -> str:
     marks = {"win": " **win**", "loss": " **loss**", "tie": ""}
     mark = marks.get(r["verdict"], f" ({r['verdict']})")
     return f"{r['mean']:.2f} [{r['min']:.2f}-{r['max']:.2f}]{mark}"
+
+
+def host_words(result: dict) -> str:
+    """One sentence on the host CPU a run saw (:func:`benchmarks.harness.host`), or ""."""
+    h = result.get("host")
+    if not h:
+        return ""
+    quota = f", cgroup quota {h['cgroup_cpus']:g} CPUs" if h.get("cgroup_cpus") else ""
+    return (f" Host CPU: {h.get('cpu_model')}, {h.get('usable_cpus')} usable{quota}, load "
+            f"{h.get('load_1m')} at start, one-core probe {h.get('probe_ms')} ms.")

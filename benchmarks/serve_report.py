@@ -195,12 +195,12 @@ def _workload_words(w: dict) -> str:
             f"{w['output_len']} tokens, Poisson arrivals")
 
 
-def _warmup_words(result: dict) -> str:
-    if "warmup_requests" not in result:
-        return ""
+def _setup_words(result: dict) -> str:
     replay = (", then one unmeasured replay of its first measured run's trace with other prompts"
               if result.get("warmup_replay") else "")
-    return f" Warm-up per server start: {result['warmup_requests']} requests{replay}."
+    warmup = (f" Warm-up per server start: {result['warmup_requests']} requests{replay}."
+              if "warmup_requests" in result else "")
+    return warmup + report.host_words(result)
 
 
 def render_section(result: dict) -> str:
@@ -220,7 +220,7 @@ def render_section(result: dict) -> str:
         f"`vllm bench serve` timed trace: {_workload_words(w)}. Saturation (stock, all at t=0): "
         f"{sat.get('request_throughput', float('nan')):.2f} req/s. TTFT SLO "
         f"{slo.get('ttft_ms', float('nan')):.0f} ms ({slo.get('source')}). "
-        f"Scheduler classes: {classes}.{_per_rank_line(result)}{_warmup_words(result)}", "",
+        f"Scheduler classes: {classes}.{_per_rank_line(result)}{_setup_words(result)}", "",
         "| load | rate req/s | arm | req/s | goodput req/s | TTFT mean ms | TTFT p99 ms | "
         "server TTFT / engine queue / prefill / TPOT mean ms | "
         "TPOT mean ms | overtakes / split prompts per run | TTFT mean vs stock | "

@@ -63,3 +63,23 @@ def test_cpu_line_gives_each_arms_mean_busy_share_per_load():
                                       "1.00, client 0.50 / 0.50.\n")
     assert _cpu_line({"runs": [{**r, "cpu_busy": None} for r in runs],
                       "per_load": {"1": {}}}) == ""  # results made before it was recorded
+
+
+def test_host_record_reads_quota_and_probe_and_the_section_names_them():
+    from benchmarks import harness
+    from benchmarks.serve_report import _setup_words
+
+    assert harness.cgroup_cpus("400000 100000") == 4.0
+    assert harness.cgroup_cpus("max 100000") is None
+    assert harness.cgroup_cpus(None) is None
+    host = harness.host()
+    assert host["usable_cpus"] >= 1 and host["probe_ms"] > 0
+    assert host["cgroup_cpus"] == harness.cgroup_cpus(host["cgroup_cpu_max"])
+    assert "host" in harness.environment()
+    result = {"warmup_requests": 8, "host": {"cpu_model": "EPYC 9654", "usable_cpus": 16,
+                                             "cgroup_cpus": 4.0, "load_1m": 3.5,
+                                             "probe_ms": 12.0}}
+    assert _setup_words(result) == (
+        " Warm-up per server start: 8 requests. Host CPU: EPYC 9654, 16 usable, cgroup quota 4"
+        " CPUs, load 3.5 at start, one-core probe 12.0 ms.")
+    assert _setup_words({}) == ""  # results that predate the record
