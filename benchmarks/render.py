@@ -59,7 +59,7 @@ def render(plots_dir: Path = RESULTS, images_at: str = "benchmarks/results",
     for path, d in sorted(known, key=lambda pd: table[pd[1]["benchmark"]][2]):
         lines += table[d["benchmark"]][0](path, d)
         if serving and d is serving[-1][1]:  # the sort is stable: the last serving section
-            lines += serve_parts.section(serving)
+            lines += serve_parts.section(serving) + serve_parts.host_section(serving)
     images: list[str] = []
     for path, d in sorted(known, key=lambda pd: pd[1]["benchmark"] not in OFFLINE):
         figures = table[d["benchmark"]][1]

@@ -105,3 +105,51 @@ def section(results: list[tuple[Path, dict]]) -> list[str]:
                      + f" | {' | '.join(cells)} | {pt['preemptions'][ARM]:.0f} / "
                      f"{pt['preemptions'][BASELINE]:.0f} |")
     return [*lines, ""]
+
+
+def outside_engine(result: dict) -> dict[str, dict[str, float | None]]:
+    """Per arm, over its completed runs at every load, mean ms: ``engine`` (engine queue +
+    prefill), ``outside`` (the client's TTFT beyond it) and ``beyond_server`` (the client's TTFT
+    beyond the server's; recorded where the engine's split is not)."""
+    out = {}
+    for arm in (BASELINE, ARM):
+        runs = [r for r in result.get("runs", []) if r.get("arm") == arm and r.get("ok")]
+        client = [(r.get("bench") or {}).get("mean_ttft_ms") for r in runs]
+        server = [(r.get("metrics") or {}).get("server_ttft_mean_ms") for r in runs]
+        engine = [engine_ms(r) for r in runs]
+        out[arm] = {"engine": _mean(engine),
+                    "outside": _mean([c - e for c, e in zip(client, engine) if None not in (c, e)]
+                                     if None not in engine else []),
+                    "beyond_server": _mean([c - s for c, s in zip(client, server)
+                                            if None not in (c, s)])}
+    return out
+
+
+def _mean(values: list) -> float | None:
+    return sum(values) / len(values) if values and None not in values else None
+
+
+def host_section(results: list[tuple[Path, dict]]) -> list[str]:
+    """docs/results.md's table of each GPU serving result's time outside the engine: where it is
+    large, the API server's and the client's paths, not the admission order, decide a pair."""
+    rows = []
+    for path, result in results:
+        if not str(result.get("device", "")).startswith("GPU"):
+            continue
+        parts = outside_engine(result)
+        cells = [" / ".join("-" if parts[a][k] is None else f"{parts[a][k]:.0f}"
+                            for a in (BASELINE, ARM)) for k in ("engine", "outside",
+                                                                "beyond_server")]
+        h = result.get("host")
+        host = f"{h.get('cpu_model')}, probe {h.get('probe_ms')} ms" if h else "-"
+        rows.append(f"| `{path.name}` | {result['device'][5:]} | "
+                    f"{str(result.get('time_utc'))[:16]} | {' | '.join(cells)} | {host} |")
+    if not rows:
+        return []
+    return ["#### Time outside the engine, GPU serving results", "",
+            "Mean ms over each arm's completed runs, stock / prepack: engine: engine queue + "
+            "prefill; outside: the client's TTFT beyond it (API server, engine input and output "
+            "paths, client); beyond server: the client's TTFT beyond the server's. Host: the "
+            "CPU the run saw (recorded from commit 1018104 on).", "",
+            "| file | device | started (UTC) | engine | outside | beyond server | host |",
+            "|---" * 7 + "|", *rows, ""]

@@ -66,3 +66,26 @@ def test_split_needs_the_servers_three_means():
     bare = run("stock", 0, 1000.0)
     del bare["metrics"]["server_queue_mean_ms"]
     assert serve_parts.split(bare) is None
+
+
+def test_time_outside_the_engine_per_arm_and_its_table():
+    a = result([run("stock", 0, 1000.0), run("prepack", 0, 700.0, server=300.0),
+                run("prepack", 1, 9000.0, ok=False)])  # a failed run is left out
+    parts = serve_parts.outside_engine(a)
+    assert parts["stock"] == {"engine": 150.0, "outside": 850.0, "beyond_server": 600.0}
+    assert parts["prepack"] == {"engine": 150.0, "outside": 550.0, "beyond_server": 400.0}
+    bare = result([run("stock", 0, 1000.0), run("prepack", 0, 800.0)])
+    for r in bare["runs"]:
+        del r["metrics"]["server_queue_mean_ms"]  # a server that recorded no split
+    assert serve_parts.outside_engine(bare)["stock"] == {
+        "engine": None, "outside": None, "beyond_server": 600.0}
+    a["host"] = {"cpu_model": "EPYC", "probe_ms": 9.5}
+    cpu = {**bare, "device": "CPU: x86_64, 2 cores"}
+    lines = serve_parts.host_section([(Path("a.json"), a), (Path("b.json"), bare),
+                                      (Path("c.json"), cpu)])
+    table = "\n".join(lines)
+    assert "| `a.json` | X |" in table and "| 150 / 150 | 850 / 550 | 600 / 400 | EPYC, probe " \
+        "9.5 ms |" in table
+    assert "| - / - | - / - | 600 / 400 | - |" in table  # b.json: no split, no host record
+    assert "c.json" not in table  # GPU results only
+    assert serve_parts.host_section([(Path("c.json"), cpu)]) == []
