@@ -44,12 +44,19 @@ def _arguments(args: list[str]) -> tuple[str, ...]:
 def split(run: dict) -> dict[str, float] | None:
     """A completed run's first-token time in three parts (ms means), None without the server's
     split: ``engine`` (engine queue + prefill), ``server_rest`` (server TTFT - engine) and
-    ``client_rest`` (client TTFT - server TTFT)."""
-    server = (run.get("metrics") or {}).get("server_ttft_mean_ms")
-    engine, client = engine_ms(run), (run.get("bench") or {}).get("mean_ttft_ms")
-    if None in (server, engine, client):
+    ``client_rest`` (client TTFT - server TTFT, :func:`beyond_server`)."""
+    engine, client_rest = engine_ms(run), beyond_server(run)
+    if None in (engine, client_rest):
         return None
-    return {"engine": engine, "server_rest": server - engine, "client_rest": client - server}
+    server = run["metrics"]["server_ttft_mean_ms"]
+    return {"engine": engine, "server_rest": server - engine, "client_rest": client_rest}
+
+
+def beyond_server(run: dict) -> float | None:
+    """The client's mean TTFT beyond the server's (ms), None where either is missing."""
+    server = (run.get("metrics") or {}).get("server_ttft_mean_ms")
+    client = (run.get("bench") or {}).get("mean_ttft_ms")
+    return None if None in (server, client) else client - server
 
 
 def pooled_points(results: list[tuple[Path, dict]]) -> list[dict]:
@@ -110,18 +117,15 @@ def section(results: list[tuple[Path, dict]]) -> list[str]:
 def outside_engine(result: dict) -> dict[str, dict[str, float | None]]:
     """Per arm, over its completed runs at every load, mean ms: ``engine`` (engine queue +
     prefill), ``outside`` (the client's TTFT beyond it) and ``beyond_server`` (the client's TTFT
-    beyond the server's; recorded where the engine's split is not)."""
+    beyond the server's; recorded where the engine's split is not). None where a run lacks it."""
     out = {}
     for arm in (BASELINE, ARM):
         runs = [r for r in result.get("runs", []) if r.get("arm") == arm and r.get("ok")]
-        client = [(r.get("bench") or {}).get("mean_ttft_ms") for r in runs]
-        server = [(r.get("metrics") or {}).get("server_ttft_mean_ms") for r in runs]
-        engine = [engine_ms(r) for r in runs]
-        out[arm] = {"engine": _mean(engine),
-                    "outside": _mean([c - e for c, e in zip(client, engine) if None not in (c, e)]
-                                     if None not in engine else []),
-                    "beyond_server": _mean([c - s for c, s in zip(client, server)
-                                            if None not in (c, s)])}
+        splits = [split(r) for r in runs]
+        out[arm] = {"engine": _mean([sp and sp["engine"] for sp in splits]),
+                    "outside": _mean([sp and sp["server_rest"] + sp["client_rest"]
+                                      for sp in splits]),
+                    "beyond_server": _mean([beyond_server(r) for r in runs])}
     return out
 
 
