@@ -121,7 +121,9 @@ def run(opts: ServeOptions) -> dict:
     workdir.mkdir(parents=True, exist_ok=True)
     book = TraceBook(workdir / "traces", mix.lengths, outs, unit_arrivals=unit)
     pool = _pool(opts, workdir, mix.lengths, outs)
-    result = _record(opts, pool, workload, outs, workdir)
+    # prompt lengths in trace order: TTFT by prompt length (benchmarks.serve_lengths)
+    result = _record(opts, pool, {**workload, "prompt_lens": list(mix.lengths)}, outs,
+                     workdir)
     out = Path(opts.out) if opts.out else None
 
     def save() -> None:

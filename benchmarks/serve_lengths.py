@@ -1,0 +1,167 @@
+"""Serving TTFT by prompt length: what the admission order moves between short and long prompts,
+and which requests cross the TTFT SLO in one arm only.
+
+Reads ``benchmarks.serve_ab`` trace replays (each run's per-request TTFTs, in trace order) and
+their window's prompt lengths (the result's ``workload.prompt_lens``, else the trace file read
+as the run read it), pools the (stock, prepack) pairs of each point over results as
+:mod:`benchmarks.serve_parts` does, and writes one JSON: per prompt-length class, the paired
+ratio of the class's mean TTFT; per pair, the requests that met the SLO in one arm and missed it
+in the other, with their prompt lengths.
+
+    python -m benchmarks.serve_lengths --results benchmarks/results/trace_serve_8b_b2048_*.json \\
+        --trace .data/azure_conv_2023.csv --out benchmarks/results/serve_lengths_8b_h100.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections import Counter
+from collections.abc import Sequence
+from pathlib import Path
+
+from benchmarks import analysis, harness, report, trace
+from benchmarks.serve_parts import point_key
+from benchmarks.serve_report import pairs
+
+BENCHMARK = "serving TTFT by prompt length"
+BOUNDS = (512, 2048)
+
+
+def classes(bounds: Sequence[int]) -> list[tuple[int, int | None]]:
+    """``[lo, hi)`` prompt-token ranges split at ``bounds`` (increasing, > 0)."""
+    if not bounds or any(b <= 0 for b in bounds) or list(bounds) != sorted(set(bounds)):
+        raise ValueError(f"bounds must be increasing positive token counts, got {list(bounds)}")
+    edges = [0, *bounds]
+    return [(lo, hi) for lo, hi in zip(edges, [*bounds, None], strict=True)]
+
+
+def label(lo: int, hi: int | None) -> str:
+    return f">= {lo}" if hi is None else (f"< {hi}" if lo == 0 else f"{lo}-{hi - 1}")
+
+
+def prompt_lens(result: dict, trace_path: str | None) -> list[int]:
+    """The window's prompt lengths in trace order: as the result recorded them, else read from
+    the trace file as the run read it (window, clipping), checked against its totals."""
+    w = result["workload"]
+    if w.get("prompt_lens"):
+        return list(w["prompt_lens"])
+    window = trace.load(trace_path, start=w["start"], n=w["n"],
+                        max_model_len=w.get("max_model_len"))
+    if (Path(window.source).name, sum(window.lengths)) != (w["source"], w["total_tokens"]):
+        raise ValueError(f"trace {window.source} requests {w['start']}.. is not the window the "
+                         f"result ran ({w['source']}, {w['total_tokens']} prompt tokens)")
+    return list(window.lengths)
+
+
+def point(both: list[tuple[dict, dict]], lens: list[int], bounds: Sequence[int],
+          slo_ms: float) -> dict:
+    """One point's pairs: per length class, each arm's mean TTFT (ms, mean over pairs) and the
+    paired ratio; per pair, the requests under the SLO in one arm only."""
+    ttfts = [(s["bench"]["ttfts_s"], p["bench"]["ttfts_s"]) for s, p in both]
+    if any(len(t) != len(lens) for pair in ttfts for t in pair):
+        raise ValueError(f"a run's TTFTs do not match the window's {len(lens)} requests")
+    rows = []
+    for lo, hi in classes(bounds):
+        idx = [i for i, n in enumerate(lens) if n >= lo and (hi is None or n < hi)]
+        if not idx:
+            continue
+        means = [[sum(arm[i] for i in idx) * 1e3 / len(idx) for arm in pair] for pair in ttfts]
+        rows.append({"class": label(lo, hi), "requests": len(idx),
+                     "stock_ms": sum(m[0] for m in means) / len(means),
+                     "prepack_ms": sum(m[1] for m in means) / len(means),
+                     "ratio": analysis.paired_ratio([m[1] for m in means],
+                                                    [m[0] for m in means], False)})
+    slo = slo_ms / 1e3
+    lost = [[i for i, (a, b) in enumerate(zip(s, p, strict=True)) if a <= slo < b]
+            for s, p in ttfts]
+    kept = [[i for i, (a, b) in enumerate(zip(s, p, strict=True)) if b <= slo < a]
+            for s, p in ttfts]
+    return {"pairs": len(both), "slo_ms": slo_ms, "classes": rows,
+            "slo_missed_by_prepack_only": analysis.spread([len(x) for x in lost]),
+            "slo_missed_by_stock_only": analysis.spread([len(x) for x in kept]),
+            "crossing": {name: [{"request": i, "prompt_tokens": lens[i], "pairs": k}
+                                for i, k in sorted(Counter(j for x in sets for j in x).items())]
+                         for name, sets in (("prepack_only", lost), ("stock_only", kept))}}
+
+
+def points(results: list[tuple[Path, dict]], trace_path: str | None,
+           bounds: Sequence[int] = BOUNDS) -> list[dict]:
+    """Every point of ``results`` (pairs pooled over results of the same point)."""
+    groups: dict[tuple, list[tuple[Path, dict, str]]] = {}
+    for path, result in results:
+        for load in result.get("per_load", {}):
+            if pairs(result, load):
+                groups.setdefault(point_key(result, load), []).append((path, result, load))
+    out = []
+    for parts in groups.values():
+        _, first, load = parts[0]
+        both = [pair for _, result, ld in parts for pair in pairs(result, ld)]
+        out.append({"files": [p.name for p, _, _ in parts], "device": first.get("device"),
+                    "vllm": first.get("vllm"), "git_commit": first.get("git_commit"),
+                    "window": first["workload"].get("description"), "load": float(load),
+                    **point(both, prompt_lens(first, trace_path), bounds,
+                            first["slo"]["ttft_ms"])})
+    return out
+
+
+def section(path: Path, d: dict) -> list[str]:
+    """docs/results.md's table of one result of this benchmark."""
+    names = [c for p in d["points"] for c in (r["class"] for r in p["classes"])]
+    labels = list(dict.fromkeys(names))
+    devices = ", ".join(sorted({str(p["device"]).removeprefix("GPU: ") for p in d["points"]}))
+    commits = ", ".join(sorted({str(p["git_commit"])[:10] for p in d["points"]}))
+    lines = [f"#### Serving TTFT by prompt length ({devices or '-'}, results of commit "
+             f"{commits or '-'})", "",
+             "Per prompt-length class (tokens): the class's mean TTFT, prepack over stock, over "
+             "the pairs (requests in the class); SLO: requests a pair under the TTFT SLO in one "
+             "arm only (mean [min-max]).", "",
+             "| files | load | pairs | " + " | ".join(labels) + " | missed by prepack only "
+             "| missed by stock only |", "|---" * (5 + len(labels)) + "|"]
+    for p in d["points"]:
+        by = {r["class"]: r for r in p["classes"]}
+        cells = [f"{report.fmt_ratio(by[c]['ratio'])} ({by[c]['requests']})" if c in by else "-"
+                 for c in labels]
+        miss = [p[k] for k in ("slo_missed_by_prepack_only", "slo_missed_by_stock_only")]
+        lines.append(f"| {', '.join(f'`{f}`' for f in p['files'])} | {p['load']:g}x | "
+                     f"{p['pairs']} | " + " | ".join(cells) + " | "
+                     + " | ".join(f"{m['mean']:.1f} [{m['min']}-{m['max']}]" for m in miss) + " |")
+    return [*lines, "", f"`{path.name}`", ""]
+
+
+def parse(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--results", nargs="+", required=True,
+                   help="benchmarks.serve_ab trace replay results (JSON)")
+    p.add_argument("--trace", help="the trace file of a result without recorded prompt lengths "
+                   "(default: the Azure conversation trace, as benchmarks.trace finds it)")
+    p.add_argument("--bounds", default=",".join(map(str, BOUNDS)),
+                   help="prompt-token bounds of the length classes (comma-separated, increasing)")
+    p.add_argument("--out")
+    a = p.parse_args(argv)
+    try:
+        a.bounds = [int(b) for b in a.bounds.split(",")]
+        classes(a.bounds)
+    except ValueError as e:
+        p.error(f"--bounds {a.bounds!r}: {e}")
+    return a
+
+
+def main(argv: Sequence[str] | None = None) -> dict:
+    a = parse(argv)
+    results = [(Path(f), json.loads(Path(f).read_text())) for f in a.results]
+    if bad := [p.name for p, d in results if d.get("workload", {}).get("arrival") != "trace"]:
+        raise SystemExit(f"not trace replays (workload arrival != 'trace'): {', '.join(bad)}")
+    out = {"benchmark": BENCHMARK, **harness.environment(), "bounds": a.bounds,
+           "points": points(results, a.trace, a.bounds)}
+    for line in section(Path(a.out or "-"), out):
+        print(line)
+    if a.out:
+        harness.write_json(a.out, out)
+        print("wrote", a.out)
+    return out
+
+
+if __name__ == "__main__":
+    main()
