@@ -109,22 +109,22 @@ def section(path: Path, d: dict) -> list[str]:
     """docs/results.md's table of one result of this benchmark."""
     names = [c for p in d["points"] for c in (r["class"] for r in p["classes"])]
     labels = list(dict.fromkeys(names))
-    devices = ", ".join(sorted({str(p["device"]).removeprefix("GPU: ") for p in d["points"]}))
-    commits = ", ".join(sorted({str(p["git_commit"])[:10] for p in d["points"]}))
-    lines = [f"#### Serving TTFT by prompt length ({devices or '-'}, results of commit "
-             f"{commits or '-'})", "",
+    lines = ["#### Serving TTFT by prompt length", "",
              "Per prompt-length class (tokens): the class's mean TTFT, prepack over stock, over "
              "the pairs (requests in the class); SLO: requests a pair under the TTFT SLO in one "
-             "arm only (mean [min-max]).", "",
-             "| files | load | pairs | " + " | ".join(labels) + " | missed by prepack only "
-             "| missed by stock only |", "|---" * (5 + len(labels)) + "|"]
+             "arm only (mean [min-max]). Each row's arms and options: its files' sections above.",
+             "", "| files | device, commit | load | pairs | " + " | ".join(labels)
+             + " | missed by prepack only | missed by stock only |",
+             "|---" * (6 + len(labels)) + "|"]
     for p in d["points"]:
         by = {r["class"]: r for r in p["classes"]}
         cells = [f"{report.fmt_ratio(by[c]['ratio'])} ({by[c]['requests']})" if c in by else "-"
                  for c in labels]
         miss = [p[k] for k in ("slo_missed_by_prepack_only", "slo_missed_by_stock_only")]
-        lines.append(f"| {', '.join(f'`{f}`' for f in p['files'])} | {p['load']:g}x | "
-                     f"{p['pairs']} | " + " | ".join(cells) + " | "
+        device = str(p["device"]).removeprefix("GPU: ")
+        lines.append(f"| {', '.join(f'`{f}`' for f in p['files'])} | {device}, "
+                     f"{str(p['git_commit'])[:10]} | {p['load']:g}x | {p['pairs']} | "
+                     + " | ".join(cells) + " | "
                      + " | ".join(f"{m['mean']:.1f} [{m['min']}-{m['max']}]" for m in miss) + " |")
     return [*lines, "", f"`{path.name}`", ""]
 

@@ -92,7 +92,7 @@ def test_cli_writes_the_json_and_render_tables_it(tmp_path, capsys):
     assert json.loads(out.read_text())["points"] == json.loads(json.dumps(d["points"]))
     assert d["benchmark"] == serve_lengths.BENCHMARK and "git_commit" in d
     table = "\n".join(serve_lengths.section(out, d))
-    assert "| `r.json` | 1x | 1 | 0.50 [0.50-0.50] (single run) (2) |" in table
+    assert "| `r.json` | X, abc | 1x | 1 | 0.50 [0.50-0.50] (single run) (2) |" in table
     assert "| 1.0 [1-1] | 0.0 [0-0] |" in table
     with pytest.raises(SystemExit):
         serve_lengths.main(["--results", str(src), "--bounds", "2048,512"])
