@@ -17,13 +17,16 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def git_commit() -> str | None:
     """The commit that ran: ``$PREPACK_GIT_COMMIT`` when set (a copy of the tree without
-    its own up-to-date .git, e.g. on a lent GPU machine), else ``git rev-parse HEAD``."""
+    its own up-to-date .git, e.g. on a lent GPU machine), else ``git rev-parse HEAD``, marked
+    ``-dirty`` where a tracked file other than a result (``benchmarks/results/``, which a run
+    rewrites as it goes) differs from it."""
     if os.environ.get("PREPACK_GIT_COMMIT"):
         return os.environ["PREPACK_GIT_COMMIT"]
     try:
         out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
                              cwd=ROOT, timeout=10)
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--",
+                                ".", ":(exclude)benchmarks/results"],
                                capture_output=True, text=True, timeout=10,
                                cwd=ROOT).stdout.strip()
         return out.stdout.strip() + ("-dirty" if dirty else "") if out.returncode == 0 else None

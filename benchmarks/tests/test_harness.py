@@ -1,0 +1,32 @@
+"""The commit a result names: a rewritten result is not a change of code, any other tracked
+file is."""
+
+from __future__ import annotations
+
+import subprocess
+
+from benchmarks import harness
+
+
+def git(repo, *args):
+    subprocess.run(["git", "-C", str(repo), *args], check=True, capture_output=True)
+
+
+def test_git_commit_is_dirty_for_code_not_for_results(tmp_path, monkeypatch):
+    monkeypatch.delenv("PREPACK_GIT_COMMIT", raising=False)
+    (tmp_path / "benchmarks" / "results").mkdir(parents=True)
+    (tmp_path / "benchmarks" / "results" / "r.json").write_text("{}\n")
+    (tmp_path / "code.py").write_text("x = 1\n")
+    git(tmp_path, "init", "-q")
+    git(tmp_path, "add", ".")
+    git(tmp_path, "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "-m", "c")
+    head = subprocess.run(["git", "-C", str(tmp_path), "rev-parse", "HEAD"], check=True,
+                          capture_output=True, text=True).stdout.strip()
+    monkeypatch.setattr(harness, "ROOT", tmp_path)
+    (tmp_path / "benchmarks" / "results" / "r.json").write_text('{"run": 1}\n')
+    (tmp_path / "untracked.txt").write_text("not part of the commit\n")
+    assert harness.git_commit() == head
+    (tmp_path / "code.py").write_text("x = 2\n")
+    assert harness.git_commit() == head + "-dirty"
+    monkeypatch.setenv("PREPACK_GIT_COMMIT", "f" * 40)
+    assert harness.git_commit() == "f" * 40
