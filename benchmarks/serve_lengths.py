@@ -21,7 +21,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from benchmarks import analysis, harness, report, trace
-from benchmarks.serve_parts import point_key
+from benchmarks.serve_parts import point_groups
 from benchmarks.serve_report import pairs
 
 BENCHMARK = "serving TTFT by prompt length"
@@ -88,13 +88,8 @@ def point(both: list[tuple[dict, dict]], lens: list[int], bounds: Sequence[int],
 def points(results: list[tuple[Path, dict]], trace_path: str | None,
            bounds: Sequence[int] = BOUNDS) -> list[dict]:
     """Every point of ``results`` (pairs pooled over results of the same point)."""
-    groups: dict[tuple, list[tuple[Path, dict, str]]] = {}
-    for path, result in results:
-        for load in result.get("per_load", {}):
-            if pairs(result, load):
-                groups.setdefault(point_key(result, load), []).append((path, result, load))
     out = []
-    for parts in groups.values():
+    for parts in point_groups(results):
         _, first, load = parts[0]
         both = [pair for _, result, ld in parts for pair in pairs(result, ld)]
         out.append({"files": [p.name for p, _, _ in parts], "device": first.get("device"),

@@ -59,20 +59,26 @@ def beyond_server(run: dict) -> float | None:
     return None if None in (server, client) else client - server
 
 
+def point_groups(results: list[tuple[Path, dict]]) -> list[list[tuple[Path, dict, str]]]:
+    """The results' loads grouped by point (:func:`point_key`): each group's (path, result,
+    load) in the order given; a load without a completed pair is left out."""
+    groups: dict[tuple, list[tuple[Path, dict, str]]] = {}
+    for path, result in results:
+        for load in result.get("per_load", {}):
+            if pairs(result, load):
+                groups.setdefault(point_key(result, load), []).append((path, result, load))
+    return list(groups.values())
+
+
 def pooled_points(results: list[tuple[Path, dict]]) -> list[dict]:
     """Every point that two or more results measured: its files, its pairs, the client's
     paired ratios, the engine's part as a paired ratio, each arm's mean split and its
     preemptions over the pairs."""
-    groups: dict[tuple, list[tuple[Path, list]]] = {}
-    for path, result in results:
-        for load in result.get("per_load", {}):
-            if found := pairs(result, load):
-                groups.setdefault(point_key(result, load), []).append((path, found))
     points = []
-    for key, parts in groups.items():
+    for parts in point_groups(results):
         if len(parts) < 2:
             continue
-        both = [pair for _, found in parts for pair in found]
+        both = [pair for _, result, load in parts for pair in pairs(result, load)]
         ratios = {m: analysis.paired_ratio([p["bench"].get(m) for _, p in both],
                                            [s["bench"].get(m) for s, _ in both], higher)
                   for m, higher in CLIENT.items()}
@@ -85,7 +91,7 @@ def pooled_points(results: list[tuple[Path, dict]]) -> list[dict]:
         preempted = {arm: sum((run.get("metrics") or {}).get(PREEMPTIONS) or 0
                               for pair in both for run in pair if run["arm"] == arm)
                      for arm in (BASELINE, ARM)}
-        points.append({"files": [p.name for p, _ in parts], "load": key[8],
+        points.append({"files": [p.name for p, _, _ in parts], "load": parts[0][2],
                        "pairs": len(both), "ratios": ratios, "split_means": means,
                        "preemptions": preempted})
     return points
