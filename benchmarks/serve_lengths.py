@@ -21,8 +21,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from benchmarks import analysis, harness, report, trace
-from benchmarks.serve_parts import point_groups
-from benchmarks.serve_report import pairs
+from benchmarks.serve_parts import group_pairs, point_groups
 
 BENCHMARK = "serving TTFT by prompt length"
 BOUNDS = (512, 2048)
@@ -72,11 +71,8 @@ def point(both: list[tuple[dict, dict]], lens: list[int], bounds: Sequence[int],
                      "prepack_ms": sum(m[1] for m in means) / len(means),
                      "ratio": analysis.paired_ratio([m[1] for m in means],
                                                     [m[0] for m in means], False)})
-    slo = slo_ms / 1e3
-    lost = [[i for i, (a, b) in enumerate(zip(s, p, strict=True)) if a <= slo < b]
-            for s, p in ttfts]
-    kept = [[i for i, (a, b) in enumerate(zip(s, p, strict=True)) if b <= slo < a]
-            for s, p in ttfts]
+    lost = [only_under(slo_ms / 1e3, s, p) for s, p in ttfts]
+    kept = [only_under(slo_ms / 1e3, p, s) for s, p in ttfts]
     return {"pairs": len(both), "slo_ms": slo_ms, "classes": rows,
             "slo_missed_by_prepack_only": analysis.spread([len(x) for x in lost]),
             "slo_missed_by_stock_only": analysis.spread([len(x) for x in kept]),
@@ -85,13 +81,18 @@ def point(both: list[tuple[dict, dict]], lens: list[int], bounds: Sequence[int],
                          for name, sets in (("prepack_only", lost), ("stock_only", kept))}}
 
 
+def only_under(slo_s: float, met: list[float], missed: list[float]) -> list[int]:
+    """The requests whose TTFT is within ``slo_s`` in ``met`` and beyond it in ``missed``."""
+    return [i for i, (a, b) in enumerate(zip(met, missed, strict=True)) if a <= slo_s < b]
+
+
 def points(results: list[tuple[Path, dict]], trace_path: str | None,
            bounds: Sequence[int] = BOUNDS) -> list[dict]:
     """Every point of ``results`` (pairs pooled over results of the same point)."""
     out = []
     for parts in point_groups(results):
         _, first, load = parts[0]
-        both = [pair for _, result, ld in parts for pair in pairs(result, ld)]
+        both = group_pairs(parts)
         out.append({"files": [p.name for p, _, _ in parts], "device": first.get("device"),
                     "vllm": first.get("vllm"), "git_commit": first.get("git_commit"),
                     "window": first["workload"].get("description"), "load": float(load),
@@ -102,8 +103,7 @@ def points(results: list[tuple[Path, dict]], trace_path: str | None,
 
 def section(path: Path, d: dict) -> list[str]:
     """docs/results.md's table of one result of this benchmark."""
-    names = [c for p in d["points"] for c in (r["class"] for r in p["classes"])]
-    labels = list(dict.fromkeys(names))
+    labels = [label(*c) for c in classes(d["bounds"])]
     lines = ["#### Serving TTFT by prompt length", "",
              "Per prompt-length class (tokens): the class's mean TTFT, prepack over stock, over "
              "the pairs (requests in the class); SLO: requests a pair under the TTFT SLO in one "

@@ -70,6 +70,11 @@ def point_groups(results: list[tuple[Path, dict]]) -> list[list[tuple[Path, dict
     return list(groups.values())
 
 
+def group_pairs(parts: list[tuple[Path, dict, str]]) -> list[tuple[dict, dict]]:
+    """A point's (stock, prepack) pairs over its results (one group of :func:`point_groups`)."""
+    return [pair for _, result, load in parts for pair in pairs(result, load)]
+
+
 def pooled_points(results: list[tuple[Path, dict]]) -> list[dict]:
     """Every point that two or more results measured: its files, its pairs, the client's
     paired ratios, the engine's part as a paired ratio, each arm's mean split and its
@@ -78,7 +83,7 @@ def pooled_points(results: list[tuple[Path, dict]]) -> list[dict]:
     for parts in point_groups(results):
         if len(parts) < 2:
             continue
-        both = [pair for _, result, load in parts for pair in pairs(result, load)]
+        both = group_pairs(parts)
         ratios = {m: analysis.paired_ratio([p["bench"].get(m) for _, p in both],
                                            [s["bench"].get(m) for s, _ in both], higher)
                   for m, higher in CLIENT.items()}
