@@ -37,7 +37,7 @@ from pathlib import Path
 from benchmarks import ab_report, harness, workloads
 from benchmarks.ab_report import plot_trace
 from benchmarks.ab_result import METRICS, aggregate, result, steps_path
-from benchmarks.ab_runner import Runner
+from benchmarks.ab_runner import Runner, check_arms
 from benchmarks.engine_proc import ARMS, percentile, run_arrivals
 
 __all__ = ["ARMS", "METRICS", "Options", "aggregate", "main", "percentile", "plot_trace",
@@ -153,7 +153,21 @@ def problem(o: Options) -> str | None:
         return "trace: prompts are clipped to max_model_len - output (--engine-args)"
     if o.model is None and o.model_shape is None:
         return "give --model or --model-shape"
-    return None
+    return _memory_problem(o)
+
+
+def _memory_problem(o: Options) -> str | None:
+    """Engines kept alive together must fit the GPU's memory between them."""
+    try:
+        share = json.loads(o.engine_args).get("gpu_memory_utilization")
+    except (ValueError, AttributeError):
+        return f"--engine-args must be a JSON object, got {o.engine_args!r}"
+    arms = len(o.arms.split(","))
+    if o.isolate or share is None or arms * share <= 1.0:
+        return None
+    return (f"--arms {o.arms}: {arms} engines alive at once at gpu_memory_utilization {share} "
+            f"need {arms * share:.2f} of the GPU's memory; give each at most {1 / arms:.2f} "
+            "in --engine-args, or pass --isolate (one engine alive at a time)")
 
 
 def resolve(o: Options) -> Options:
@@ -184,20 +198,6 @@ def to_argv(o: Options) -> list[str]:
         argv += [action.option_strings[0]] if value is True else [
             action.option_strings[0], str(value)]
     return argv
-
-
-def check_arms(o: Options) -> list[str]:
-    arms = o.arms.split(",")
-    unknown = [a for a in arms if a not in ARMS]
-    if unknown:
-        raise SystemExit(f"unknown arm(s) {unknown}; accepted: {', '.join(ARMS)}")
-    reordered = [a for a in arms if ARMS[a][2] != "arrival"]
-    if (o.rate or o.workload == "trace") and reordered:
-        raise SystemExit(f"arm(s) {reordered} reorder the prompts before submitting them; "
-                         "with timed arrivals (--rate, --workload trace) use arms that submit "
-                         "in arrival order: "
-                         + ", ".join(a for a in ARMS if ARMS[a][2] == "arrival"))
-    return arms
 
 
 def run(options: Options) -> dict:

@@ -9,7 +9,23 @@ import time
 from pathlib import Path
 
 from benchmarks import ab_result, ab_trace
+from benchmarks.engine_proc import ARMS
 from benchmarks.harness import EngineProcess
+
+
+def check_arms(o) -> list[str]:
+    """The arms of ``--arms``: known ones, and with timed arrivals only arrival-order ones."""
+    arms = o.arms.split(",")
+    unknown = [a for a in arms if a not in ARMS]
+    if unknown:
+        raise SystemExit(f"unknown arm(s) {unknown}; accepted: {', '.join(ARMS)}")
+    reordered = [a for a in arms if ARMS[a][2] != "arrival"]
+    if (o.rate or o.workload == "trace") and reordered:
+        raise SystemExit(f"arm(s) {reordered} reorder the prompts before submitting them; "
+                         "with timed arrivals (--rate, --workload trace) use arms that submit "
+                         "in arrival order: "
+                         + ", ".join(a for a in ARMS if ARMS[a][2] == "arrival"))
+    return arms
 
 
 class Runner:

@@ -28,6 +28,17 @@ def test_problem_names_each_bad_combination():
     assert "give --model or --model-shape" in ab.problem(ab.Options())
 
 
+def test_engines_alive_together_must_fit_the_gpu():
+    three = ab.Options(model="m", arms="stock,prepack-fcfs,prepack-default",
+                       engine_args='{"gpu_memory_utilization": 0.4}')
+    error = ab.problem(three)
+    assert "3 engines alive at once" in error and "1.20" in error and "0.33" in error
+    assert ab.problem(dataclasses.replace(three, isolate=True)) is None
+    assert ab.problem(dataclasses.replace(three, arms="stock,prepack")) is None
+    assert ab.problem(dataclasses.replace(three, engine_args="{}")) is None  # CPU: no share
+    assert "must be a JSON object" in ab.problem(dataclasses.replace(three, engine_args="[1"))
+
+
 def test_aggregate_keeps_the_json_shape_and_drops_partly_measured_metrics():
     rows = {"stock": [{"wall_s": 2.0, "ttft_mean_s": 1.0, "packed_share": 0.0},
                       {"wall_s": 4.0, "ttft_mean_s": None, "packed_share": 0.0}],
