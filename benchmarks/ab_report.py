@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from benchmarks import report
+from benchmarks import analysis, report
 
 
 def ratio_lines(result: dict, is_trace: bool) -> list[str]:
@@ -20,6 +20,39 @@ def ratio_lines(result: dict, is_trace: bool) -> list[str]:
                     r = ratios[metric]
                     lines.append(f"{name:>12} {arm:>15} {metric:>22}: x{r['mean']:.3f} "
                                  f"[{r['min']:.3f}, {r['max']:.3f}] {r['verdict']}")
+    return lines + (step_speed_lines(result) if is_trace else [])
+
+
+def _decode_step_ms(run: dict) -> float | None:
+    timing = (run.get("step_timing") or {}).get("decode_only_step_period_by_waiting") or {}
+    return (timing.get("0-50") or {}).get("mean_ms")
+
+
+def step_speed(w: dict, base: str) -> dict[str, dict]:
+    """Per arm, its mean period of a decode-only step while fewer than 50 requests wait, over
+    the baseline's, paired by repetition. The admission order changes such a step only through
+    its batch, and on a GPU in eager mode (launch-bound) a decode step costs about the same at
+    any batch size: a ratio away from 1 there is the host running that arm's steps slower."""
+    out = {}
+    for arm, runs in w["runs"].items():
+        n = min(len(runs), len(w["runs"][base]))
+        r = analysis.paired_ratio([_decode_step_ms(x) for x in runs[:n]],
+                                  [_decode_step_ms(x) for x in w["runs"][base][:n]], False)
+        if arm != base and r:
+            out[arm] = r
+    return out
+
+
+def step_speed_lines(d: dict) -> list[str]:
+    """A trace replay's :func:`step_speed`, one sentence per load."""
+    lines = []
+    for name, w in d["workloads"].items():
+        speeds = step_speed(w, d["baseline"])
+        if speeds:
+            lines.append(f"Decode-only step period with < 50 waiting, {name}, vs {d['baseline']} "
+                         "(the admission order changes such a step only through its batch): "
+                         + "; ".join(f"{arm} {report.fmt_ratio(r)}" for arm, r in speeds.items())
+                         + ".")
     return lines
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from benchmarks import report
+from benchmarks import ab_report, report
 
 
 def ab_tables(path: Path, d: dict) -> list[str]:
@@ -74,8 +74,7 @@ def trace_table(path: Path, d: dict) -> list[str]:
                 f"{pa['ttft_p99_s']['mean']:.3f} | {pa['output_tokens_per_s']['mean']:,.0f} | "
                 + " | ".join(report.fmt_ratio(r.get(m)) if r else "1" for m in
                              ("ttft_mean_s", "ttft_p99_s", "output_tokens_per_s")) + " |")
-    lines.append("")
-    return lines
+    return [*lines, "", *(x for line in ab_report.step_speed_lines(d) for x in (line, ""))]
 
 
 def kernel_table(path: Path, d: dict) -> list[str]:

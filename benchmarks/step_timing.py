@@ -176,6 +176,8 @@ def summarize(cols: dict[str, list]) -> dict:
         "sched_cpu_ms_mean": round(1000 * _mean(cols["sched_cpu_s"]), 4),
         "sched_ms_total": round(1000 * sum(cols["sched_s"]), 1),
         "exec_ms_mean": round(1000 * _mean(cols["exec_s"]), 4),
+        "exec_s_total": round(sum(cols["exec_s"]), 3),
+        "prefill_tokens": sum(cols["prefill"]), "decode_rows": sum(cols["decode_reqs"]),
         "step_period_ms_mean": round(1000 * _mean(gaps), 4) if gaps else None,
         "decode_only_step_period_by_waiting": decode_gap,
     }
@@ -202,7 +204,9 @@ def run(o: Options) -> dict:
                     {"rep": cols.get("rep"), **s})
                 print(f"{workload:>20} {arm:>15} rep {cols.get('rep')}: {s['steps']} steps, "
                       f"sched {s.get('sched_ms_mean')} ms, step period "
-                      f"{s.get('step_period_ms_mean')} ms", flush=True)
+                      f"{s.get('step_period_ms_mean')} ms; work: {s.get('prefill_tokens')} "
+                      f"prompt tokens, {s.get('decode_rows')} decode rows in "
+                      f"{s.get('exec_s_total')} s of execution", flush=True)
     if o.out:
         from benchmarks import harness
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 
 def test_step_timer_records_each_step_and_its_output():
     """The wrappers on a fake engine core: one row per schedule(), features from the
@@ -53,6 +55,8 @@ def test_step_timer_records_each_step_and_its_output():
     assert all(x >= 0 for x in cols["t_out"]) and cols["t_out"][1] <= cols["t_out"][0]
     summary = step_timing.summarize(cols)
     assert summary["steps"] == 2 and summary["prefill_steps"] == 2
+    assert summary["prefill_tokens"] == 100 and summary["decode_rows"] == 2
+    assert summary["exec_s_total"] == pytest.approx(sum(cols["exec_s"]), abs=1e-3)
     timer.reset()
     assert timer.columns()["t"] == []
 
@@ -65,11 +69,12 @@ def test_step_timing_cli_summarizes_a_steps_file(tmp_path):
 
     cols = {c: [0.0, 0.0] for c in step_timing.COLUMNS}
     cols.update(t=[0.0, 0.01], t_out=[0.005, 0.02], prefill=[64, 0], decode_reqs=[0, 1],
-                waiting_before=[1, 0])
+                waiting_before=[1, 0], exec_s=[0.004, 0.002])
     path = tmp_path / "x_steps.json"
     path.write_text(json.dumps({"columns": step_timing.COLUMNS,
                                 "steps": {"mix": {"stock": [{"rep": 0, **cols}]}}}))
     out = step_timing.main([str(path), "--out", str(tmp_path / "summary.json")])
     (row,) = out["mix"]["stock"]
     assert row["rep"] == 0 and row["steps"] == 2 and row["prefill_steps"] == 1
+    assert (row["prefill_tokens"], row["decode_rows"], row["exec_s_total"]) == (64, 1, 0.006)
     assert json.loads((tmp_path / "summary.json").read_text())["summaries"] == out

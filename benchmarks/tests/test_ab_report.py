@@ -1,0 +1,38 @@
+"""``benchmarks.ab_report.step_speed``: the decode-only step period of each arm against the
+baseline's, paired by repetition, from the runs' step-timing summaries."""
+
+from __future__ import annotations
+
+import pytest
+
+from benchmarks import ab_report
+
+
+def _run(decode_ms: float | None) -> dict:
+    timing = {"decode_only_step_period_by_waiting": {"0-50": {"steps": 9, "mean_ms": decode_ms}}}
+    return {"step_timing": timing} if decode_ms is not None else {}
+
+
+def _result(stock: list, prepack: list) -> dict:
+    return {"baseline": "stock", "workloads": {"trace_1.5xsat": {"runs": {
+        "stock": [_run(x) for x in stock], "prepack-default": [_run(x) for x in prepack]}}}}
+
+
+def test_step_speed_pairs_runs_by_repetition():
+    d = _result([10.0, 20.0, 10.0], [11.0, 22.0, 11.5])
+    r = ab_report.step_speed(d["workloads"]["trace_1.5xsat"], "stock")["prepack-default"]
+    assert r["n"] == 3
+    assert r["min"] == pytest.approx(1.1) and r["max"] == pytest.approx(1.15)
+    assert r["verdict"] == "loss"  # slower steps, lower is better
+    (line,) = ab_report.step_speed_lines(d)
+    assert "trace_1.5xsat" in line and "prepack-default 1.12 [1.10-1.15] **loss**" in line
+    assert line in ab_report.ratio_lines({**d, "workloads": {
+        k: {**w, "ratios_vs_stock": {}} for k, w in d["workloads"].items()}}, True)
+
+
+def test_step_speed_needs_the_step_timing_of_both_arms():
+    assert ab_report.step_speed_lines(_result([10.0], [None])) == []
+    assert ab_report.step_speed_lines(_result([None, None], [10.0, 11.0])) == []
+    partial = ab_report.step_speed(_result([10.0, 10.0], [12.0, None])["workloads"]
+                                   ["trace_1.5xsat"], "stock")
+    assert partial["prepack-default"]["n"] == 1
