@@ -18,7 +18,8 @@
 #                                         # LLMEngine (SchedulerConfig defaults) or LLM, ~8 min
 #   bash benchmarks/gpu_runs.sh trace-serve  # 1 GPU: the same trace through vllm serve, ~8-9 min
 #   bash benchmarks/gpu_runs.sh planner-cost # the GPU host's CPU: the scheduler's own time per
-#                                         # step by waiting-queue size (no GPU work), ~1 min
+#                                         # step by waiting-queue size (no GPU work), and the
+#                                         # packed path's worker code on decode steps, ~2 min
 #
 # Trace phases read the Azure conversation trace (CC-BY 4.0, Patel et al., Splitwise, ISCA
 # 2024; see ../shared/data/README.md) from $TRACE, else ../shared/data/azure_conv_2023.csv,
@@ -196,6 +197,8 @@ trace-serve)
 planner-cost)
   run "planner_cost_$tag" 300 $py -m benchmarks.planner_cost --waiting 0,300,1000 --running 128 \
     --out "$out/planner_cost_$tag.json"
+  run "runner_cost_$tag" 120 $py -m benchmarks.runner_cost --decodes 1,128,1024 --layers 32 \
+    --out "$out/runner_cost_$tag.json"
   ;;
 *)
   echo "unknown phase $phase; accepted: paper, nochunk, serve, equiv1, equiv, pp, tp, dp, moe," \
