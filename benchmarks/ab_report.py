@@ -31,8 +31,8 @@ def _decode_step_ms(run: dict) -> float | None:
 def step_speed(w: dict, base: str) -> dict[str, dict]:
     """Per arm, its mean period of a decode-only step while fewer than 50 requests wait, over
     the baseline's, paired by repetition. The admission order changes such a step only through
-    its batch, and on a GPU in eager mode (launch-bound) a decode step costs about the same at
-    any batch size: a ratio away from 1 there is the host running that arm's steps slower."""
+    its batch; where launches dominate the step (``benchmarks.step_source``'s fit: a base plus a
+    little per decode request), a ratio away from 1 is that arm's engine running slower."""
     out = {}
     for arm, runs in w["runs"].items():
         n = min(len(runs), len(w["runs"][base]))
