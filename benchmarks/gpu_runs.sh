@@ -33,7 +33,8 @@
 # SATURATION (stock's saturation rate in req/s from an earlier part of the same grid: not
 # measured again), WARMUP_REPLAY (trace-serve: 1 for serve_ab's --warmup-replay), TIME_BUDGET
 # (trace-serve: seconds after which no pair starts, default 520; the run is stopped 60 s later),
-# KV_BLOCKS (trace-serve: KV cache blocks of each server, vLLM's --num-gpu-blocks-override).
+# KV_BLOCKS (trace-serve: KV cache blocks of each server, vLLM's --num-gpu-blocks-override),
+# GPU_UTIL (trace-llm: each engine's gpu_memory_utilization, default 0.4).
 set -uo pipefail
 phase=${1:?usage: bash benchmarks/gpu_runs.sh paper|nochunk|serve|equiv1|equiv|pp|tp|dp|moe|trace-llm|trace-serve|planner-cost [tag]}
 tag=${2:-$(python3 -c "import torch; n=torch.cuda.get_device_name(0).split()[1].lower(); \
@@ -148,8 +149,9 @@ print('pynccl: NCCL', L().ncclGetVersion())" || {
 trace-llm)
   # Llama-3.1-8B shape, eager, LLMEngine.from_engine_args: SchedulerConfig's 128 sequences
   # (ENTRY=llm: LLM(...), its 1024); prefix caching at vLLM's default (on), fresh prompts each
-  # repetition. One engine per arm (both alive, 0.4 of the GPU each), 3 repetitions of one
-  # load, arms alternating. GRAPHS=1: compiled, CUDA graphs (name tagged _graphs).
+  # repetition. One engine per arm (all alive, GPU_UTIL of the GPU each, default 0.4: three
+  # arms need 0.33 or less), 3 repetitions of one load, arms alternating. GRAPHS=1: compiled,
+  # CUDA graphs (name tagged _graphs).
   budget=${BUDGET:-2048}
   entry=${ENTRY:-llmengine}
   if [ "${GRAPHS:-0}" = 1 ]; then mode='"max_model_len": 8192' mode_tag=_graphs
@@ -163,7 +165,7 @@ trace-llm)
     "${load[@]}" --reps "${REPS:-3}" --arms "${ARMS:-stock,prepack-default}" \
     --max-num-batched-tokens "$budget" --run-timeout 240 \
     ${SATURATION:+--saturation-rate "$SATURATION"} \
-    --engine-args "{$mode, \"gpu_memory_utilization\": 0.4}" --out "$out/$name.json"
+    --engine-args "{$mode, \"gpu_memory_utilization\": ${GPU_UTIL:-0.4}}" --out "$out/$name.json"
   progress "$out/$name.log"
   ;;
 trace-serve)
