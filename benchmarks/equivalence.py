@@ -125,10 +125,7 @@ class Options:
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m benchmarks.equivalence", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    for field in dataclasses.fields(Options):
-        flag = "--" + field.name.replace("_", "-")
-        kind = type(field.default) if isinstance(field.default, int) else None
-        p.add_argument(flag, default=field.default, **({"type": kind} if kind else {}))
+    harness.add_flags(p, Options)
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--arm", help=argparse.SUPPRESS)
     p.add_argument("--result", help=argparse.SUPPRESS)

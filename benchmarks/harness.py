@@ -4,6 +4,8 @@ engine process driven over stdin with replies as JSON files (:class:`EngineProce
 
 from __future__ import annotations
 
+import argparse
+import dataclasses
 import json
 import os
 import platform
@@ -92,6 +94,18 @@ def host() -> dict:
     return {"cpu_model": model, "usable_cpus": len(os.sched_getaffinity(0)),
             "cgroup_cpu_max": cpu_max, "cgroup_cpus": cgroup_cpus(cpu_max),
             "load_1m": round(os.getloadavg()[0], 2), "probe_ms": round(min(probe) * 1e3, 2)}
+
+
+def add_flags(parser: argparse.ArgumentParser, options: type,
+              helps: dict[str, str] | None = None) -> argparse.ArgumentParser:
+    """One ``--flag`` per field of the dataclass ``options``, the field's default its default
+    (``int`` fields parsed as ints), with the help ``helps`` gives a field."""
+    for field in dataclasses.fields(options):
+        kind = {"int": int}.get(str(field.type))
+        parser.add_argument("--" + field.name.replace("_", "-"), default=field.default,
+                            **({"type": kind} if kind else {}),
+                            **({"help": helps[field.name]} if field.name in (helps or {}) else {}))
+    return parser
 
 
 def write_json(path: str | Path, payload: dict) -> Path:

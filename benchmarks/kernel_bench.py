@@ -13,7 +13,6 @@ paged/packed time > 1 means the packed path is faster.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import random
 import sys
 from dataclasses import dataclass
@@ -167,10 +166,7 @@ def run(o: Options) -> dict:
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(prog="python -m benchmarks.kernel_bench", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    for field in dataclasses.fields(Options):
-        kind = {"int": int}.get(str(field.type), None)
-        p.add_argument("--" + field.name.replace("_", "-"), default=field.default,
-                       **({"type": kind} if kind else {}))
+    harness.add_flags(p, Options)
     ns = p.parse_args(sys.argv[1:] if argv is None else argv)
     return run(Options(**vars(ns)))
 

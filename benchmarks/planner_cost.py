@@ -14,7 +14,6 @@ queue (nothing per step walks the waiting requests or their block hashes).
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import random
 import statistics
 import tempfile
@@ -130,11 +129,7 @@ def run(o: Options) -> dict:
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.planner_cost",
                                      description=__doc__.splitlines()[0])
-    for field in dataclasses.fields(Options):
-        kind = {"int": int}.get(str(field.type), None)
-        parser.add_argument("--" + field.name.replace("_", "-"), default=field.default,
-                            **({"type": kind} if kind else {}),
-                            **({"help": "a local config"} if field.name == "model" else {}))
+    harness.add_flags(parser, Options, {"model": "a local config"})
     return run(Options(**vars(parser.parse_args(argv))))
 
 

@@ -15,7 +15,6 @@ by a no-op, so that only the plugin's added work is timed.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import statistics
 import time
 from dataclasses import dataclass
@@ -113,10 +112,7 @@ def run(o: Options) -> dict:
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.runner_cost",
                                      description=__doc__.splitlines()[0])
-    for field in dataclasses.fields(Options):
-        kind = {"int": int}.get(str(field.type), None)
-        parser.add_argument("--" + field.name.replace("_", "-"), default=field.default,
-                            **({"type": kind} if kind else {}))
+    harness.add_flags(parser, Options)
     return run(Options(**vars(parser.parse_args(argv))))
 
 

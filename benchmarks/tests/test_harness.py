@@ -1,5 +1,5 @@
-"""The commit a result names: a rewritten result is not a change of code, any other tracked
-file is."""
+"""``benchmarks.harness``: the commit a result names (a rewritten result is not a change of
+code, any other tracked file is), and the flags of a benchmark's options dataclass."""
 
 from __future__ import annotations
 
@@ -30,3 +30,20 @@ def test_git_commit_is_dirty_for_code_not_for_results(tmp_path, monkeypatch):
     assert harness.git_commit() == head + "-dirty"
     monkeypatch.setenv("PREPACK_GIT_COMMIT", "f" * 40)
     assert harness.git_commit() == "f" * 40
+
+
+def test_add_flags_gives_each_option_field_a_flag():
+    import argparse
+    from dataclasses import dataclass
+
+    @dataclass(frozen=True)
+    class Options:
+        max_len: int = 8
+        arms: str = "stock,prepack"
+        out: str | None = None
+
+    p = harness.add_flags(argparse.ArgumentParser(), Options, {"out": "write here"})
+    assert vars(p.parse_args([])) == {"max_len": 8, "arms": "stock,prepack", "out": None}
+    ns = p.parse_args(["--max-len", "16", "--out", "x.json"])
+    assert Options(**vars(ns)) == Options(max_len=16, out="x.json")
+    assert "write here" in p.format_help()
