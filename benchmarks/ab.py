@@ -163,7 +163,7 @@ def _memory_problem(o: Options) -> str | None:
     except (ValueError, AttributeError):
         return f"--engine-args must be a JSON object, got {o.engine_args!r}"
     arms = len(o.arms.split(","))
-    if o.isolate or share is None or arms * share <= 1.0:
+    if o.isolate or not isinstance(share, (int, float)) or arms * share <= 1.0:
         return None
     return (f"--arms {o.arms}: {arms} engines alive at once at gpu_memory_utilization {share} "
             f"need {arms * share:.2f} of the GPU's memory; give each at most {1 / arms:.2f} "
