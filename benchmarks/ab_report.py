@@ -34,11 +34,14 @@ def step_speed(w: dict, base: str) -> dict[str, dict]:
     its batch; where launches dominate the step (``benchmarks.step_source``'s fit: a base plus a
     little per decode request), a ratio away from 1 is that arm's engine running slower."""
     out = {}
+    base_runs = w["runs"][base]
     for arm, runs in w["runs"].items():
-        n = min(len(runs), len(w["runs"][base]))
+        if arm == base:
+            continue
+        n = min(len(runs), len(base_runs))
         r = analysis.paired_ratio([_decode_step_ms(x) for x in runs[:n]],
-                                  [_decode_step_ms(x) for x in w["runs"][base][:n]], False)
-        if arm != base and r:
+                                  [_decode_step_ms(x) for x in base_runs[:n]], False)
+        if r:
             out[arm] = r
     return out
 

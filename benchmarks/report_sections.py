@@ -74,7 +74,10 @@ def trace_table(path: Path, d: dict) -> list[str]:
                 f"{pa['ttft_p99_s']['mean']:.3f} | {pa['output_tokens_per_s']['mean']:,.0f} | "
                 + " | ".join(report.fmt_ratio(r.get(m)) if r else "1" for m in
                              ("ttft_mean_s", "ttft_p99_s", "output_tokens_per_s")) + " |")
-    return [*lines, "", *(x for line in ab_report.step_speed_lines(d) for x in (line, ""))]
+    lines.append("")
+    for line in ab_report.step_speed_lines(d):
+        lines += [line, ""]
+    return lines
 
 
 def kernel_table(path: Path, d: dict) -> list[str]:

@@ -20,6 +20,7 @@ def test_step_metadata_is_what_the_pure_prefill_test_reads():
 
 def test_the_look_runs_vllms_forward_when_there_is_no_pack():
     output = object()
+    assert runner_cost._PluginForward().packed_unsupported is None  # a layer the path covers
     assert runner_cost._PluginForward().forward(None, None, None, None, None, object(),
                                                 output) is output
 
