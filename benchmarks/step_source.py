@@ -124,10 +124,16 @@ def main(argv: Sequence[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("files", nargs="+", help="steps files or serve_ab results")
+    p.add_argument("--out", help="also write the fit here, with the run record")
     args = p.parse_args(argv)
     model, fit = fitted(tuple(args.files))
     out = {"step_model": dataclasses.asdict(model), "fit": fit}
     print(json.dumps(out, indent=1))
+    if args.out:
+        from benchmarks import harness
+
+        harness.write_json(args.out, {"benchmark": "step-time model fit",
+                                      **harness.environment(), **out})
     return out
 
 

@@ -210,7 +210,8 @@ def run(o: Options) -> dict:
     if o.out:
         from benchmarks import harness
 
-        harness.write_json(o.out, {"steps_file": o.steps_file, "summaries": out})
+        harness.write_json(o.out, {"benchmark": "step timing summary", **harness.environment(),
+                                   "steps_file": o.steps_file, "summaries": out})
         print("wrote", o.out)
     return out
 

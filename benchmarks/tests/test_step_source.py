@@ -80,6 +80,15 @@ def test_a_model_fitted_to_serve_steps_is_the_one_that_made_them(tmp_path):
     assert loose_fit["mean_abs_error_s"] > 100 * fit["mean_abs_error_s"]
 
 
+def test_the_cli_writes_the_fit_with_its_run_record(tmp_path):
+    path = tmp_path / "serve.json"
+    path.write_text(json.dumps(_result(_records(600, {100, 350}, {420}))))
+    out = step_source.main([str(path), "--out", str(tmp_path / "fit.json")])
+    written = json.loads((tmp_path / "fit.json").read_text())
+    assert written["step_model"] == out["step_model"] and written["fit"] == out["fit"]
+    assert written["benchmark"] == "step-time model fit" and written["git_commit"]
+
+
 def test_load_steps_reads_steps_files_without_their_warm_up():
     merged = step_source.load_steps([STEPS])
     runs = [r for arms in merged["steps"].values() for rs in arms.values() for r in rs]
