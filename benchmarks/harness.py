@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import json
 import os
 import platform
@@ -35,6 +36,20 @@ def git_commit() -> str | None:
     except (OSError, subprocess.SubprocessError):
         return os.environ.get("PREPACK_GIT_COMMIT")
 
+
+@functools.cache
+def plugin_tree(commit: str | None) -> str | None:
+    """The git tree of ``vllm_prepack/`` at ``commit``: two commits with the same tree ran the
+    same plugin code. None where git does not know the commit (a ``-dirty`` one included)."""
+    if not commit or commit.endswith("-dirty"):
+        return None
+    try:
+        out = subprocess.run(["git", "rev-parse", "--verify", "--quiet",
+                              f"{commit}^{{commit}}:vllm_prepack"],
+                             capture_output=True, text=True, cwd=ROOT, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None if out.returncode == 0 else None
 
 def environment() -> dict:
     import torch

@@ -1,16 +1,17 @@
 """Serving grid points measured in parts: the paired runs of several ``serve_ab`` results that ran
-the same point (device, vLLM, commit, model, each arm's server arguments, trace window, load and
-rate, warm-up) pooled into one ratio with its spread (:func:`benchmarks.analysis.paired_ratio`).
-Each result pairs its arms' runs inside its own invocation; pooling keeps those pairs. Besides
-the client's ratios, the server's split of each pair: the engine's part of the first-token time
-(engine queue + prefill), the rest of the server's TTFT (API server, engine input and output
-paths) and what the client sees beyond the server."""
+the same point (device, vLLM, the plugin's code, model, each arm's server arguments, trace window,
+load and rate, warm-up) pooled into one ratio with its spread
+(:func:`benchmarks.analysis.paired_ratio`). Each result pairs its arms' runs inside its own
+invocation; pooling keeps those pairs. Besides the client's ratios, the server's split of each
+pair: the engine's part of the first-token time (engine queue + prefill), the rest of the
+server's TTFT (API server, engine input and output paths) and what the client sees beyond the
+server."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from benchmarks import analysis, report
+from benchmarks import analysis, harness, report
 from benchmarks.serve_report import BASELINE, engine_ms, engine_ratio, pairs
 
 ARM = "prepack"
@@ -20,10 +21,13 @@ CLIENT = {"mean_ttft_ms": False, "p99_ttft_ms": False, "request_goodput": True}
 
 
 def point_key(result: dict, load: str) -> tuple:
-    """What must be equal for two results' runs at ``load`` to be repetitions of one point."""
+    """What must be equal for two results' runs at ``load`` to be repetitions of one point. The
+    code is the plugin's (:func:`benchmarks.harness.plugin_tree` of the result's commit, else
+    the commit): commits that differ outside ``vllm_prepack/`` run the same engines."""
     w = result.get("workload") or {}
     arms = result.get("arms") or {}
-    return (result.get("device"), result.get("vllm"), result.get("git_commit"),
+    commit = result.get("git_commit")
+    return (result.get("device"), result.get("vllm"), harness.plugin_tree(commit) or commit,
             result.get("model_shape"),
             tuple((a, _arguments(arms.get(a, {}).get("serve_args") or []))
                   for a in (BASELINE, ARM)),

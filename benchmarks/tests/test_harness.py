@@ -1,5 +1,6 @@
 """``benchmarks.harness``: the commit a result names (a rewritten result is not a change of
-code, any other tracked file is), and the flags of a benchmark's options dataclass."""
+code, any other tracked file is), the plugin code a commit ran, and the flags of a benchmark's
+options dataclass."""
 
 from __future__ import annotations
 
@@ -31,6 +32,31 @@ def test_git_commit_is_dirty_for_code_not_for_results(tmp_path, monkeypatch):
     monkeypatch.setenv("PREPACK_GIT_COMMIT", "f" * 40)
     assert harness.git_commit() == "f" * 40
 
+
+
+def test_plugin_tree_is_equal_for_commits_that_change_only_other_files(tmp_path, monkeypatch):
+    (tmp_path / "vllm_prepack").mkdir()
+    (tmp_path / "vllm_prepack" / "planner.py").write_text("x = 1\n")
+    (tmp_path / "README.md").write_text("a\n")
+    git(tmp_path, "init", "-q")
+
+    def commit(path, text):
+        (tmp_path / path).write_text(text)
+        git(tmp_path, "add", ".")
+        git(tmp_path, "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "-m", path)
+        return subprocess.run(["git", "-C", str(tmp_path), "rev-parse", "HEAD"], check=True,
+                              capture_output=True, text=True).stdout.strip()
+
+    first = commit("README.md", "a\n")
+    docs_only = commit("README.md", "b\n")
+    code = commit("vllm_prepack/planner.py", "x = 2\n")
+    monkeypatch.setattr(harness, "ROOT", tmp_path)
+    harness.plugin_tree.cache_clear()
+    assert harness.plugin_tree(first) == harness.plugin_tree(docs_only[:7]) is not None
+    assert harness.plugin_tree(code) not in (None, harness.plugin_tree(first))
+    assert harness.plugin_tree(code + "-dirty") is None  # not the committed code
+    assert harness.plugin_tree("f" * 40) is None and harness.plugin_tree(None) is None
+    harness.plugin_tree.cache_clear()
 
 def test_add_flags_gives_each_option_field_a_flag():
     import argparse

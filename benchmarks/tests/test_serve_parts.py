@@ -89,3 +89,14 @@ def test_time_outside_the_engine_per_arm_and_its_table():
     assert "| - / - | - / - | 600 / 400 | - |" in table  # b.json: no split, no host record
     assert "c.json" not in table  # GPU results only
     assert serve_parts.host_section([(Path("c.json"), cpu)]) == []
+
+
+def test_commits_with_the_same_plugin_code_pool(monkeypatch):
+    trees = {"abc": "tree1", "def": "tree1", "fed": "tree2"}
+    monkeypatch.setattr(serve_parts.harness, "plugin_tree", trees.get)
+    a = result([run("stock", 0, 1000.0), run("prepack", 0, 1300.0)], commit="abc")
+    b = result([run("stock", 0, 1500.0), run("prepack", 0, 1350.0)], commit="def")
+    c = result([run("stock", 0, 1500.0), run("prepack", 0, 1350.0)], commit="fed")
+    [point] = serve_parts.pooled_points([(Path(f"{n}.json"), r) for n, r in
+                                         (("a", a), ("b", b), ("c", c))])
+    assert point["files"] == ["a.json", "b.json"] and point["pairs"] == 2
