@@ -1,19 +1,20 @@
 """Calibration of the trace simulator against GPU trace replays: for each point of each GPU
-``vllm serve`` result (same trace window, budget, sequences and load as a multiple of each
-one's own stock saturation), the simulator's prepack/stock ratios beside the GPU's, and the
-scheduler's decisions on both (overtakes and split prompts per run, the longest wait left in
-the queue after a step).
+result, ``vllm serve`` (:mod:`benchmarks.trace_calib_serve`) or ``LLM``/``LLMEngine``
+(:mod:`benchmarks.trace_calib_offline`), at the same trace window, budget, sequences and load
+as a multiple of each one's own stock saturation, the simulator's prepack/stock ratios beside
+the GPU's, and the scheduler's decisions on both (overtakes and split prompts per run, the
+longest wait left in the queue after a step, where recorded).
 
 Where the GPU's prepack arm left no request waiting after any step and overtook nothing, its
 admissions were stock's: that point's GPU ratios measure the setup's run-to-run noise, not the
 policy, and the row says so.
 
-The simulator's step model: fitted to the result's own steps where its prepack runs recorded
-them (``step_series``, :mod:`benchmarks.step_source`), eager or CUDA graphs alike; else to the
-steps of ``--step-timings`` (another run of the same server); else the shape's model, fitted to
-eager steps, so that a result with none of these whose servers ran with torch.compile and CUDA
-graphs is skipped (listed under ``skipped``). ``--steps``: the step model beside measured GPU
-steps (``benchmarks.ab`` ``*_steps.json``), its time over theirs in total and by decode batch.
+The simulator's step model: fitted to the result's own steps (a server's ``step_series``, an
+offline replay's steps file; :mod:`benchmarks.step_source`), eager or CUDA graphs alike; for a
+server without them, to the steps of ``--step-timings`` (another run of the same server), else
+the shape's model, fitted to eager steps, so that a compiled server's replay with none of these
+is skipped (listed under ``skipped``). ``--steps``: the step model beside measured GPU steps
+(``benchmarks.ab`` ``*_steps.json``), its time over theirs in total and by decode batch.
 
     python -m benchmarks.trace_calib \\
         --gpu benchmarks/results/trace_serve_8b_b2048_1.0_1.5_h200.json \\
@@ -34,21 +35,14 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from benchmarks import harness, serve_report
+from benchmarks import trace_calib_offline as offline
+from benchmarks import trace_calib_serve as serve
+from benchmarks.trace_calib_serve import SKIP_GRAPHS
 from benchmarks.trace_sim_model import STEP_MODELS, step_model_check
 from benchmarks.trace_sim_options import SimOptions, step_model
-from tests.harness.sched import BLOCK_SIZE
 
 BENCHMARK = "trace simulator calibration against GPU trace replays"
-METRICS = {"mean_ttft_ms": "ttft_mean_s", "p99_ttft_ms": "ttft_p99_s",
-           "request_goodput": "throughput_tok_s"}
-"""GPU metric -> the simulator's (goodput: every request within the SLO at these points, so
-the simulator's throughput ratio stands for it)."""
 TOLERANCE = 0.15
-SKIP_GRAPHS = ("servers ran with torch.compile and CUDA graphs and recorded no step series; the "
-               "shape's step model is fitted to eager steps")
-ARM = "stretch8q0.9-kv-off"
-"""The simulator arm of a GPU replay that does not record its prepack options: stretch 8, tail
-quantile 0.9, no KV reserve, the defaults of the commits of those replays."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -62,77 +56,9 @@ class CalibOptions:
     out: str | None = None
 
 
-def per_load(result: dict) -> dict[str, dict]:
-    """The GPU result's ratios per load, with the current rules (as docs/results.md)."""
-    return serve_report.aggregate(result["runs"], result["load_factors"],
-                                  result["repetitions"])
-
-
-def gpu_point(result: dict, agg: dict, load: str) -> dict:
-    """The GPU's ratios (spreads, ``agg``: its :func:`per_load` entry) and the prepack arm's
-    decisions at one load."""
-    decided = serve_report.decisions(result, load) or {
-        "overtakes_per_run": None, "split_per_run": None, "max_oldest_wait_s": None}
-    return {"ratios": {m: agg["ratios_prepack_vs_stock"].get(m) for m in METRICS},
-            "paired_reps": agg.get("paired_reps"), **decided}
-
-
-def budget_of(result: dict) -> int:
-    args = result["arms"]["stock"]["serve_args"]
-    return int(args[args.index("--max-num-batched-tokens") + 1])
-
-
-def eager(result: dict) -> bool:
-    """Whether the GPU servers ran eager, as the simulator's step model was measured."""
-    return "--enforce-eager" in result["arms"]["stock"]["serve_args"]
-
-
-def sim_arm(result: dict) -> str:
-    """The simulator arm of the options the GPU's prepack server ran (its log), else :data:`ARM`."""
-    ran = result["arms"].get("prepack", {}).get("prepack_options")
-    if not isinstance(ran, dict):
-        return ARM
-    if ran.get("policy", "stretch") != "stretch" or ran.get("lookahead", 128) != 128:
-        raise ValueError(f"prepack options {ran} have no simulator arm; accepted: policy "
-                         "stretch with lookahead 128")
-    kv = "" if ran.get("kv_reserve", "off") == "oldest" else "-kv-off"  # absent: none then
-    return f"stretch{ran['stretch']:g}q{ran['tail_quantile']:g}{kv}"
-
-
-def has_steps(result: dict) -> bool:
-    """Whether the result's prepack runs recorded the server's steps (``step_series``)."""
-    return any(r.get("step_series") for r in result.get("runs", []) if r.get("arm") == "prepack")
-
-
-def sim_options(path: Path, result: dict, loads: list[str], opts: CalibOptions) -> SimOptions:
-    """The simulator on the GPU result's window, budget, model length and loads, with the KV
-    cache its servers logged (else ``opts.num_blocks``), the scheduling its prepack server ran
-    (synchronous or async), and a step model fitted to the result's own steps where it has
-    them, else to ``opts.step_timings`` where given, else the shape's. Steps of a synchronous
-    server hold its scheduler's time: with them no scheduler time is added (``cpu_scale`` 0).
-    A result without a shape is simulated on its model directory."""
-    from benchmarks.step_source import fitted, scheduled_async
-
-    w, kv_tokens = result["workload"], result["arms"]["stock"].get("kv_cache_tokens")
-    steps = (str(path),) if has_steps(result) else opts.step_timings
-    sync = not scheduled_async(result)
-    args = result["arms"]["stock"]["serve_args"]
-    return SimOptions(shape=result.get("model_shape") or SimOptions.shape,
-                      model=None if result.get("model_shape") else result.get("model"),
-                      trace=opts.trace, start=w["start"], n=w["n"],
-                      budgets=(budget_of(result),), max_num_seqs=opts.max_num_seqs,
-                      max_model_len=int(args[args.index("--max-model-len") + 1])
-                      if "--max-model-len" in args else SimOptions.max_model_len,
-                      loads=tuple(float(lf) for lf in loads),
-                      arms=("stock", sim_arm(result)), seeds=(0,),
-                      num_blocks=kv_tokens // BLOCK_SIZE if kv_tokens else opts.num_blocks,
-                      step_timings=steps, sync_scheduling=sync,
-                      cpu_scale=0.0 if steps and fitted(steps)[1]["lag"] == 0
-                      else SimOptions.cpu_scale)
-
-
-def sim_points(sim: SimOptions, bar) -> dict[str, dict]:
-    """The simulator at ``sim``'s loads: load -> its ratios and the prepack arm's decisions."""
+def sim_points(sim: SimOptions, metrics: dict[str, str], bar) -> dict[str, dict]:
+    """The simulator at ``sim``'s loads: load -> its ratios (keyed by the GPU's metric names,
+    ``metrics``: GPU metric -> the simulator's) and the prepack arm's decisions."""
     from benchmarks import trace_sim
 
     arm = sim.arms[1]
@@ -141,7 +67,7 @@ def sim_points(sim: SimOptions, bar) -> dict[str, dict]:
         run = pt["per_arm"][arm][0]
         out[f"{pt['load']:g}"] = {
             "simulator_arm": arm,
-            "ratios": {m: pt["ratios"][arm][s]["median"] for m, s in METRICS.items()},
+            "ratios": {m: pt["ratios"][arm][s]["median"] for m, s in metrics.items()},
             "saturation_req_s": pt["saturation_req_s"],
             "stock_ttft_mean_s": pt["per_arm"]["stock"][0]["ttft_mean_s"],
             "overtakes_per_run": run.get("prepack_overtakes"),
@@ -162,37 +88,47 @@ def compare(gpu: dict, sim: dict) -> dict:
     return out
 
 
+def source(path: Path, d: dict, opts: CalibOptions) -> dict | None:
+    """A GPU result's calibration inputs, from :mod:`benchmarks.trace_calib_serve` or
+    :mod:`benchmarks.trace_calib_offline`: its points (load -> the GPU's ratios and
+    decisions), the metrics (GPU -> simulator), the simulator's options and what every point
+    records. None: not calibrated (:data:`SKIP_GRAPHS`)."""
+    if offline.is_offline(d):
+        gpu = offline.gpu_points(d)
+        return {"gpu": gpu, "metrics": offline.METRICS, **offline.record(d),
+                "sim": offline.sim_options(path, d, list(gpu), opts.trace)}
+    return serve.source(path, d, opts)
+
+
 def run(opts: CalibOptions) -> dict:
     from tqdm import tqdm
 
-    results, skipped = [], []
+    sources, skipped = [], []
     for p in opts.gpu:
         d = json.loads(Path(p).read_text())
-        if not eager(d) and not has_steps(d) and not opts.step_timings:
+        if (s := source(Path(p), d, opts)) is None:
             skipped.append({"gpu_file": Path(p).name, "reason": SKIP_GRAPHS})
             print(f"{Path(p).name}: skipped ({SKIP_GRAPHS})")
-            continue
-        agg = per_load(d)
-        results.append((Path(p), d, agg, [k for k, v in agg.items() if v["paired_reps"]]))
+        else:
+            sources.append((Path(p), d, s))
     points, models = [], {}
-    with tqdm(total=sum(2 * len(loads) for *_, loads in results), desc="trace calib",
+    with tqdm(total=sum(2 * len(s["gpu"]) for *_, s in sources), desc="trace calib",
               unit="run") as bar:
-        for path, d, agg, loads in results:
-            options = sim_options(path, d, loads, opts)
-            sim = sim_points(options, bar)
+        for path, d, s in sources:
+            options = s["sim"]
+            sim = sim_points(options, s["metrics"], bar)
             models[path.name] = {"num_blocks": options.num_blocks,
                                  "max_model_len": options.max_model_len,
                                  "async_scheduling": not options.sync_scheduling,
                                  "cpu_scale": options.cpu_scale,
                                  "step_model": dataclasses.asdict(step_model(options)),
                                  "fitted_to": list(options.step_timings) or d["model_shape"]}
-            for load in loads:
-                g, s = gpu_point(d, agg[load], load), sim[load]
+            for load, g in s["gpu"].items():
                 points.append({"gpu_file": path.name, "vllm": d["vllm"], "device": d["device"],
-                               "git_commit": d["git_commit"], "budget": budget_of(d),
-                               "load": float(load), "window": d["workload"]["description"],
-                               "gpu_saturation_req_s": d["saturation"]["request_throughput"],
-                               "gpu": g, "sim": s, "agreement": compare(g, s),
+                               "git_commit": d["git_commit"], "budget": s["budget"],
+                               "load": float(load), "window": s["window"],
+                               "gpu_saturation_req_s": s["gpu_saturation_req_s"],
+                               "gpu": g, "sim": sim[load], "agreement": compare(g, sim[load]),
                                "same_admissions_on_gpu": serve_report.same_admissions(g)})
     result = {"benchmark": BENCHMARK, **harness.environment(), "tolerance": TOLERANCE,
               "max_num_seqs": opts.max_num_seqs, "num_blocks": opts.num_blocks,
@@ -223,7 +159,8 @@ def parse(argv: Sequence[str] | None = None) -> CalibOptions:
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--gpu", nargs="+", required=True,
-                   help="GPU trace replay results (benchmarks.serve_ab --workload trace JSON)")
+                   help="GPU trace replay results (benchmarks.serve_ab or benchmarks.ab "
+                   "--workload trace JSON)")
     p.add_argument("--trace", help="the trace file of the GPU runs (default: the Azure "
                    "conversation trace, as benchmarks.trace finds it)")
     p.add_argument("--max-num-seqs", type=int, default=CalibOptions.max_num_seqs,

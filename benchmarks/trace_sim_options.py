@@ -6,6 +6,8 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import re
+from collections.abc import Mapping
+from typing import Any
 
 from benchmarks.trace_sim_model import CPU_SCALE, STEP_MODELS, StepModel
 from vllm_prepack.config import PrepackConfig
@@ -41,6 +43,16 @@ def arm_options(arm: str) -> dict | None:
     raise ValueError(f"unknown arm {arm!r}; accepted: {', '.join(ARMS)}, "
                      "stretch<X>[q<Q>][l<L>][-kv-off]")
 
+
+def arm_name(options: Mapping[str, Any]) -> str:
+    """The simulator arm (:func:`arm_options`) of a prepack scheduler's options (``to_dict``'s);
+    a ``kv_reserve`` left out is ``off`` (a server from before the option). Options that no arm
+    names are an error naming them."""
+    if options.get("policy", "stretch") != "stretch" or options.get("lookahead", 128) != 128:
+        raise ValueError(f"prepack options {dict(options)} have no simulator arm; accepted: "
+                         "policy stretch with lookahead 128")
+    kv = "" if options.get("kv_reserve", "off") == "oldest" else "-kv-off"
+    return f"stretch{options['stretch']:g}q{options['tail_quantile']:g}{kv}"
 
 def policy_of(arm: str) -> dict | None:
     """The admission options an arm ran (None: stock vLLM): its options over the defaults."""

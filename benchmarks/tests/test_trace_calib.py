@@ -1,6 +1,7 @@
 """The simulator's calibration against a GPU replay, at CI size: the simulator runs on the GPU
-result's own window, budget and loads, its ratios and decisions sit beside the GPU's, and a
-point where the GPU's prepack arm made stock's admissions is marked as noise."""
+result's own window, budget and loads (a server's replay or an offline one), its ratios and
+decisions sit beside the GPU's, and a point where the GPU's prepack arm made stock's
+admissions is marked as noise."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import json
 
 import pytest
 
-from benchmarks import serve_pool, trace_calib
+from benchmarks import serve_pool, trace_calib, trace_calib_serve
 from benchmarks.tests.suite_env import TRACE_CSV
 
 
@@ -100,15 +101,16 @@ def test_the_simulator_runs_the_options_the_gpu_server_logged():
     ran = serve_pool.log_facts(log)["prepack_options"]
     assert ran == PrepackConfig(stretch=2.5).to_dict()
     result = _gpu_result(3, 0.5)
-    assert trace_calib.sim_arm(result) == trace_calib.ARM == "stretch8q0.9-kv-off"
+    assert trace_calib_serve.sim_arm(result) == trace_calib_serve.ARM == "stretch8q0.9-kv-off"
     result["arms"]["prepack"] = {"prepack_options": ran}
-    assert trace_calib.sim_arm(result) == "stretch2.5q0.9"  # kv_reserve=oldest, the default
+    assert trace_calib_serve.sim_arm(result) == "stretch2.5q0.9"  # kv_reserve=oldest, the default
     result["arms"]["prepack"] = {"prepack_options": {k: v for k, v in ran.items()
                                                      if k != "kv_reserve"}}
-    assert trace_calib.sim_arm(result) == "stretch2.5q0.9-kv-off"  # a server before the option
+    # a server from before the option
+    assert trace_calib_serve.sim_arm(result) == "stretch2.5q0.9-kv-off"
     result["arms"]["prepack"]["prepack_options"] = {**ran, "policy": "hrrn"}
     with pytest.raises(ValueError, match="hrrn"):
-        trace_calib.sim_arm(result)
+        trace_calib_serve.sim_arm(result)
 
 
 def test_a_replay_with_step_series_is_simulated_with_its_own_steps_and_kv_cache(tmp_path):
@@ -152,7 +154,7 @@ def test_a_synchronous_server_without_a_shape_is_simulated_as_it_ran(tmp_path):
         run["step_series"] = step_series(_records(300, {40}, set(), lag=0))
     path = tmp_path / "cpu.json"
     path.write_text(json.dumps(result))
-    options = trace_calib.sim_options(path, result, ["1"], trace_calib.parse(["--gpu", "x"]))
+    options = trace_calib_serve.sim_options(path, result, ["1"], trace_calib.parse(["--gpu", "x"]))
     assert options.sync_scheduling and options.cpu_scale == 0.0
     assert (options.model, options.max_model_len) == (result["model"], 4096)
     out = trace_calib.main(["--gpu", str(path), "--trace", str(trace), "--max-num-seqs", "4",
@@ -185,3 +187,62 @@ def test_a_result_without_steps_takes_the_step_timings_given(tmp_path):
     assert out["skipped"] == [] and used["fitted_to"] == [str(steps)]
     assert used["async_scheduling"] and used["cpu_scale"] == trace_calib.SimOptions.cpu_scale
     assert used["step_model"]["gpu_per_token"] == pytest.approx(TRUTH.gpu_per_token, rel=1e-3)
+
+
+def _offline_row(rep: int, ttft: float, tok_s: float, overtakes: int) -> dict:
+    return {"rep": rep, "prefill_tokens_per_s": 1000.0, "wall_s": 10.0, "ttft_mean_s": ttft,
+            "ttft_p50_s": ttft, "ttft_p99_s": 3 * ttft, "engine_steps": 100,
+            "split_prompts": 2, "output_tokens_per_s": tok_s, "requests_per_s": 1.0,
+            "overtakes": overtakes}
+
+
+def test_an_offline_replay_is_simulated_with_its_engines_settings_and_steps(tmp_path):
+    """An ``LLM`` replay (benchmarks.ab): its loads, its engines' resolved budget, sequences,
+    KV blocks and scheduling, the prepack arm's options and a step model fitted to its steps
+    file; a workload at a fixed compression (no load factor) is left out."""
+    from benchmarks.tests.test_step_source import TRUTH, _records, _result
+
+    trace = tmp_path / "trace.csv"
+    trace.write_text(TRACE_CSV)
+    segments = step_source_segments(_result(_records(300, set(), set())))
+    (tmp_path / "r_steps.json").write_text(json.dumps({"steps": {"w": {"stock": segments}}}))
+    resolved = {"max_num_batched_tokens": 256, "max_num_seqs": 4, "max_model_len": 4096,
+                "num_gpu_blocks": 300, "async_scheduling": True}
+    extra = {"prepack": {"stretch": 4.0, "kv_reserve": "off"}}
+    runs = {"stock": [_offline_row(0, 1.0, 50.0, 0), _offline_row(1, 2.0, 50.0, 0)],
+            "prepack-default": [_offline_row(0, 0.5, 49.0, 3), _offline_row(1, 1.0, 50.0, 5)]}
+    window = {"start": 0, "n": 6, "description": "test window"}
+    result = {"benchmark": "offline A/B, trace replay", "baseline": "stock", "vllm": "0.33.0",
+              "device": "GPU: test", "git_commit": "0" * 40, "model_shape": "llama-3.1-8b",
+              "arms": {"stock": {"resolved": resolved, "engine_kwargs": {}},
+                       "prepack-default": {"resolved": resolved,
+                                           "engine_kwargs": {"additional_config": extra}}},
+              "workloads": {"trace_1xsat": {"workload": window, "runs": runs,
+                                            "load": {"load_factor": 1.0}},
+                            "trace_4x": {"workload": window, "runs": runs,
+                                         "load": {"compression": 4.0}}},
+              "saturation": {"requests_per_s": 4.0}, "step_timing_file": "r_steps.json"}
+    path = tmp_path / "r.json"
+    path.write_text(json.dumps(result))
+    out = trace_calib.main(["--gpu", str(path), "--trace", str(trace)])
+    (point,) = out["points"]
+    assert (point["budget"], point["load"], point["gpu_saturation_req_s"]) == (256, 1.0, 4.0)
+    g = point["gpu"]
+    assert g["ratios"]["ttft_mean_s"]["min"] == g["ratios"]["ttft_mean_s"]["max"] == 0.5
+    assert g["ratios"]["output_tokens_per_s"]["min"] == pytest.approx(0.98)
+    assert (g["overtakes_per_run"], g["split_per_run"], g["paired_reps"]) == (4, 2, 2)
+    assert set(point["agreement"]) == {"ttft_mean_s", "ttft_p99_s", "output_tokens_per_s"}
+    assert point["sim"]["simulator_arm"] == "stretch4q0.9-kv-off"
+    used = out["step_models"]["r.json"]
+    assert (used["num_blocks"], used["max_model_len"], used["async_scheduling"]) == (
+        300, 4096, True)
+    assert used["fitted_to"] == [str(tmp_path / "r_steps.json")]
+    assert used["step_model"]["gpu_per_token"] == pytest.approx(TRUTH.gpu_per_token, rel=1e-3)
+
+
+def step_source_segments(result: dict) -> list[dict]:
+    """A serving result's step segments as one measured repetition (rep 1) of a steps file."""
+    from benchmarks import step_source
+
+    segments = step_source.serve_steps(result)["steps"]["serve"]["prepack"]
+    return [{**seg, "rep": 1} for seg in segments]
