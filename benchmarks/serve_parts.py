@@ -112,6 +112,8 @@ def section(results: list[tuple[Path, dict]]) -> list[str]:
     if not points:
         return []
     lines = ["#### Serving points measured in parts (pairs pooled over invocations)", "",
+             "Pooled: one device, vLLM, plugin code (the `vllm_prepack` tree at each file's "
+             "commit), server arguments, window, load and warm-up. "
              "Engine: engine queue + prefill; rest: the rest of the server's TTFT; client: the "
              "client's TTFT beyond the server's. Means in ms, prepack / stock; preemptions: "
              "the pairs' sum, prepack / stock.", "",

@@ -238,6 +238,8 @@ def test_an_offline_replay_is_simulated_with_its_engines_settings_and_steps(tmp_
         300, 4096, True)
     assert used["fitted_to"] == [str(tmp_path / "r_steps.json")]
     assert used["step_model"]["gpu_per_token"] == pytest.approx(TRUTH.gpu_per_token, rel=1e-3)
+    with pytest.raises(ValueError, match="r_steps.json: not a trace replay result"):
+        trace_calib.main(["--gpu", str(tmp_path / "r_steps.json"), "--trace", str(trace)])
 
 
 def step_source_segments(result: dict) -> list[dict]:
