@@ -38,18 +38,27 @@ def git_commit() -> str | None:
 
 
 @functools.cache
+def git_object(commit: str | None, path: str) -> str | None:
+    """The git object id of ``path`` (a file or folder of the repository) at ``commit``, or, for
+    ``commit`` None, of the file as it is now in the checkout. None where git does not know the
+    commit (a ``-dirty`` one included) or the path."""
+    if commit is not None and (not commit or commit.endswith("-dirty")):
+        return None
+    args = (["hash-object", "--", path] if commit is None
+            else ["rev-parse", "--verify", "--quiet", f"{commit}^{{commit}}:{path}"])
+    try:
+        out = subprocess.run(["git", *args], capture_output=True, text=True, cwd=ROOT,
+                             timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return (out.stdout.strip() or None) if out.returncode == 0 else None
+
+
 def plugin_tree(commit: str | None) -> str | None:
     """The git tree of ``vllm_prepack/`` at ``commit``: two commits with the same tree ran the
     same plugin code. None where git does not know the commit (a ``-dirty`` one included)."""
-    if not commit or commit.endswith("-dirty"):
-        return None
-    try:
-        out = subprocess.run(["git", "rev-parse", "--verify", "--quiet",
-                              f"{commit}^{{commit}}:vllm_prepack"],
-                             capture_output=True, text=True, cwd=ROOT, timeout=10)
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return out.stdout.strip() or None if out.returncode == 0 else None
+    return git_object(commit, "vllm_prepack") if commit else None
+
 
 def environment() -> dict:
     import torch

@@ -93,13 +93,13 @@ def source(path: Path, d: dict, opts: CalibOptions) -> dict | None:
     :mod:`benchmarks.trace_calib_offline`: its points (load -> the GPU's ratios and
     decisions), the metrics (GPU -> simulator), the simulator's options and what every point
     records. None: not calibrated (:data:`SKIP_GRAPHS`). Any other file is an error naming it."""
-    if not offline.is_offline(d) and not isinstance(d.get("runs"), list):
-        raise ValueError(f"{path}: not a trace replay result; accepted: the JSON of "
-                         "benchmarks.serve_ab or benchmarks.ab with --workload trace")
     if offline.is_offline(d):
         gpu = offline.gpu_points(d)
         return {"gpu": gpu, "metrics": offline.METRICS, **offline.record(d),
                 "sim": offline.sim_options(path, d, list(gpu), opts.trace)}
+    if not isinstance(d.get("runs"), list):
+        raise ValueError(f"{path}: not a trace replay result; accepted: the JSON of "
+                         "benchmarks.serve_ab or benchmarks.ab with --workload trace")
     return serve.source(path, d, opts)
 
 

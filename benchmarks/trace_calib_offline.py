@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from benchmarks import ab_result
+from benchmarks import ab_result, harness
 from benchmarks.trace_sim_options import SimOptions, arm_name
 from vllm_prepack.config import PrepackConfig
 
@@ -21,6 +21,8 @@ BENCHMARK = "offline A/B, trace replay"
 METRICS = {"ttft_mean_s": "ttft_mean_s", "ttft_p99_s": "ttft_p99_s",
            "output_tokens_per_s": "throughput_tok_s"}
 """The replay's metric -> the simulator's."""
+CONFIG = "vllm_prepack/config.py"
+"""Where the options' defaults are."""
 
 
 def is_offline(result: dict) -> bool:
@@ -57,7 +59,14 @@ def gpu_points(result: dict) -> dict[str, dict]:
 
 
 def sim_arm(result: dict) -> str:
-    """The simulator arm of the options the prepack arm's engine was given over the defaults."""
+    """The simulator arm of the options the prepack arm's engine was given over the defaults,
+    which are this checkout's only where the replay's commit has the same
+    ``vllm_prepack/config.py`` (else an error naming the commit: it ran other defaults)."""
+    ran = harness.git_object(result.get("git_commit"), CONFIG)
+    if ran is None or ran != harness.git_object(None, CONFIG):
+        raise ValueError(f"commit {result.get('git_commit')}: its {CONFIG} is not this "
+                         "checkout's (or git does not know the commit), so the defaults its "
+                         "prepack arm ran are not known here")
     extra = result["arms"][prepack_arm(result)]["engine_kwargs"].get("additional_config")
     return arm_name(PrepackConfig.from_additional_config(extra).to_dict())
 

@@ -51,12 +51,16 @@ def test_plugin_tree_is_equal_for_commits_that_change_only_other_files(tmp_path,
     docs_only = commit("README.md", "b\n")
     code = commit("vllm_prepack/planner.py", "x = 2\n")
     monkeypatch.setattr(harness, "ROOT", tmp_path)
-    harness.plugin_tree.cache_clear()
+    harness.git_object.cache_clear()
     assert harness.plugin_tree(first) == harness.plugin_tree(docs_only[:7]) is not None
     assert harness.plugin_tree(code) not in (None, harness.plugin_tree(first))
     assert harness.plugin_tree(code + "-dirty") is None  # not the committed code
     assert harness.plugin_tree("f" * 40) is None and harness.plugin_tree(None) is None
-    harness.plugin_tree.cache_clear()
+    # a file at a commit, and as it is now
+    planner = "vllm_prepack/planner.py"
+    assert harness.git_object(code, planner) == harness.git_object(None, planner) is not None
+    assert harness.git_object(first, planner) != harness.git_object(None, planner)
+    harness.git_object.cache_clear()
 
 def test_add_flags_gives_each_option_field_a_flag():
     import argparse

@@ -196,11 +196,18 @@ def _offline_row(rep: int, ttft: float, tok_s: float, overtakes: int) -> dict:
             "overtakes": overtakes}
 
 
-def test_an_offline_replay_is_simulated_with_its_engines_settings_and_steps(tmp_path):
+def test_an_offline_replay_is_simulated_with_its_engines_settings_and_steps(tmp_path,
+                                                                             monkeypatch):
     """An ``LLM`` replay (benchmarks.ab): its loads, its engines' resolved budget, sequences,
-    KV blocks and scheduling, the prepack arm's options and a step model fitted to its steps
-    file; a workload at a fixed compression (no load factor) is left out."""
+    KV blocks and scheduling, the prepack arm's options over its commit's defaults and a step
+    model fitted to its steps file; a workload at a fixed compression (no load factor) is left
+    out; a replay whose commit had another config module is refused."""
+    from benchmarks import harness
     from benchmarks.tests.test_step_source import TRUTH, _records, _result
+
+    configs = {("0" * 40, "vllm_prepack/config.py"): "blob", (None, "vllm_prepack/config.py"):
+               "blob", ("1" * 40, "vllm_prepack/config.py"): "older"}
+    monkeypatch.setattr(harness, "git_object", lambda commit, path: configs.get((commit, path)))
 
     trace = tmp_path / "trace.csv"
     trace.write_text(TRACE_CSV)
@@ -240,6 +247,10 @@ def test_an_offline_replay_is_simulated_with_its_engines_settings_and_steps(tmp_
     assert used["step_model"]["gpu_per_token"] == pytest.approx(TRUTH.gpu_per_token, rel=1e-3)
     with pytest.raises(ValueError, match="r_steps.json: not a trace replay result"):
         trace_calib.main(["--gpu", str(tmp_path / "r_steps.json"), "--trace", str(trace)])
+    path.write_text(json.dumps({**result, "git_commit": "1" * 40}))
+    with pytest.raises(ValueError, match="commit 1111111111111111111111111111111111111111: its "
+                       "vllm_prepack/config.py is not this checkout's"):
+        trace_calib.main(["--gpu", str(path), "--trace", str(trace)])
 
 
 def step_source_segments(result: dict) -> list[dict]:
