@@ -46,13 +46,16 @@ def arm_options(arm: str) -> dict | None:
 
 def arm_name(options: Mapping[str, Any]) -> str:
     """The simulator arm (:func:`arm_options`) of a prepack scheduler's options (``to_dict``'s);
-    a ``kv_reserve`` left out is ``off`` (a server from before the option). Options that no arm
-    names are an error naming them."""
-    if options.get("policy", "stretch") != "stretch" or options.get("lookahead", 128) != 128:
+    a ``kv_reserve`` left out is ``off`` (a server from before the option). Options of another
+    policy than ``stretch`` are an error naming them."""
+    if options.get("policy", "stretch") != "stretch":
         raise ValueError(f"prepack options {dict(options)} have no simulator arm; accepted: "
-                         "policy stretch with lookahead 128")
+                         "policy stretch")
+    lookahead = options.get("lookahead", PrepackConfig.lookahead)
     kv = "" if options.get("kv_reserve", "off") == "oldest" else "-kv-off"
-    return f"stretch{options['stretch']:g}q{options['tail_quantile']:g}{kv}"
+    return (f"stretch{options['stretch']:g}q{options['tail_quantile']:g}"
+            + (f"l{lookahead}" if lookahead != PrepackConfig.lookahead else "") + kv)
+
 
 def policy_of(arm: str) -> dict | None:
     """The admission options an arm ran (None: stock vLLM): its options over the defaults."""

@@ -8,7 +8,7 @@ import json
 
 import pytest
 
-from benchmarks import serve_pool, trace_calib, trace_calib_serve
+from benchmarks import serve_pool, trace_calib, trace_calib_serve, trace_sim_options
 from benchmarks.tests.suite_env import TRACE_CSV
 
 
@@ -107,6 +107,10 @@ def test_the_simulator_runs_the_options_the_gpu_server_logged():
                                                      if k != "kv_reserve"}}
     # a server from before the option
     assert trace_calib_serve.sim_arm(result) == "stretch2.5q0.9-kv-off"
+    result["arms"]["prepack"]["prepack_options"] = {**ran, "lookahead": 64}
+    assert trace_calib_serve.sim_arm(result) == "stretch2.5q0.9l64"
+    assert trace_sim_options.arm_options("stretch2.5q0.9l64") == {
+        "stretch": 2.5, "tail_quantile": 0.9, "lookahead": 64}
     result["arms"]["prepack"]["prepack_options"] = {**ran, "policy": "hrrn"}
     with pytest.raises(ValueError, match="hrrn"):
         trace_calib_serve.sim_arm(result)
