@@ -5,6 +5,7 @@
 # benchmarks/results), one log per run next to them.
 #
 #   bash benchmarks/gpu_runs.sh paper    # 1 GPU: paper reproduction, Poisson offline A/B
+#   bash benchmarks/gpu_runs.sh mixes    # 1 GPU: the Poisson A/B of `paper`, stock and the default
 #   bash benchmarks/gpu_runs.sh nochunk  # 1 GPU: Llama-3.1-8B offline A/B, chunking off
 #   bash benchmarks/gpu_runs.sh serve    # 1 GPU: serving A/B (vllm bench serve)
 #   bash benchmarks/gpu_runs.sh equiv1   # 1 GPU: greedy equivalence (Llama-3.2-1B), batch-invariant
@@ -36,7 +37,7 @@
 # KV_BLOCKS (trace-serve: KV cache blocks of each server, vLLM's --num-gpu-blocks-override),
 # GPU_UTIL (trace-llm: each engine's gpu_memory_utilization, default 0.4).
 set -uo pipefail
-phase=${1:?usage: bash benchmarks/gpu_runs.sh paper|nochunk|serve|equiv1|equiv|pp|tp|dp|moe|trace-llm|trace-serve|planner-cost [tag]}
+phase=${1:?usage: bash benchmarks/gpu_runs.sh paper|mixes|nochunk|serve|equiv1|equiv|pp|tp|dp|moe|trace-llm|trace-serve|planner-cost [tag]}
 tag=${2:-$(python3 -c "import torch; n=torch.cuda.get_device_name(0).split()[1].lower(); \
 c=torch.cuda.device_count(); print(n if c == 1 else f'{n}x{c}')")}
 out=${OUT:-benchmarks/results}
@@ -51,6 +52,12 @@ run() {  # run NAME TIMEOUT_S CMD...: one benchmark, its log next to its JSON
   timeout "$limit" "$@" > "$out/$name.log" 2>&1
   echo "== $name exit $? ($(date -u +%H:%M:%S))"
   tail -n 12 "$out/$name.log"
+}
+
+poisson() {  # poisson NAME ARMS: Llama-3.2-1B shape, two mixes at 400 req/s (Poisson), eager
+  run "$1" 220 $py -m benchmarks.ab --model-shape llama-3.2-1b \
+    --workload lognormal,sharegpt --n 1024 --max-len 8000 --rate 400 --reps 3 --arms "$2" \
+    --engine-args "{$eager, \"gpu_memory_utilization\": 0.25}" --out "$out/$1.json"
 }
 
 progress() {  # the per-run lines of a log (tqdm's bar shares their lines)
@@ -78,10 +85,10 @@ paper)
     --workload mmlu --n 256 --batch-sizes 4,8,16,32,64 \
     --methods padded,sorted,prepacked,prepacked_flat --reps 3 --dtype float16 \
     --out "$out/paper_$tag.json"
-  run "ab_1b_poisson_$tag" 220 $py -m benchmarks.ab --model-shape llama-3.2-1b \
-    --workload lognormal,sharegpt --n 1024 --max-len 8000 --rate 400 --reps 3 \
-    --arms stock,prepack,prepack-packed \
-    --engine-args "{$eager, \"gpu_memory_utilization\": 0.25}" --out "$out/ab_1b_poisson_$tag.json"
+  poisson "ab_1b_poisson_$tag" stock,prepack,prepack-packed
+  ;;
+mixes)
+  poisson "ab_1b_poisson_default_$tag" stock,prepack-default
   ;;
 nochunk)
   run "ab_8b_nochunk_$tag" 500 $py -m benchmarks.ab --model-shape llama-3.1-8b \
@@ -203,7 +210,7 @@ planner-cost)
     --out "$out/runner_cost_$tag.json"
   ;;
 *)
-  echo "unknown phase $phase; accepted: paper, nochunk, serve, equiv1, equiv, pp, tp, dp, moe," \
+  echo "unknown phase $phase; accepted: paper, mixes, nochunk, serve, equiv1, equiv, pp, tp, dp, moe," \
     "trace-llm, trace-serve, planner-cost" >&2
   exit 2
   ;;
