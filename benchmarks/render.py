@@ -26,7 +26,15 @@ def sections() -> dict[str, tuple[Callable, Callable | None, int]]:
     ``(path, result) -> lines``, its figure function ``(path, result, out_dir) -> names`` (or
     None) and the place of its sections in the document. Kinds not listed (planner cost, step
     timings, the simulator's host fit) are cited from the prose, not tabled."""
-    from benchmarks import paper, serve_ab, serve_lengths, sim_report, trace_calib, trace_sim
+    from benchmarks import (
+        calib_report,
+        paper,
+        serve_ab,
+        serve_lengths,
+        sim_report,
+        trace_calib,
+        trace_sim,
+    )
     from benchmarks import report_sections as s
 
     return {
@@ -38,7 +46,7 @@ def sections() -> dict[str, tuple[Callable, Callable | None, int]]:
         OFFLINE[2]: (s.trace_table, s.offline_figures, 2),
         serve_ab.BENCHMARK: (s.serving_section, s.serving_figures, 3),
         serve_lengths.BENCHMARK: (serve_lengths.section, None, 4),
-        trace_calib.BENCHMARK: (s.calibration_table, None, 4),
+        trace_calib.BENCHMARK: (calib_report.calibration_table, None, 4),
         trace_sim.BENCHMARK: (sim_report.section, sim_report.figures, 4),
         paper.BENCHMARK: (s.paper_section, s.paper_figures, 5),
     }

@@ -135,53 +135,6 @@ def serving_section(path: Path, d: dict) -> list[str]:
             f"`{' '.join(map(str, serve_args))}`.{options}", ""] + ([steps, ""] if steps else [])
 
 
-def calibration_table(path: Path, d: dict) -> list[str]:
-    """The simulator's ratios beside the GPU's, point by point, with the decisions on both."""
-    device = d["points"][0]["device"] if d["points"] else "-"
-    arms = d.get("simulator_arm") or ", ".join(sorted({p["sim"]["simulator_arm"]
-                                                         for p in d["points"]}))
-    side = "GPU" if str(device).startswith("GPU") else "server"
-    lines = [f"#### Trace simulator against the {side} ({device}, simulator arm "
-             f"`{arms}`, CPU, commit {str(d['git_commit'])[:10]})",
-             "", f"| {side} result, vLLM, budget, load | metric | {side} | simulator | within "
-             f"{d['tolerance']:.0%} | inside {side} spread | overtakes / split per run, {side} vs "
-             "simulator |", "|---|---|---|---|---|---|---|"]
-    for p in d["points"]:
-        g, s = p["gpu"], p["sim"]
-        where = f"`{p['gpu_file']}`, {p['vllm']}, {p['budget']}, {p['load']:g}x"
-        decided = (f"{g['overtakes_per_run']:.0f} / {g['split_per_run']:.0f} vs "
-                   f"{s['overtakes_per_run']:.0f} / {s['split_per_run']:.0f}")
-        if p["same_admissions_on_gpu"]:
-            decided += f" ({side}: stock's admissions, its ratios are noise)"
-        for m, a in p["agreement"].items():
-            lines.append(f"| {where} | {m} | {report.fmt_ratio(g['ratios'][m])} | "
-                         f"{s['ratios'][m]:.2f} | {'yes' if a['within_15pct'] else 'no'} | "
-                         f"{'yes' if a['within_gpu_spread'] else 'no'} | {decided} |")
-            where = decided = ""
-    return lines + ["", f"`{path.name}`", ""] + _step_checks(d.get("step_model_checks") or {})
-
-
-def _step_checks(checks: dict) -> list[str]:
-    """The step model beside measured GPU steps: mean step (ms), measured vs model."""
-    if not checks:
-        return []
-    lines = ["The step model beside the measured GPU steps (mean ms, measured / model; every "
-             "step of each file, warm-up included):", "",
-             "| steps file | model / measured | decode requests | decode only | with prompt "
-             "tokens |", "|---|---|---|---|---|"]
-    for name, c in checks.items():
-        rows: dict[str, dict] = {}
-        for b in c["bins"]:
-            rows.setdefault(b["decodes"], {})[b["prompt_tokens"]] = (
-                f"{b['measured_ms']:.1f} / {b['model_ms']:.1f} ({b['steps']})")
-        head = f"`{name}` | {c['model_over_measured']:.2f}"
-        for decodes, cells in rows.items():
-            lines.append(f"| {head} | {decodes} | {cells.get(False, '-')} | "
-                         f"{cells.get(True, '-')} |")
-            head = " | "
-    return lines + [""]
-
-
 def paper_section(path: Path, d: dict) -> list[str]:
     from benchmarks import paper_report
 

@@ -39,6 +39,24 @@ def label(lo: int, hi: int | None) -> str:
     return f">= {lo}" if hi is None else (f"< {hi}" if lo == 0 else f"{lo}-{hi - 1}")
 
 
+def class_of(n: int, bounds: Sequence[int] = BOUNDS) -> str:
+    """The label of the length class of a prompt of ``n`` tokens."""
+    return next(label(lo, hi) for lo, hi in classes(bounds) if n >= lo and (hi is None or n < hi))
+
+
+def class_means(values: Sequence[float], lens: Sequence[int],
+                bounds: Sequence[int] = BOUNDS) -> dict[str, float]:
+    """The mean of ``values`` (one per request, in the order of ``lens``, its prompt tokens)
+    per length class, in class order; a class without requests is left out."""
+    if len(values) != len(lens):
+        raise ValueError(f"{len(values)} values for {len(lens)} requests")
+    groups: dict[str, list[float]] = {}
+    for v, n in zip(values, lens):
+        groups.setdefault(class_of(n, bounds), []).append(v)
+    return {c: sum(groups[c]) / len(groups[c])
+            for c in (label(*lh) for lh in classes(bounds)) if c in groups}
+
+
 def prompt_lens(result: dict, trace_path: str | None) -> list[int]:
     """The window's prompt lengths in trace order: as the result recorded them, else read from
     the trace file as the run read it (window, clipping), checked against its totals."""
@@ -53,24 +71,29 @@ def prompt_lens(result: dict, trace_path: str | None) -> list[int]:
     return list(window.lengths)
 
 
-def point(both: list[tuple[dict, dict]], lens: list[int], bounds: Sequence[int],
-          slo_ms: float) -> dict:
-    """One point's pairs: per length class, each arm's mean TTFT (ms, mean over pairs) and the
-    paired ratio; per pair, the requests under the SLO in one arm only."""
+def class_rows(both: list[tuple[dict, dict]], lens: list[int],
+               bounds: Sequence[int] = BOUNDS) -> list[dict]:
+    """Per length class of the (stock, prepack) pairs ``both``: its requests, each arm's mean
+    TTFT (ms, mean over pairs) and the paired ratio of the class's mean TTFT."""
     ttfts = [(s["bench"]["ttfts_s"], p["bench"]["ttfts_s"]) for s, p in both]
     if any(len(t) != len(lens) for pair in ttfts for t in pair):
         raise ValueError(f"a run's TTFTs do not match the window's {len(lens)} requests")
-    rows = []
-    for lo, hi in classes(bounds):
-        idx = [i for i, n in enumerate(lens) if n >= lo and (hi is None or n < hi)]
-        if not idx:
-            continue
-        means = [[sum(arm[i] for i in idx) * 1e3 / len(idx) for arm in pair] for pair in ttfts]
-        rows.append({"class": label(lo, hi), "requests": len(idx),
-                     "stock_ms": sum(m[0] for m in means) / len(means),
-                     "prepack_ms": sum(m[1] for m in means) / len(means),
-                     "ratio": analysis.paired_ratio([m[1] for m in means],
-                                                    [m[0] for m in means], False)})
+    means = [[class_means([1e3 * t for t in arm], lens, bounds) for arm in pair]
+             for pair in ttfts]
+    counts = Counter(class_of(n, bounds) for n in lens)
+    return [{"class": c, "requests": counts[c],
+             "stock_ms": sum(m[0][c] for m in means) / len(means),
+             "prepack_ms": sum(m[1][c] for m in means) / len(means),
+             "ratio": analysis.paired_ratio([m[1][c] for m in means], [m[0][c] for m in means],
+                                            False)} for c in means[0][0]]
+
+
+def point(both: list[tuple[dict, dict]], lens: list[int], bounds: Sequence[int],
+          slo_ms: float) -> dict:
+    """One point's pairs: per length class, :func:`class_rows`; per pair, the requests under
+    the SLO in one arm only."""
+    rows = class_rows(both, lens, bounds)
+    ttfts = [(s["bench"]["ttfts_s"], p["bench"]["ttfts_s"]) for s, p in both]
     lost = [only_under(slo_ms / 1e3, s, p) for s, p in ttfts]
     kept = [only_under(slo_ms / 1e3, p, s) for s, p in ttfts]
     return {"pairs": len(both), "slo_ms": slo_ms, "classes": rows,

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from benchmarks import serve_report
+from benchmarks import serve_lengths, serve_report
 from benchmarks.trace_sim_options import SimOptions, arm_name
 from tests.harness.sched import BLOCK_SIZE
 
@@ -31,13 +31,18 @@ def per_load(result: dict) -> dict[str, dict]:
                                   result["repetitions"])
 
 
-def gpu_point(result: dict, agg: dict, load: str) -> dict:
-    """The GPU's ratios (spreads, ``agg``: its :func:`per_load` entry) and the prepack arm's
-    decisions at one load."""
+def gpu_point(result: dict, agg: dict, load: str, lens: list[int] | None = None) -> dict:
+    """The GPU's ratios (spreads, ``agg``: its :func:`per_load` entry), the prepack arm's
+    decisions at one load and, given the window's prompt lengths ``lens`` and runs with
+    per-request TTFTs, the ratio of each prompt-length class's mean TTFT
+    (:func:`benchmarks.serve_lengths.class_rows`)."""
     decided = serve_report.decisions(result, load) or {
         "overtakes_per_run": None, "split_per_run": None, "max_oldest_wait_s": None}
+    both = serve_report.pairs(result, load)
+    by_length = {r["class"]: r["ratio"] for r in serve_lengths.class_rows(both, lens)} if (
+        lens and all(run["bench"].get("ttfts_s") for pair in both for run in pair)) else {}
     return {"ratios": {m: agg["ratios_prepack_vs_stock"].get(m) for m in METRICS},
-            "paired_reps": agg.get("paired_reps"), **decided}
+            "paired_reps": agg.get("paired_reps"), "ttft_by_length": by_length, **decided}
 
 
 def budget_of(result: dict) -> int:
@@ -95,7 +100,10 @@ def source(path: Path, d: dict, opts) -> dict | None:
         return None
     agg = per_load(d)
     loads = [k for k, v in agg.items() if v["paired_reps"]]
-    return {"gpu": {load: gpu_point(d, agg[load], load) for load in loads}, "metrics": METRICS,
+    lens = serve_lengths.prompt_lens(d, opts.trace) if any(
+        (r.get("bench") or {}).get("ttfts_s") for r in d["runs"]) else None
+    return {"gpu": {load: gpu_point(d, agg[load], load, lens) for load in loads},
+            "metrics": METRICS,
             "sim": sim_options(path, d, loads, opts), "budget": budget_of(d),
             "window": d["workload"]["description"],
             "gpu_saturation_req_s": d["saturation"]["request_throughput"]}

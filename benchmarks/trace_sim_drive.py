@@ -17,6 +17,7 @@ from unittest import mock
 from vllm.v1.core.sched.async_scheduler import AsyncScheduler
 from vllm.v1.core.sched.scheduler import Scheduler
 
+from benchmarks.serve_lengths import class_means
 from benchmarks.trace_sim_model import HOST_MODEL, HostModel, StepModel, step_features
 from benchmarks.trace_sim_options import arm_options
 from tests.harness.sched import make_request, make_scheduler, runner_output
@@ -45,6 +46,7 @@ class Run:
     scheduled it: what an admission order shortens (TTFT adds async scheduling's lag before that
     step, and the prefill's own steps)."""
     preemptions: int = 0  # requests vLLM preempted (KV blocks ran out), summed over steps
+    prompt_lens: dict[str, int] = dataclasses.field(default_factory=dict)  # per request
 
 
 def simulate(arm: str, requests: Sequence[Request], *, model: str, budget: int,
@@ -137,7 +139,8 @@ def _drive(scheduler, requests: Sequence[Request], clock, rng: random.Random, m:
     first = requests[0].arrival if requests else 0.0
     tpot = {r: (t - arrival[r] - ttft[r]) / (n - 1) for r, (t, n) in last.items() if n > 1}
     return Run(ttft=ttft, makespan=clock.now - first, output_tokens=out_tokens, steps=steps,
-               sched_cpu_s=cpu, counters={}, tpot=tpot, held=held, preemptions=preemptions)
+               sched_cpu_s=cpu, counters={}, tpot=tpot, held=held, preemptions=preemptions,
+               prompt_lens={f"r{j}": r.prompt_len for j, r in enumerate(pending)})
 
 
 def _counters(scheduler) -> dict:
@@ -209,7 +212,8 @@ def percentile(values: Sequence[float], q: float) -> float:
 def metrics(run: Run) -> dict:
     t = list(run.ttft.values())
     return {"ttft_mean_s": sum(t) / len(t), "ttft_p50_s": percentile(t, 50),
-            "ttft_p99_s": percentile(t, 99),
+            "ttft_p99_s": percentile(t, 99), "ttft_mean_s_by_length": class_means(
+                t, [run.prompt_lens[r] for r in run.ttft]) if run.prompt_lens else {},
             "held_mean_s": sum(run.held[r] for r in run.ttft) / len(t),
             "tpot_mean_s": sum(run.tpot.values()) / len(run.tpot) if run.tpot else 0.0,
             "throughput_tok_s": run.output_tokens / run.makespan,

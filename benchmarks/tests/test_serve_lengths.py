@@ -39,6 +39,14 @@ def test_classes_split_at_the_bounds_and_bad_bounds_are_named():
             serve_lengths.classes(bad)
 
 
+def test_class_means_are_in_class_order_without_empty_classes():
+    means = serve_lengths.class_means([4.0, 1.0, 3.0], [3000, 100, 300])
+    assert list(means.items()) == [("< 512", 2.0), (">= 2048", 4.0)]
+    assert serve_lengths.class_of(512) == "512-2047" and serve_lengths.class_of(511) == "< 512"
+    with pytest.raises(ValueError, match="2 values for 3 requests"):
+        serve_lengths.class_means([1.0, 2.0], [1, 2, 3])
+
+
 def test_short_prompts_sooner_long_later_and_the_slo_crossings():
     # prepack halves the short prompts' TTFT and pushes the long one past the 2 s SLO; in rep 1
     # the middle prompt meets the SLO only under prepack

@@ -8,7 +8,13 @@ import json
 
 import pytest
 
-from benchmarks import serve_pool, trace_calib, trace_calib_serve, trace_sim_options
+from benchmarks import (
+    calib_report,
+    serve_pool,
+    trace_calib,
+    trace_calib_serve,
+    trace_sim_options,
+)
 from benchmarks.tests.suite_env import TRACE_CSV
 
 
@@ -60,6 +66,31 @@ def test_calibration_puts_the_simulator_beside_the_gpu(tmp_path, overtakes, olde
     # six requests that never queue: the simulated arms make the same admissions
     assert sim["ratios"]["mean_ttft_ms"] == pytest.approx(1.0, abs=0.05)
     assert not point["agreement"]["mean_ttft_ms"]["within_15pct"]
+
+
+def test_each_prompt_length_class_is_set_beside_the_gpus(tmp_path):
+    trace = tmp_path / "trace.csv"
+    trace.write_text(TRACE_CSV)  # prompts 374, 96, 1879, 91, 500, 40 tokens
+    d = _gpu_result(3, 0.5)
+    d["workload"].update(source="trace.csv", total_tokens=2980)
+    for r in d["runs"]:  # prepack: short prompts in half the time, the long one in twice
+        r["bench"]["ttfts_s"] = [0.1] * 6 if r["arm"] == "stock" else [0.05] * 2 + [0.2] + [
+            0.05] * 3
+    gpu = tmp_path / "gpu.json"
+    gpu.write_text(json.dumps(d))
+    result = trace_calib.main(["--gpu", str(gpu), "--trace", str(trace), "--max-num-seqs", "4",
+                               "--num-blocks", "256"])
+    (point,) = result["points"]
+    by = point["by_length"]
+    assert by["< 512"]["gpu"]["median"] == pytest.approx(0.5)
+    assert by["512-2047"]["gpu"]["median"] == pytest.approx(2.0) and set(by) == {
+        "< 512", "512-2047"}
+    for b in by.values():
+        assert b["sim"] > 0 and b["within_15pct"] == (abs(b["sim"] / b["gpu"]["median"] - 1)
+                                                      <= 0.15)
+    lines = calib_report.calibration_table(gpu, {**result, "git_commit": "0" * 40})
+    assert any(line.startswith("By prompt-length class") for line in lines)
+    assert any("`gpu.json`, 256, 1x | 0.50" in line for line in lines)
 
 
 def test_calibration_skips_a_replay_with_cuda_graphs(tmp_path):

@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from benchmarks import trace_sim_drive, trace_sim_model, trace_sim_options
+from benchmarks import serve_lengths, trace_sim_drive, trace_sim_model, trace_sim_options
 from vllm_prepack.config import PrepackConfig
 
 
@@ -40,6 +40,20 @@ def test_every_request_gets_its_first_token_and_every_output(tiny_model, arm):
     assert all(0 <= run.held[r] < run.ttft[r] for r in run.ttft)
     if arm != "stock":  # our scheduler ran: its observer counted the admissions
         assert run.counters["admitted"] == len(reqs)
+
+
+def test_ttft_by_prompt_length_is_each_class_mean(tiny_model):
+    reqs = [trace_sim_drive.Request(i / 400.0, (137 * i) % 900 + 8, 4) for i in range(40)]
+    run = trace_sim_drive.simulate(
+        "stretch", reqs, model=tiny_model, budget=256, max_num_seqs=8, num_blocks=512,
+        max_model_len=1024, step_model=trace_sim_model.STEP_MODELS["llama-3.1-8b"], seed=0,
+        cpu_scale=0.0)
+    by = trace_sim_drive.metrics(run)["ttft_mean_s_by_length"]
+    assert list(by) == ["< 512", "512-2047"]
+    for c, mean in by.items():
+        mine = [run.ttft[f"r{i}"] for i, r in enumerate(reqs)
+                if serve_lengths.class_of(r.prompt_len) == c]
+        assert mean == pytest.approx(sum(mine) / len(mine))
 
 
 @pytest.mark.parametrize("arm", ["stock", "stretch"])
