@@ -49,7 +49,7 @@ def _by_length(points: list[dict], side: str) -> list[str]:
              "|---" * (1 + len(classes)) + "|"]
     for p in points:
         cells = [(f"{report.fmt_ratio(b['gpu'])} vs {b['sim']:.2f}"
-                  + ("" if b["within_15pct"] else " (off)")) if (b := p["by_length"].get(c))
+                  + ("" if b["within_15pct"] else " (beyond 15%)")) if (b := p["by_length"].get(c))
                  else "-" for c in classes]
         lines.append(f"| `{p['gpu_file']}`, {p['budget']}, {p['load']:g}x | "
                      + " | ".join(cells) + " |")
