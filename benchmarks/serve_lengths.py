@@ -1,12 +1,13 @@
 """Serving TTFT by prompt length: what the admission order moves between short and long prompts,
-and which requests cross the TTFT SLO in one arm only.
+which requests cross the TTFT SLO in one arm only, and which enter the slowest 1% in one arm only.
 
 Reads ``benchmarks.serve_ab`` trace replays (each run's per-request TTFTs, in trace order) and
 their window's prompt lengths (the result's ``workload.prompt_lens``, else the trace file read
 as the run read it), pools the (stock, prepack) pairs of each point over results as
 :mod:`benchmarks.serve_parts` does, and writes one JSON: per prompt-length class, the paired
 ratio of the class's mean TTFT; per pair, the requests that met the SLO in one arm and missed it
-in the other, with their prompt lengths.
+in the other, and those among the slowest 1% (which set the p99) in one arm only, with their
+prompt lengths.
 
     python -m benchmarks.serve_lengths --results benchmarks/results/trace_serve_8b_b2048_*.json \\
         --trace .data/azure_conv_2023.csv --out benchmarks/results/serve_lengths_8b_h100.json
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
@@ -96,17 +98,30 @@ def point(both: list[tuple[dict, dict]], lens: list[int], bounds: Sequence[int],
     ttfts = [(s["bench"]["ttfts_s"], p["bench"]["ttfts_s"]) for s, p in both]
     lost = [only_under(slo_ms / 1e3, s, p) for s, p in ttfts]
     kept = [only_under(slo_ms / 1e3, p, s) for s, p in ttfts]
+    tails = [(slowest(s), slowest(p)) for s, p in ttfts]
     return {"pairs": len(both), "slo_ms": slo_ms, "classes": rows,
             "slo_missed_by_prepack_only": analysis.spread([len(x) for x in lost]),
             "slo_missed_by_stock_only": analysis.spread([len(x) for x in kept]),
-            "crossing": {name: [{"request": i, "prompt_tokens": lens[i], "pairs": k}
-                                for i, k in sorted(Counter(j for x in sets for j in x).items())]
-                         for name, sets in (("prepack_only", lost), ("stock_only", kept))}}
+            "crossing": {"prepack_only": _counted(lost, lens), "stock_only": _counted(kept, lens)},
+            "slowest_1pct": {"prepack_only": _counted([p - s for s, p in tails], lens),
+                             "stock_only": _counted([s - p for s, p in tails], lens)}}
 
 
 def only_under(slo_s: float, met: list[float], missed: list[float]) -> list[int]:
     """The requests whose TTFT is within ``slo_s`` in ``met`` and beyond it in ``missed``."""
     return [i for i, (a, b) in enumerate(zip(met, missed, strict=True)) if a <= slo_s < b]
+
+
+def slowest(ttfts: list[float]) -> set[int]:
+    """The slowest 1% of the requests (at least one): the tail that sets an arm's p99 TTFT."""
+    k = max(1, math.ceil(len(ttfts) / 100))
+    return set(sorted(range(len(ttfts)), key=lambda i: -ttfts[i])[:k])
+
+
+def _counted(sets: list, lens: list[int]) -> list[dict]:
+    """Each request in any of ``sets`` (one per pair): its prompt tokens and in how many pairs."""
+    return [{"request": i, "prompt_tokens": lens[i], "pairs": k}
+            for i, k in sorted(Counter(j for x in sets for j in x).items())]
 
 
 def points(results: list[tuple[Path, dict]], trace_path: str | None,
@@ -130,10 +145,12 @@ def section(path: Path, d: dict) -> list[str]:
     lines = ["#### Serving TTFT by prompt length", "",
              "Per prompt-length class (tokens): the class's mean TTFT, prepack over stock, over "
              "the pairs (requests in the class); SLO: requests a pair under the TTFT SLO in one "
-             "arm only (mean [min-max]). Each row's arms and options: its files' sections above.",
+             "arm only (mean [min-max]); slowest 1%: the requests among the slowest 1% (which "
+             "set the p99) under prepack only, with their prompt tokens and in how many pairs "
+             "(the three most frequent). Each row's arms and options: its files' sections above.",
              "", "| files | device, commit | load | pairs | " + " | ".join(labels)
-             + " | missed by prepack only | missed by stock only |",
-             "|---" * (6 + len(labels)) + "|"]
+             + " | missed by prepack only | missed by stock only | slowest 1%, prepack only |",
+             "|---" * (7 + len(labels)) + "|"]
     for p in d["points"]:
         by = {r["class"]: r for r in p["classes"]}
         cells = [f"{report.fmt_ratio(by[c]['ratio'])} ({by[c]['requests']})" if c in by else "-"
@@ -143,8 +160,15 @@ def section(path: Path, d: dict) -> list[str]:
         lines.append(f"| {', '.join(f'`{f}`' for f in p['files'])} | {device}, "
                      f"{str(p['git_commit'])[:10]} | {p['load']:g}x | {p['pairs']} | "
                      + " | ".join(cells) + " | "
-                     + " | ".join(f"{m['mean']:.1f} [{m['min']}-{m['max']}]" for m in miss) + " |")
+                     + " | ".join(f"{m['mean']:.1f} [{m['min']}-{m['max']}]" for m in miss)
+                     + f" | {_top(p.get('slowest_1pct', {}).get('prepack_only') or [])} |")
     return [*lines, "", f"`{path.name}`", ""]
+
+
+def _top(entries: list[dict], n: int = 3) -> str:
+    """The ``n`` requests of ``entries`` in the most pairs: ``request (tokens): pairs``."""
+    top = sorted(entries, key=lambda e: (-e["pairs"], e["request"]))[:n]
+    return ", ".join(f"{e['request']} ({e['prompt_tokens']}): {e['pairs']}" for e in top) or "-"
 
 
 def parse(argv: Sequence[str] | None = None) -> argparse.Namespace:

@@ -65,6 +65,23 @@ def test_short_prompts_sooner_long_later_and_the_slo_crossings():
     assert pt["crossing"]["stock_only"] == [{"request": 2, "prompt_tokens": 1000, "pairs": 1}]
 
 
+def test_the_requests_entering_the_slowest_percent_in_one_arm_only():
+    # 150 requests: the slowest 1% is 2; prepack moves request 7 into it and 140 out of it
+    stock = [0.1] * 150
+    stock[140], stock[141] = 0.9, 0.8
+    prepack = list(stock)
+    prepack[7], prepack[140] = 0.85, 0.2
+    lens = [100 + i for i in range(150)]
+    both = [(run("stock", r, stock), run("prepack", r, prepack)) for r in range(2)]
+    assert serve_lengths.slowest(stock) == {140, 141} and serve_lengths.slowest([1.0]) == {0}
+    pt = serve_lengths.point(both, lens, [512], 2000.0)
+    assert pt["slowest_1pct"]["prepack_only"] == [{"request": 7, "prompt_tokens": 107, "pairs": 2}]
+    assert pt["slowest_1pct"]["stock_only"] == [{"request": 140, "prompt_tokens": 240, "pairs": 2}]
+    lines = serve_lengths.section(Path("s.json"), {"bounds": [512], "points": [
+        {**pt, "files": ["a.json"], "device": "GPU: X", "git_commit": "abc", "load": 1.0}]})
+    assert lines[6].endswith("| 7 (107): 2 |")
+
+
 def test_pairs_of_one_point_pool_over_results_and_other_points_do_not():
     a = result([run("stock", 0, [1.0] * 4), run("prepack", 0, [0.5] * 4)])
     b = result([run("stock", 0, [1.0] * 4), run("prepack", 0, [2.0] * 4)])
