@@ -115,7 +115,8 @@ def section(results: list[tuple[Path, dict]]) -> list[str]:
              "Pooled: one device, vLLM, plugin code (the `vllm_prepack` tree at each file's "
              "commit), server arguments, window, load and warm-up. "
              "Engine: engine queue + prefill; rest: the rest of the server's TTFT; client: the "
-             "client's TTFT beyond the server's. Means in ms, prepack / stock; preemptions: "
+             "client's TTFT beyond the server's. Ratios: mean [min-max] over the pairs, median. "
+             "Means in ms, prepack / stock; preemptions: "
              "the pairs' sum, prepack / stock.", "",
              "| files | load | pairs | TTFT mean vs stock | TTFT p99 vs stock | goodput vs stock "
              "| engine vs stock | engine | rest | client | preemptions |", "|---" * 11 + "|"]
@@ -125,10 +126,15 @@ def section(results: list[tuple[Path, dict]]) -> list[str]:
                  for part in ("engine", "server_rest", "client_rest")]
         lines.append(f"| {', '.join(f'`{f}`' for f in pt['files'])} | {pt['load']}x | "
                      f"{pt['pairs']} | "
-                     + " | ".join(report.fmt_ratio(r[k]) for k in (*CLIENT, "engine"))
+                     + " | ".join(_with_median(r[k]) for k in (*CLIENT, "engine"))
                      + f" | {' | '.join(cells)} | {pt['preemptions'][ARM]:.0f} / "
                      f"{pt['preemptions'][BASELINE]:.0f} |")
     return [*lines, ""]
+
+
+def _with_median(r: dict | None) -> str:
+    """A pooled ratio: ``mean [min-max]`` with its verdict, then its median."""
+    return report.fmt_ratio(r) + (f", median {r['median']:.2f}" if r else "")
 
 
 def outside_engine(result: dict) -> dict[str, dict[str, float | None]]:

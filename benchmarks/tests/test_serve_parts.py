@@ -48,7 +48,7 @@ def test_two_invocations_of_one_point_pool_their_pairs():
     assert prepack["engine"] == pytest.approx((150 + 150 + 60) / 3)
     assert point["preemptions"] == {"stock": 3, "prepack": 6}  # paired runs only
     lines = serve_parts.section([(Path("a.json"), a), (Path("b.json"), b)])
-    assert "| `a.json`, `b.json` | 1x | 3 | 1.07 [0.90-1.30] |" in "\n".join(lines)
+    assert "| `a.json`, `b.json` | 1x | 3 | 1.07 [0.90-1.30], median 1.00 |" in "\n".join(lines)
     assert lines[-2].endswith("| 6 / 3 |")
 
 
