@@ -73,13 +73,22 @@ def prompt_lens(result: dict, trace_path: str | None) -> list[int]:
     return list(window.lengths)
 
 
+def pair_ttfts(both: list[tuple[dict, dict]], lens: list[int]) -> list[tuple[list, list]]:
+    """Each (stock, prepack) pair's per-request TTFTs (s), checked against the window."""
+    ttfts = [(s["bench"]["ttfts_s"], p["bench"]["ttfts_s"]) for s, p in both]
+    if any(len(t) != len(lens) for pair in ttfts for t in pair):
+        raise ValueError(f"a run's TTFTs do not match the window's {len(lens)} requests")
+    return ttfts
+
+
 def class_rows(both: list[tuple[dict, dict]], lens: list[int],
                bounds: Sequence[int] = BOUNDS) -> list[dict]:
     """Per length class of the (stock, prepack) pairs ``both``: its requests, each arm's mean
     TTFT (ms, mean over pairs) and the paired ratio of the class's mean TTFT."""
-    ttfts = [(s["bench"]["ttfts_s"], p["bench"]["ttfts_s"]) for s, p in both]
-    if any(len(t) != len(lens) for pair in ttfts for t in pair):
-        raise ValueError(f"a run's TTFTs do not match the window's {len(lens)} requests")
+    return _rows(pair_ttfts(both, lens), lens, bounds)
+
+
+def _rows(ttfts: list[tuple[list, list]], lens: list[int], bounds: Sequence[int]) -> list[dict]:
     means = [[class_means([1e3 * t for t in arm], lens, bounds) for arm in pair]
              for pair in ttfts]
     counts = Counter(class_of(n, bounds) for n in lens)
@@ -93,13 +102,12 @@ def class_rows(both: list[tuple[dict, dict]], lens: list[int],
 def point(both: list[tuple[dict, dict]], lens: list[int], bounds: Sequence[int],
           slo_ms: float) -> dict:
     """One point's pairs: per length class, :func:`class_rows`; per pair, the requests under
-    the SLO in one arm only."""
-    rows = class_rows(both, lens, bounds)
-    ttfts = [(s["bench"]["ttfts_s"], p["bench"]["ttfts_s"]) for s, p in both]
+    the SLO in one arm only and those among the slowest 1% in one arm only."""
+    ttfts = pair_ttfts(both, lens)
     lost = [only_under(slo_ms / 1e3, s, p) for s, p in ttfts]
     kept = [only_under(slo_ms / 1e3, p, s) for s, p in ttfts]
     tails = [(slowest(s), slowest(p)) for s, p in ttfts]
-    return {"pairs": len(both), "slo_ms": slo_ms, "classes": rows,
+    return {"pairs": len(both), "slo_ms": slo_ms, "classes": _rows(ttfts, lens, bounds),
             "slo_missed_by_prepack_only": analysis.spread([len(x) for x in lost]),
             "slo_missed_by_stock_only": analysis.spread([len(x) for x in kept]),
             "crossing": {"prepack_only": _counted(lost, lens), "stock_only": _counted(kept, lens)},
