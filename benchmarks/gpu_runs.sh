@@ -6,7 +6,8 @@
 #
 #   bash benchmarks/gpu_runs.sh paper    # 1 GPU: paper reproduction, Poisson offline A/B
 #   bash benchmarks/gpu_runs.sh mixes    # 1 GPU: the Poisson A/B of `paper`, stock and the default
-#   bash benchmarks/gpu_runs.sh nochunk  # 1 GPU: Llama-3.1-8B offline A/B, chunking off
+#   bash benchmarks/gpu_runs.sh nochunk  # 1 GPU: Llama-3.1-8B offline A/B, chunking off (the default
+#                                     # and packed attention on)
 #   bash benchmarks/gpu_runs.sh serve    # 1 GPU: serving A/B (vllm bench serve)
 #   bash benchmarks/gpu_runs.sh equiv1   # 1 GPU: greedy equivalence (Llama-3.2-1B), batch-invariant
 #   bash benchmarks/gpu_runs.sh equiv    # 2 GPUs: TP=2 greedy equivalence (Llama-3.1-8B)
@@ -93,7 +94,7 @@ mixes)
 nochunk)
   run "ab_8b_nochunk_$tag" 500 $py -m benchmarks.ab --model-shape llama-3.1-8b \
     --workload lognormal,mmlu,sharegpt --n 512 --max-len 8000 --reps 3 \
-    --arms stock,prepack,prepack-packed --chunked off --max-num-batched-tokens 8192 \
+    --arms stock,prepack-default,prepack-packed --chunked off --max-num-batched-tokens 8192 \
     --engine-args "{$eager, \"gpu_memory_utilization\": 0.3}" --out "$out/ab_8b_nochunk_$tag.json"
   ;;
 serve)
