@@ -19,7 +19,8 @@ def calibration_table(path: Path, d: dict) -> list[str]:
              f"`{arms}`, CPU, commit {str(d['git_commit'])[:10]})",
              "", f"| {side} result, vLLM, budget, load | metric | {side} | simulator | within "
              f"{d['tolerance']:.0%} | inside {side} spread | overtakes / split per run, {side} vs "
-             "simulator |", "|---|---|---|---|---|---|---|"]
+             f"simulator | preemptions per run, stock / prepack, {side} vs simulator |",
+             "|---|---|---|---|---|---|---|---|"]
     for p in d["points"]:
         g, s = p["gpu"], p["sim"]
         where = f"`{p['gpu_file']}`, {p['vllm']}, {p['budget']}, {p['load']:g}x"
@@ -27,13 +28,24 @@ def calibration_table(path: Path, d: dict) -> list[str]:
                    f"{s['overtakes_per_run']:.0f} / {s['split_per_run']:.0f}")
         if p["same_admissions_on_gpu"]:
             decided += f" ({side}: stock's admissions, its ratios are noise)"
+        preempted = _preempted(g, s)
         for m, a in p["agreement"].items():
             lines.append(f"| {where} | {m} | {report.fmt_ratio(g['ratios'][m])} | "
                          f"{s['ratios'][m]:.2f} | {'yes' if a['within_15pct'] else 'no'} | "
-                         f"{'yes' if a['within_gpu_spread'] else 'no'} | {decided} |")
-            where = decided = ""
+                         f"{'yes' if a['within_gpu_spread'] else 'no'} | {decided} | "
+                         f"{preempted} |")
+            where = decided = preempted = ""
     return (lines + ["", f"`{path.name}`", ""] + _by_length(d["points"], side)
             + _step_checks(d.get("step_model_checks") or {}))
+
+
+def _preempted(gpu: dict, sim: dict) -> str:
+    """Each arm's preemptions per run, GPU vs simulator ("-" where either did not count them)."""
+    g, s = gpu.get("preemptions_per_run"), sim.get("preemptions_per_run")
+    if not (g and s):
+        return "-"
+    return (f"{g['stock']:.0f} / {g['prepack']:.0f} vs "
+            f"{s['stock']:.0f} / {s['prepack']:.0f}")
 
 
 def _by_length(points: list[dict], side: str) -> list[str]:

@@ -97,13 +97,17 @@ def pooled_points(results: list[tuple[Path, dict]]) -> list[dict]:
         means = {arm: {part: sum(sp[i][part] for sp in splits) / len(splits)
                        for part in ("engine", "server_rest", "client_rest")}
                  for i, arm in enumerate((BASELINE, ARM))} if splits else {}
-        preempted = {arm: sum((run.get("metrics") or {}).get(PREEMPTIONS) or 0
-                              for pair in both for run in pair if run["arm"] == arm)
-                     for arm in (BASELINE, ARM)}
         points.append({"files": [p.name for p, _, _ in parts], "load": parts[0][2],
                        "pairs": len(both), "ratios": ratios, "split_means": means,
-                       "preemptions": preempted})
+                       "preemptions": preempted(both)})
     return points
+
+
+def preempted(both: list[tuple[dict, dict]]) -> dict[str, float]:
+    """Each arm's preemptions (vLLM's counter) summed over the (stock, prepack) pairs ``both``."""
+    return {arm: sum((run.get("metrics") or {}).get(PREEMPTIONS) or 0
+                     for pair in both for run in pair if run["arm"] == arm)
+            for arm in (BASELINE, ARM)}
 
 
 def section(results: list[tuple[Path, dict]]) -> list[str]:

@@ -77,7 +77,9 @@ def sim_points(sim: SimOptions, metrics: dict[str, str], bar) -> dict[str, dict]
             "stock_ttft_mean_s": pt["per_arm"]["stock"][0]["ttft_mean_s"],
             "overtakes_per_run": run.get("prepack_overtakes"),
             "split_per_run": run.get("prepack_split_prompts"),
-            "max_oldest_wait_s": run.get("prepack_max_oldest_wait_s")}
+            "max_oldest_wait_s": run.get("prepack_max_oldest_wait_s"),
+            "preemptions_per_run": {"stock": pt["per_arm"]["stock"][0]["preemptions"],
+                                    "prepack": run["preemptions"]}}
     return out
 
 

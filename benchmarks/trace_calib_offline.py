@@ -54,7 +54,8 @@ def gpu_points(result: dict) -> dict[str, dict]:
             "paired_reps": ratios["ttft_mean_s"]["n"],
             "overtakes_per_run": sum(r["overtakes"] for r in runs) / len(runs),
             "split_per_run": sum(r["split_prompts"] for r in runs) / len(runs),
-            "max_oldest_wait_s": None}  # not recorded offline
+            "max_oldest_wait_s": None,  # not recorded offline
+            "preemptions_per_run": None}
     return points
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from benchmarks import serve_lengths, serve_report
+from benchmarks import serve_lengths, serve_parts, serve_report
 from benchmarks.trace_sim_options import SimOptions, arm_name
 from tests.harness.sched import BLOCK_SIZE
 
@@ -35,14 +35,19 @@ def gpu_point(result: dict, agg: dict, load: str, lens: list[int] | None = None)
     """The GPU's ratios (spreads, ``agg``: its :func:`per_load` entry), the prepack arm's
     decisions at one load and, given the window's prompt lengths ``lens`` and runs with
     per-request TTFTs, the ratio of each prompt-length class's mean TTFT
-    (:func:`benchmarks.serve_lengths.class_rows`)."""
+    (:func:`benchmarks.serve_lengths.class_rows`); each arm's preemptions per run where the
+    runs scraped vLLM's counter."""
     decided = serve_report.decisions(result, load) or {
         "overtakes_per_run": None, "split_per_run": None, "max_oldest_wait_s": None}
     both = serve_report.pairs(result, load)
     by_length = {r["class"]: r["ratio"] for r in serve_lengths.class_rows(both, lens)} if (
         lens and all(run["bench"].get("ttfts_s") for pair in both for run in pair)) else {}
+    counted = both and all(serve_parts.PREEMPTIONS in (run.get("metrics") or {})
+                           for pair in both for run in pair)
+    preempted = {arm: n / len(both) for arm, n in serve_parts.preempted(both).items()}
     return {"ratios": {m: agg["ratios_prepack_vs_stock"].get(m) for m in METRICS},
-            "paired_reps": agg.get("paired_reps"), "ttft_by_length": by_length, **decided}
+            "paired_reps": agg.get("paired_reps"), "ttft_by_length": by_length,
+            "preemptions_per_run": preempted if counted else None, **decided}
 
 
 def budget_of(result: dict) -> int:

@@ -29,7 +29,8 @@ def _gpu_result(overtakes: int, oldest: float, mode: str = "--enforce-eager") ->
     for rep, (stock, prepack) in enumerate([(100.0, 80.0), (120.0, 90.0)]):
         for arm, ttft in (("stock", stock), ("prepack", prepack)):
             runs.append({"arm": arm, "rep": rep, "load_factor": 1.0, "ok": True,
-                         "bench": _bench(ttft, 3 * ttft, 5.0),
+                         "bench": _bench(ttft, 3 * ttft, 5.0), "metrics": {
+                             "vllm:num_preemptions_total": rep + (4 if arm == "prepack" else 0)},
                          "packing": None if arm == "stock" else {
                              "overtakes": overtakes, "partial_prefills": 1,
                              "max_oldest_wait_s": oldest}})
@@ -66,6 +67,19 @@ def test_calibration_puts_the_simulator_beside_the_gpu(tmp_path, overtakes, olde
     # six requests that never queue: the simulated arms make the same admissions
     assert sim["ratios"]["mean_ttft_ms"] == pytest.approx(1.0, abs=0.05)
     assert not point["agreement"]["mean_ttft_ms"]["within_15pct"]
+    # preemptions per run, each arm: the GPU's counter over its pairs, the simulator's own
+    assert point["gpu"]["preemptions_per_run"] == {"stock": 0.5, "prepack": 4.5}
+    assert sim["preemptions_per_run"] == {"stock": 0, "prepack": 0}  # 256 blocks: room for all
+    row = next(line for line in calib_report.calibration_table(gpu, {**result, "git_commit": "0"})
+               if "`gpu.json`" in line)
+    assert row.endswith("| 0 / 4 vs 0 / 0 |")
+
+
+def test_preemptions_are_not_counted_where_a_run_did_not_scrape_them(tmp_path):
+    d = _gpu_result(3, 0.5)
+    del d["runs"][0]["metrics"]
+    agg = trace_calib_serve.per_load(d)["1"]
+    assert trace_calib_serve.gpu_point(d, agg, "1")["preemptions_per_run"] is None
 
 
 def test_each_prompt_length_class_is_set_beside_the_gpus(tmp_path):
