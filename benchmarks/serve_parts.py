@@ -103,10 +103,13 @@ def pooled_points(results: list[tuple[Path, dict]]) -> list[dict]:
     return points
 
 
-def preempted(both: list[tuple[dict, dict]]) -> dict[str, float]:
-    """Each arm's preemptions (vLLM's counter) summed over the (stock, prepack) pairs ``both``."""
-    return {arm: sum((run.get("metrics") or {}).get(PREEMPTIONS) or 0
-                     for pair in both for run in pair if run["arm"] == arm)
+def preempted(both: list[tuple[dict, dict]]) -> dict[str, float] | None:
+    """Each arm's preemptions (vLLM's counter) summed over the (stock, prepack) pairs ``both``;
+    None where there are no pairs or a run did not scrape the counter."""
+    runs = [run for pair in both for run in pair]
+    if not runs or any(PREEMPTIONS not in (run.get("metrics") or {}) for run in runs):
+        return None
+    return {arm: sum(run["metrics"][PREEMPTIONS] for run in runs if run["arm"] == arm)
             for arm in (BASELINE, ARM)}
 
 
@@ -131,9 +134,12 @@ def section(results: list[tuple[Path, dict]]) -> list[str]:
         lines.append(f"| {', '.join(f'`{f}`' for f in pt['files'])} | {pt['load']}x | "
                      f"{pt['pairs']} | "
                      + " | ".join(_with_median(r[k]) for k in (*CLIENT, "engine"))
-                     + f" | {' | '.join(cells)} | {pt['preemptions'][ARM]:.0f} / "
-                     f"{pt['preemptions'][BASELINE]:.0f} |")
+                     + f" | {' | '.join(cells)} | {_preemptions(pt['preemptions'])} |")
     return [*lines, ""]
+
+
+def _preemptions(counts: dict[str, float] | None) -> str:
+    return f"{counts[ARM]:.0f} / {counts[BASELINE]:.0f}" if counts else "-"
 
 
 def _with_median(r: dict | None) -> str:

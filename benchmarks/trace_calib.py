@@ -3,7 +3,8 @@ result, ``vllm serve`` (:mod:`benchmarks.trace_calib_serve`) or ``LLM``/``LLMEng
 (:mod:`benchmarks.trace_calib_offline`), at the same trace window, budget, sequences and load
 as a multiple of each one's own stock saturation, the simulator's prepack/stock ratios beside
 the GPU's, and the scheduler's decisions on both (overtakes and split prompts per run, the
-longest wait left in the queue after a step, where recorded); where the GPU runs kept each
+longest wait left in the queue after a step, where recorded), each arm's preemptions per run
+(where counted); where the GPU runs kept each
 request's TTFT, each prompt-length class's mean TTFT ratio beside the simulator's (reported, not
 one of the calibrated measures).
 

@@ -42,10 +42,8 @@ def gpu_point(result: dict, agg: dict, load: str, lens: list[int] | None = None)
     both = serve_report.pairs(result, load)
     by_length = {r["class"]: r["ratio"] for r in serve_lengths.class_rows(both, lens)} if (
         lens and all(run["bench"].get("ttfts_s") for pair in both for run in pair)) else {}
-    counted = both and all(serve_parts.PREEMPTIONS in (run.get("metrics") or {})
-                           for pair in both for run in pair)
-    preempted = {arm: n / len(both) for arm, n in serve_parts.preempted(both).items()} if (
-        counted) else None
+    counts = serve_parts.preempted(both)
+    preempted = {arm: n / len(both) for arm, n in counts.items()} if counts else None
     return {"ratios": {m: agg["ratios_prepack_vs_stock"].get(m) for m in METRICS},
             "paired_reps": agg.get("paired_reps"), "ttft_by_length": by_length,
             "preemptions_per_run": preempted, **decided}

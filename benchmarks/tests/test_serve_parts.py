@@ -50,6 +50,10 @@ def test_two_invocations_of_one_point_pool_their_pairs():
     lines = serve_parts.section([(Path("a.json"), a), (Path("b.json"), b)])
     assert "| `a.json`, `b.json` | 1x | 3 | 1.07 [0.90-1.30], median 1.00 |" in "\n".join(lines)
     assert lines[-2].endswith("| 6 / 3 |")
+    del b["runs"][2]["metrics"]["vllm:num_preemptions_total"]  # a paired run without the counter
+    [point] = serve_parts.pooled_points([(Path("a.json"), a), (Path("b.json"), b)])
+    assert point["preemptions"] is None
+    assert serve_parts.section([(Path("a.json"), a), (Path("b.json"), b)])[-2].endswith("| - |")
 
 
 @pytest.mark.parametrize("change", [{"commit": "def"}, {"rate": 12.0}])
