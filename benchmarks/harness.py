@@ -5,8 +5,10 @@ engine process driven over stdin with replies as JSON files (:class:`EngineProce
 from __future__ import annotations
 
 import argparse
+import ast
 import dataclasses
 import functools
+import hashlib
 import json
 import os
 import platform
@@ -58,6 +60,53 @@ def plugin_tree(commit: str | None) -> str | None:
     """The git tree of ``vllm_prepack/`` at ``commit``: two commits with the same tree ran the
     same plugin code. None where git does not know the commit (a ``-dirty`` one included)."""
     return git_object(commit, "vllm_prepack") if commit else None
+
+
+def plugin_code(commit: str | None) -> str | None:
+    """A digest of the plugin's code at ``commit`` without its prose: the files of
+    :func:`plugin_tree` with docstrings, comments and the ``help=`` texts of options left out.
+    Two commits with the same digest run the same plugin, also where only that prose differs
+    (their trees do not). None where git does not know the commit."""
+    tree = plugin_tree(commit)
+    return _code_digest(tree) if tree else None
+
+
+@functools.cache
+def _code_digest(tree: str) -> str | None:
+    try:
+        listing = subprocess.run(["git", "ls-tree", "-r", tree], capture_output=True,
+                                 text=True, cwd=ROOT, timeout=10, check=True).stdout
+        entries = [(line.split("\t", 1)[1], line.split()[2]) for line in listing.splitlines()]
+        blobs = subprocess.run(["git", "cat-file", "--batch"], capture_output=True, cwd=ROOT,
+                               input="".join(f"{oid}\n" for _, oid in entries).encode(),
+                               timeout=30, check=True).stdout
+    except (OSError, subprocess.SubprocessError):
+        return None
+    digest, at = hashlib.sha256(), 0
+    for path, _ in entries:  # each blob: "<oid> blob <size>\n<bytes>\n"
+        header_end = blobs.index(b"\n", at)
+        size = int(blobs[at:header_end].split()[2])
+        data = blobs[header_end + 1:header_end + 1 + size]
+        at = header_end + 2 + size
+        if path.endswith(".py"):
+            data = ast.dump(_WithoutProse().visit(ast.parse(data))).encode()
+        digest.update(f"{path}\0{len(data)}\0".encode() + data)
+    return digest.hexdigest()
+
+
+class _WithoutProse(ast.NodeTransformer):
+    """Drops docstrings (every statement that is only a string: a module's, a class's, a
+    function's, an attribute's) and blanks the text of ``help=`` keywords; comments are not
+    in an AST."""
+
+    def visit_Expr(self, node):
+        prose = isinstance(node.value, ast.Constant) and isinstance(node.value.value, str)
+        return ast.Pass() if prose else self.generic_visit(node)
+
+    def visit_keyword(self, node):
+        if node.arg == "help":
+            return ast.keyword(arg="help", value=ast.Constant(""))
+        return self.generic_visit(node)
 
 
 def environment() -> dict:

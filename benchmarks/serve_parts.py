@@ -22,12 +22,13 @@ CLIENT = {"mean_ttft_ms": False, "p99_ttft_ms": False, "request_goodput": True}
 
 def point_key(result: dict, load: str) -> tuple:
     """What must be equal for two results' runs at ``load`` to be repetitions of one point. The
-    code is the plugin's (:func:`benchmarks.harness.plugin_tree` of the result's commit, else
-    the commit): commits that differ outside ``vllm_prepack/`` run the same engines."""
+    code is the plugin's (:func:`benchmarks.harness.plugin_code` of the result's commit, else
+    the commit): commits that differ outside ``vllm_prepack/``, or only in its docstrings,
+    comments and option help texts, run the same engines."""
     w = result.get("workload") or {}
     arms = result.get("arms") or {}
     commit = result.get("git_commit")
-    return (result.get("device"), result.get("vllm"), harness.plugin_tree(commit) or commit,
+    return (result.get("device"), result.get("vllm"), harness.plugin_code(commit) or commit,
             result.get("model_shape"),
             tuple((a, _arguments(arms.get(a, {}).get("serve_args") or []))
                   for a in (BASELINE, ARM)),
@@ -119,8 +120,9 @@ def section(results: list[tuple[Path, dict]]) -> list[str]:
     if not points:
         return []
     lines = ["#### Serving points measured in parts (pairs pooled over invocations)", "",
-             "Pooled: one device, vLLM, plugin code (the `vllm_prepack` tree at each file's "
-             "commit), server arguments, window, load and warm-up. "
+             "Pooled: one device, vLLM, plugin code (`vllm_prepack` at each file's commit "
+             "without docstrings, comments and help texts), server arguments, window, load and "
+             "warm-up. "
              "Engine: engine queue + prefill; rest: the rest of the server's TTFT; client: the "
              "client's TTFT beyond the server's. Ratios: mean [min-max] over the pairs, median. "
              "Means in ms, prepack / stock; preemptions: "

@@ -9,8 +9,9 @@ import subprocess
 from benchmarks import harness
 
 
-def git(repo, *args):
-    subprocess.run(["git", "-C", str(repo), *args], check=True, capture_output=True)
+def git(repo, *args) -> str:
+    return subprocess.run(["git", "-C", str(repo), *args], check=True, capture_output=True,
+                          text=True).stdout.strip()
 
 
 def test_git_commit_is_dirty_for_code_not_for_results(tmp_path, monkeypatch):
@@ -60,6 +61,33 @@ def test_plugin_tree_is_equal_for_commits_that_change_only_other_files(tmp_path,
     planner = "vllm_prepack/planner.py"
     assert harness.git_object(code, planner) == harness.git_object(None, planner) is not None
     assert harness.git_object(first, planner) != harness.git_object(None, planner)
+    harness.git_object.cache_clear()
+
+
+def test_plugin_code_leaves_out_docstrings_comments_and_help_texts(tmp_path, monkeypatch):
+    code = ('"""Module."""\nimport argparse\n\n\nclass C:\n    """Class."""\n    x: str = "on"\n'
+            '    """Attribute."""\n\n\ndef f(p):\n    """Function."""\n'
+            '    p.add_argument("--x", help="Help " "text.")  # comment\n    return "on"\n')
+    prose = (code.replace("Module.", "A module.").replace("Attribute.", "Its x.")
+             .replace('"Help " "text."', '"Other help."').replace("# comment", "# other"))
+    commits = {}
+    (tmp_path / "vllm_prepack").mkdir()
+    git(tmp_path, "init", "-q")
+    value, returned = (code.replace('= "on"', '= "off"'),
+                       code.replace('return "on"', 'return "off"'))
+    for name, text in [("code", code), ("prose", prose), ("value", value),
+                       ("returned", returned)]:
+        (tmp_path / "vllm_prepack" / "m.py").write_text(text)
+        git(tmp_path, "add", ".")
+        git(tmp_path, "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "-m", name)
+        commits[name] = git(tmp_path, "rev-parse", "HEAD")
+    monkeypatch.setattr(harness, "ROOT", tmp_path)
+    harness.git_object.cache_clear()
+    digest = {name: harness.plugin_code(c) for name, c in commits.items()}
+    assert harness.plugin_tree(commits["code"]) != harness.plugin_tree(commits["prose"])
+    assert digest["code"] == digest["prose"] is not None  # the same code, other prose
+    assert len({digest["code"], digest["value"], digest["returned"]}) == 3  # strings that run
+    assert harness.plugin_code("f" * 40) is None and harness.plugin_code(None) is None
     harness.git_object.cache_clear()
 
 def test_add_flags_gives_each_option_field_a_flag():

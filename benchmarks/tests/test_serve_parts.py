@@ -96,8 +96,8 @@ def test_time_outside_the_engine_per_arm_and_its_table():
 
 
 def test_commits_with_the_same_plugin_code_pool(monkeypatch):
-    trees = {"abc": "tree1", "def": "tree1", "fed": "tree2"}
-    monkeypatch.setattr(serve_parts.harness, "plugin_tree", trees.get)
+    codes = {"abc": "code1", "def": "code1", "fed": "code2"}
+    monkeypatch.setattr(serve_parts.harness, "plugin_code", codes.get)
     a = result([run("stock", 0, 1000.0), run("prepack", 0, 1300.0)], commit="abc")
     b = result([run("stock", 0, 1500.0), run("prepack", 0, 1350.0)], commit="def")
     c = result([run("stock", 0, 1500.0), run("prepack", 0, 1350.0)], commit="fed")
