@@ -85,11 +85,16 @@ def _code_digest(tree: str) -> str | None:
     digest, at = hashlib.sha256(), 0
     for path, _ in entries:  # each blob: "<oid> blob <size>\n<bytes>\n"
         header_end = blobs.index(b"\n", at)
-        size = int(blobs[at:header_end].split()[2])
-        data = blobs[header_end + 1:header_end + 1 + size]
-        at = header_end + 2 + size
+        header = blobs[at:header_end].split()
+        if len(header) != 3 or header[1] != b"blob":
+            return None  # a submodule or a missing object: not code git can show
+        data = blobs[header_end + 1:header_end + 1 + int(header[2])]
+        at = header_end + 2 + int(header[2])
         if path.endswith(".py"):
-            data = ast.dump(_WithoutProse().visit(ast.parse(data))).encode()
+            try:
+                data = ast.dump(_WithoutProse().visit(ast.parse(data))).encode()
+            except (SyntaxError, ValueError):
+                pass  # not Python this interpreter parses: compared byte for byte
         digest.update(f"{path}\0{len(data)}\0".encode() + data)
     return digest.hexdigest()
 

@@ -88,6 +88,10 @@ def test_plugin_code_leaves_out_docstrings_comments_and_help_texts(tmp_path, mon
     assert digest["code"] == digest["prose"] is not None  # the same code, other prose
     assert len({digest["code"], digest["value"], digest["returned"]}) == 3  # strings that run
     assert harness.plugin_code("f" * 40) is None and harness.plugin_code(None) is None
+    (tmp_path / "vllm_prepack" / "broken.py").write_text("def (\n")  # compared byte for byte
+    git(tmp_path, "add", ".")
+    git(tmp_path, "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "-m", "broken")
+    assert harness.plugin_code(git(tmp_path, "rev-parse", "HEAD")) not in (None, *digest.values())
     harness.git_object.cache_clear()
 
 def test_add_flags_gives_each_option_field_a_flag():
