@@ -112,7 +112,17 @@ def point(both: list[tuple[dict, dict]], lens: list[int], bounds: Sequence[int],
             "slo_missed_by_stock_only": analysis.spread([len(x) for x in kept]),
             "crossing": {"prepack_only": _counted(lost, lens), "stock_only": _counted(kept, lens)},
             "slowest_1pct": {"prepack_only": _counted([p - s for s, p in tails], lens),
-                             "stock_only": _counted([s - p for s, p in tails], lens)}}
+                             "stock_only": _counted([s - p for s, p in tails], lens)},
+            "delayed_most": delayed_most(ttfts, lens)}
+
+
+def delayed_most(ttfts: list[tuple[list, list]], lens: list[int], n: int = 3) -> list[dict]:
+    """The ``n`` requests prepack delays most: the largest mean over the pairs of prepack's TTFT
+    minus stock's (ms), with their prompt tokens and stock's mean TTFT (ms)."""
+    delay = [sum(p[i] - s[i] for s, p in ttfts) * 1e3 / len(ttfts) for i in range(len(lens))]
+    top = sorted(range(len(lens)), key=lambda i: (-delay[i], i))[:n]
+    return [{"request": i, "prompt_tokens": lens[i], "delay_ms": delay[i],
+             "stock_ms": sum(s[i] for s, _ in ttfts) * 1e3 / len(ttfts)} for i in top]
 
 
 def only_under(slo_s: float, met: list[float], missed: list[float]) -> list[int]:
@@ -155,10 +165,12 @@ def section(path: Path, d: dict) -> list[str]:
              "the pairs (requests in the class); SLO: requests a pair under the TTFT SLO in one "
              "arm only (mean [min-max]); slowest 1%: the requests among the slowest 1% (which "
              "set the p99) under prepack only, with their prompt tokens and in how many pairs "
-             "(the three most frequent). Each row's arms and options: its files' sections above.",
+             "(the three most frequent); delayed most: the three requests with the largest mean "
+             "delay a pair, prepack's TTFT minus stock's (ms), with their prompt tokens and "
+             "stock's mean TTFT. Each row's arms and options: its files' sections above.",
              "", "| files | device, commit | load | pairs | " + " | ".join(labels)
-             + " | missed by prepack only | missed by stock only | slowest 1%, prepack only |",
-             "|---" * (7 + len(labels)) + "|"]
+             + " | missed by prepack only | missed by stock only | slowest 1%, prepack only "
+             "| delayed most |", "|---" * (8 + len(labels)) + "|"]
     for p in d["points"]:
         by = {r["class"]: r for r in p["classes"]}
         cells = [f"{report.fmt_ratio(by[c]['ratio'])} ({by[c]['requests']})" if c in by else "-"
@@ -169,7 +181,10 @@ def section(path: Path, d: dict) -> list[str]:
                      f"{str(p['git_commit'])[:10]} | {p['load']:g}x | {p['pairs']} | "
                      + " | ".join(cells) + " | "
                      + " | ".join(f"{m['mean']:.1f} [{m['min']}-{m['max']}]" for m in miss)
-                     + f" | {_top(p.get('slowest_1pct', {}).get('prepack_only') or [])} |")
+                     + f" | {_top(p.get('slowest_1pct', {}).get('prepack_only') or [])} | "
+                     + (", ".join(f"{e['request']} ({e['prompt_tokens']}): {e['delay_ms']:+.0f} "
+                                  f"of {e['stock_ms']:.0f}" for e in p.get("delayed_most", []))
+                        or "-") + " |")
     return [*lines, "", f"`{path.name}`", ""]
 
 

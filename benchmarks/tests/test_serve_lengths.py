@@ -79,7 +79,12 @@ def test_the_requests_entering_the_slowest_percent_in_one_arm_only():
     assert pt["slowest_1pct"]["stock_only"] == [{"request": 140, "prompt_tokens": 240, "pairs": 2}]
     lines = serve_lengths.section(Path("s.json"), {"bounds": [512], "points": [
         {**pt, "files": ["a.json"], "device": "GPU: X", "git_commit": "abc", "load": 1.0}]})
-    assert lines[6].endswith("| 7 (107): 2 |")
+    assert pt["delayed_most"][0] == {"request": 7, "prompt_tokens": 107,
+                                     "delay_ms": pytest.approx(750.0),
+                                     "stock_ms": pytest.approx(100.0)}
+    assert [e["request"] for e in pt["delayed_most"]] == [7, 0, 1]  # then no delay, by request
+    assert lines[6].endswith("| 7 (107): 2 | 7 (107): +750 of 100, 0 (100): +0 of 100, "
+                             "1 (101): +0 of 100 |")
 
 
 def test_pairs_of_one_point_pool_over_results_and_other_points_do_not():
