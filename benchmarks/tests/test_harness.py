@@ -94,6 +94,7 @@ def test_plugin_code_leaves_out_docstrings_comments_and_help_texts(tmp_path, mon
     assert harness.plugin_code(git(tmp_path, "rev-parse", "HEAD")) not in (None, *digest.values())
     harness.git_object.cache_clear()
 
+
 def test_add_flags_gives_each_option_field_a_flag():
     import argparse
     from dataclasses import dataclass
