@@ -113,14 +113,16 @@ def point(both: list[tuple[dict, dict]], lens: list[int], bounds: Sequence[int],
             "crossing": {"prepack_only": _counted(lost, lens), "stock_only": _counted(kept, lens)},
             "slowest_1pct": {"prepack_only": _counted([p - s for s, p in tails], lens),
                              "stock_only": _counted([s - p for s, p in tails], lens)},
-            "delayed_most": delayed_most(ttfts, lens)}
+            "delayed_most": moved_most(ttfts, lens, 1), "sped_up_most": moved_most(ttfts, lens, -1)}
 
 
-def delayed_most(ttfts: list[tuple[list, list]], lens: list[int], n: int = 3) -> list[dict]:
-    """The ``n`` requests prepack delays most: the largest mean over the pairs of prepack's TTFT
-    minus stock's (ms), with their prompt tokens and stock's mean TTFT (ms)."""
+def moved_most(ttfts: list[tuple[list, list]], lens: list[int], sign: int, n: int = 3
+               ) -> list[dict]:
+    """The ``n`` requests prepack delays most (``sign`` 1) or speeds up most (-1): by the mean
+    over the pairs of prepack's TTFT minus stock's (``delay_ms``), with their prompt tokens
+    and stock's mean TTFT (ms)."""
     delay = [sum(p[i] - s[i] for s, p in ttfts) * 1e3 / len(ttfts) for i in range(len(lens))]
-    top = sorted(range(len(lens)), key=lambda i: (-delay[i], i))[:n]
+    top = sorted(range(len(lens)), key=lambda i: (-sign * delay[i], i))[:n]
     return [{"request": i, "prompt_tokens": lens[i], "delay_ms": delay[i],
              "stock_ms": sum(s[i] for s, _ in ttfts) * 1e3 / len(ttfts)} for i in top]
 
@@ -165,12 +167,13 @@ def section(path: Path, d: dict) -> list[str]:
              "the pairs (requests in the class); SLO: requests a pair under the TTFT SLO in one "
              "arm only (mean [min-max]); slowest 1%: the requests among the slowest 1% (which "
              "set the p99) under prepack only, with their prompt tokens and in how many pairs "
-             "(the three most frequent); delayed most: the three requests with the largest mean "
-             "delay a pair, prepack's TTFT minus stock's (ms), with their prompt tokens and "
-             "stock's mean TTFT. Each row's arms and options: its files' sections above.",
+             "(the three most frequent); delayed most, sped up most: the three requests with "
+             "the largest mean change a pair either way, prepack's TTFT minus stock's (ms), with "
+             "their prompt tokens and stock's mean TTFT. Each row's arms and options: its files' "
+             "sections above.",
              "", "| files | device, commit | load | pairs | " + " | ".join(labels)
              + " | missed by prepack only | missed by stock only | slowest 1%, prepack only "
-             "| delayed most |", "|---" * (8 + len(labels)) + "|"]
+             "| delayed most | sped up most |", "|---" * (9 + len(labels)) + "|"]
     for p in d["points"]:
         by = {r["class"]: r for r in p["classes"]}
         cells = [f"{report.fmt_ratio(by[c]['ratio'])} ({by[c]['requests']})" if c in by else "-"
@@ -182,10 +185,15 @@ def section(path: Path, d: dict) -> list[str]:
                      + " | ".join(cells) + " | "
                      + " | ".join(f"{m['mean']:.1f} [{m['min']}-{m['max']}]" for m in miss)
                      + f" | {_top(p.get('slowest_1pct', {}).get('prepack_only') or [])} | "
-                     + (", ".join(f"{e['request']} ({e['prompt_tokens']}): {e['delay_ms']:+.0f} "
-                                  f"of {e['stock_ms']:.0f}" for e in p.get("delayed_most", []))
-                        or "-") + " |")
+                     + " | ".join(_moved(p.get(k) or []) for k in ("delayed_most", "sped_up_most"))
+                     + " |")
     return [*lines, "", f"`{path.name}`", ""]
+
+
+def _moved(entries: list[dict]) -> str:
+    """``request (tokens): +delay of stock`` (ms) for each of ``entries``."""
+    return ", ".join(f"{e['request']} ({e['prompt_tokens']}): {e['delay_ms']:+.0f} of "
+                     f"{e['stock_ms']:.0f}" for e in entries) or "-"
 
 
 def _top(entries: list[dict], n: int = 3) -> str:

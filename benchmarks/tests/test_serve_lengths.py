@@ -83,7 +83,11 @@ def test_the_requests_entering_the_slowest_percent_in_one_arm_only():
                                      "delay_ms": pytest.approx(750.0),
                                      "stock_ms": pytest.approx(100.0)}
     assert [e["request"] for e in pt["delayed_most"]] == [7, 0, 1]  # then no delay, by request
+    assert pt["sped_up_most"][0] == {"request": 140, "prompt_tokens": 240,
+                                     "delay_ms": pytest.approx(-700.0),
+                                     "stock_ms": pytest.approx(900.0)}
     assert lines[6].endswith("| 7 (107): 2 | 7 (107): +750 of 100, 0 (100): +0 of 100, "
+                             "1 (101): +0 of 100 | 140 (240): -700 of 900, 0 (100): +0 of 100, "
                              "1 (101): +0 of 100 |")
 
 
