@@ -113,18 +113,19 @@ def point(both: list[tuple[dict, dict]], lens: list[int], bounds: Sequence[int],
             "crossing": {"prepack_only": _counted(lost, lens), "stock_only": _counted(kept, lens)},
             "slowest_1pct": {"prepack_only": _counted([p - s for s, p in tails], lens),
                              "stock_only": _counted([s - p for s, p in tails], lens)},
-            "delayed_most": moved_most(ttfts, lens, 1), "sped_up_most": moved_most(ttfts, lens, -1)}
+            **moved_most(ttfts, lens)}
 
 
-def moved_most(ttfts: list[tuple[list, list]], lens: list[int], sign: int, n: int = 3
-               ) -> list[dict]:
-    """The ``n`` requests prepack delays most (``sign`` 1) or speeds up most (-1): by the mean
-    over the pairs of prepack's TTFT minus stock's (``delay_ms``), with their prompt tokens
-    and stock's mean TTFT (ms)."""
+def moved_most(ttfts: list[tuple[list, list]], lens: list[int], n: int = 3) -> dict:
+    """The ``n`` requests prepack delays most (``delayed_most``) and speeds up most
+    (``sped_up_most``), by the mean over the pairs of prepack's TTFT minus stock's
+    (``delay_ms``), with their prompt tokens and stock's mean TTFT (ms)."""
     delay = [sum(p[i] - s[i] for s, p in ttfts) * 1e3 / len(ttfts) for i in range(len(lens))]
-    top = sorted(range(len(lens)), key=lambda i: (-sign * delay[i], i))[:n]
-    return [{"request": i, "prompt_tokens": lens[i], "delay_ms": delay[i],
-             "stock_ms": sum(s[i] for s, _ in ttfts) * 1e3 / len(ttfts)} for i in top]
+    stock = [sum(s[i] for s, _ in ttfts) * 1e3 / len(ttfts) for i in range(len(lens))]
+    return {key: [{"request": i, "prompt_tokens": lens[i], "delay_ms": delay[i],
+                   "stock_ms": stock[i]}
+                  for i in sorted(range(len(lens)), key=lambda i: (-sign * delay[i], i))[:n]]
+            for key, sign in (("delayed_most", 1), ("sped_up_most", -1))}
 
 
 def only_under(slo_s: float, met: list[float], missed: list[float]) -> list[int]:
