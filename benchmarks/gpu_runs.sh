@@ -207,6 +207,8 @@ trace-serve)
 planner-cost)
   run "planner_cost_$tag" 300 $py -m benchmarks.planner_cost --waiting 0,300,1000 --running 128 \
     --out "$out/planner_cost_$tag.json"
+  run "planner_cost_admitting_$tag" 300 $py -m benchmarks.planner_cost --waiting 0,300,1000 \
+    --running 128 --admitting --out "$out/planner_cost_admitting_$tag.json"
   run "runner_cost_$tag" 120 $py -m benchmarks.runner_cost --decodes 1,128,1024 --layers 32 \
     --out "$out/runner_cost_$tag.json"
   ;;

@@ -177,11 +177,12 @@ def host() -> dict:
 def add_flags(parser: argparse.ArgumentParser, options: type,
               helps: dict[str, str] | None = None) -> argparse.ArgumentParser:
     """One ``--flag`` per field of the dataclass ``options``, the field's default its default
-    (``int`` fields parsed as ints), with the help ``helps`` gives a field."""
+    (``int`` fields parsed as ints, ``bool`` ones as ``--flag``/``--no-flag``), with the help
+    ``helps`` gives a field."""
     for field in dataclasses.fields(options):
-        kind = {"int": int}.get(str(field.type))
+        kind = {"int": {"type": int}, "bool": {"action": argparse.BooleanOptionalAction}}
         parser.add_argument("--" + field.name.replace("_", "-"), default=field.default,
-                            **({"type": kind} if kind else {}),
+                            **kind.get(str(field.type), {}),
                             **({"help": helps[field.name]} if field.name in (helps or {}) else {}))
     return parser
 
