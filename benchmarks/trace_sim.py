@@ -26,6 +26,7 @@ import itertools
 from collections.abc import Sequence
 
 from benchmarks import analysis, harness, report
+from benchmarks.trace_sim_delays import breakdown
 from benchmarks.trace_sim_drive import (
     compressed,
     metrics,
@@ -69,18 +70,24 @@ def grid(opts: SimOptions, bar) -> list[dict]:
         loads = [native * opts.compression / sat] if opts.compression else opts.loads
         for load in loads:
             per_arm: dict[str, list[dict]] = {arm: [] for arm in opts.arms}
+            delays: dict[str, list[dict]] = {arm: [] for arm in opts.arms if arm != "stock"}
             for seed, replica in itertools.product(opts.seeds, range(opts.replicas)):
                 window = compressed(windows[seed], load * sat)
+                runs = {}
                 for arm in opts.arms:  # every arm on the same window and noise draws
                     bar.set_postfix(budget=budget, load=load, seed=seed, arm=arm)
-                    per_arm[arm].append(metrics(simulate(
-                        arm, window, seed=seed, step_noise=opts.step_noise,
-                        noise_seed=1000 * seed + replica, **kw)))
+                    runs[arm] = simulate(arm, window, seed=seed, step_noise=opts.step_noise,
+                                         noise_seed=1000 * seed + replica, **kw)
+                    per_arm[arm].append(metrics(runs[arm]))
                     bar.update()
+                arrivals = {f"r{j}": r.arrival for j, r in enumerate(window)}
+                for arm in delays if opts.delays else ():
+                    delays[arm].append({"seed": seed, "replica": replica, **breakdown(
+                        runs["stock"], runs[arm], arrivals)})
             points.append({"budget": budget, "load": load, "compression": opts.compression,
-                           "saturation_req_s": sat,
-                           "rate_req_s": load * sat, "per_arm": per_arm,
-                           "ratios": ratios(per_arm)})
+                           "saturation_req_s": sat, "rate_req_s": load * sat,
+                           "per_arm": per_arm, "ratios": ratios(per_arm),
+                           **({"delays": delays} if opts.delays else {})})
     return points
 
 
@@ -160,6 +167,8 @@ def parse(argv: Sequence[str] | None = None) -> SimOptions:
                    "config.json) instead of --shape; needs --step-timings")
     p.add_argument("--sync-scheduling", action="store_true", help="synchronous scheduling "
                    "(each step's scheduler time added to its GPU time) instead of vLLM's async")
+    p.add_argument("--delays", action="store_true", help="per point and arm, where its TTFT "
+                   "differences from stock come from (benchmarks.trace_sim_delays)")
     p.add_argument("--out", default=None)
     args = p.parse_args(argv)
     if args.model and not args.step_timings:

@@ -18,6 +18,7 @@ from vllm.v1.core.sched.async_scheduler import AsyncScheduler
 from vllm.v1.core.sched.scheduler import Scheduler
 
 from benchmarks.serve_lengths import class_means
+from benchmarks.trace_sim_delays import Events
 from benchmarks.trace_sim_model import HOST_MODEL, HostModel, StepModel, step_features
 from benchmarks.trace_sim_options import arm_options
 from tests.harness.sched import make_request, make_scheduler, runner_output
@@ -47,6 +48,7 @@ class Run:
     step, and the prefill's own steps)."""
     preemptions: int = 0  # requests vLLM preempted (KV blocks ran out), summed over steps
     prompt_lens: dict[str, int] = dataclasses.field(default_factory=dict)  # per request
+    events: Events | None = None  # per-request events (:mod:`benchmarks.trace_sim_delays`)
 
 
 def simulate(arm: str, requests: Sequence[Request], *, model: str, budget: int,
@@ -98,14 +100,14 @@ class Timing:
 def _drive(scheduler, requests: Sequence[Request], clock, rng: random.Random, m: Timing) -> Run:
     """Step ``scheduler`` until every request finishes, each step timed by ``m``."""
     pending, arrival = list(requests), {}
-    ttft, held, visible = {}, {}, {}  # request -> seconds (visible: a time on the clock)
+    ttft, events = {}, Events()  # ttft: request -> seconds
     i = steps = out_tokens = cpu = preemptions = 0
     last: dict[str, tuple[float, int]] = {}  # request -> (time of its latest token, tokens)
     seen = 0.0  # async: the previous step's start, when the engine scheduled this one
     flight = None  # async: the step in flight (output, runner output), not yet applied
     while i < len(pending) or scheduler.has_unfinished_requests() or flight:
         i = _arrive_async(scheduler, pending, i, seen if m.pipelined else clock.now,
-                          clock.now, rng, arrival, visible)
+                          clock.now, rng, arrival, events.visible)
         if not scheduler.has_unfinished_requests() and not flight:
             clock.now = seen = pending[i].arrival
             continue
@@ -113,8 +115,7 @@ def _drive(scheduler, requests: Sequence[Request], clock, rng: random.Random, m:
         c0 = time.thread_time()
         out = scheduler.schedule()
         c1 = time.thread_time()
-        for r in out.scheduled_new_reqs:
-            held.setdefault(r.req_id, clock.now - visible[r.req_id])
+        events.step(scheduler, out, clock.now, ttft)
         features = step_features(scheduler, out)
         runner = runner_output(scheduler, out)
         ended, flight = flight, (out, runner)
@@ -139,7 +140,8 @@ def _drive(scheduler, requests: Sequence[Request], clock, rng: random.Random, m:
     first = requests[0].arrival if requests else 0.0
     tpot = {r: (t - arrival[r] - ttft[r]) / (n - 1) for r, (t, n) in last.items() if n > 1}
     return Run(ttft=ttft, makespan=clock.now - first, output_tokens=out_tokens, steps=steps,
-               sched_cpu_s=cpu, counters={}, tpot=tpot, held=held, preemptions=preemptions,
+               sched_cpu_s=cpu, counters={}, tpot=tpot, held=events.held(),
+               preemptions=preemptions, events=events,
                prompt_lens={f"r{j}": r.prompt_len for j, r in enumerate(pending)})
 
 

@@ -91,6 +91,7 @@ class SimOptions:
     step_timings: tuple[str, ...] = ()
     model: str | None = None
     sync_scheduling: bool = False
+    delays: bool = False
     out: str | None = None
 
 

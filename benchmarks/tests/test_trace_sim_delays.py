@@ -1,0 +1,90 @@
+"""Per-request delays in the trace simulator (:mod:`benchmarks.trace_sim_delays`): each TTFT split
+into lag, hold and span, and an arm's differences from stock split the same way."""
+
+from __future__ import annotations
+
+import math
+from types import SimpleNamespace
+
+import pytest
+
+from benchmarks import trace_sim, trace_sim_delays, trace_sim_drive, trace_sim_model
+
+BUDGET = 256
+
+
+def _requests(n: int = 60, rate: float = 400.0) -> list[trace_sim_drive.Request]:
+    # Prompts of 8-407 tokens arriving faster than the engine drains them: a queue forms.
+    return [trace_sim_drive.Request(i / rate, (17 * i) % 400 + 8, 4 + i % 5) for i in range(n)]
+
+
+def _run(tiny_model: str, arm: str) -> trace_sim_drive.Run:
+    return trace_sim_drive.simulate(
+        arm, _requests(), model=tiny_model, budget=BUDGET, max_num_seqs=8, num_blocks=512,
+        max_model_len=1024, step_model=trace_sim_model.STEP_MODELS["llama-3.1-8b"], seed=0,
+        cpu_scale=0.0)
+
+
+@pytest.mark.parametrize("arm", ["stock", "stretch"])
+def test_lag_hold_and_span_sum_to_each_ttft(tiny_model, arm):
+    run, reqs = _run(tiny_model, arm), _requests()
+    ev = run.events
+    assert set(ev.first) == set(run.ttft) == {f"r{i}" for i in range(len(reqs))}
+    for i, r in enumerate(reqs):
+        lag, hold, span = trace_sim_delays.parts(run, ev, f"r{i}", r.arrival)
+        assert lag >= 0 and hold >= 0 and span > 0
+        assert lag + hold + span == pytest.approx(run.ttft[f"r{i}"])
+        # A prompt takes at least as many steps as the budget needs to hold it.
+        assert ev.prefill_steps[f"r{i}"] >= math.ceil(r.prompt_len / BUDGET)
+    assert run.held == ev.held()
+    assert any(ev.prefill_steps[f"r{i}"] > 1 for i, r in enumerate(reqs) if r.prompt_len <= BUDGET)
+    assert not ev.preempted  # 512 blocks: no preemption
+
+
+def test_an_arms_differences_split_into_their_parts(tiny_model):
+    stock, ours = _run(tiny_model, "stock"), _run(tiny_model, "stretch")
+    arrivals = {f"r{i}": r.arrival for i, r in enumerate(_requests())}
+    b = trace_sim_delays.breakdown(stock, ours, arrivals, top=3)
+    total = sum(ours.ttft.values()) - sum(stock.ttft.values())
+    assert b["delayed"]["ttft_s"] + b["sped"]["ttft_s"] == pytest.approx(total)
+    for side in ("delayed", "sped"):
+        t = b[side]
+        assert t["lag_s"] + t["hold_s"] + t["span_s"] == pytest.approx(t["ttft_s"])
+    assert b["delayed"]["ttft_s"] > 0 > b["sped"]["ttft_s"]  # the order moved requests both ways
+    assert b["sped"]["hold_s"] < 0  # short prompts overtake: the sped-up ones are held less
+    rows = b["most_delayed"]
+    assert 0 < len(rows) <= 3 and [r["delta_ms"] for r in rows] == sorted(
+        (r["delta_ms"] for r in rows), reverse=True)
+    for row in rows + b["most_sped"]:
+        key = f"r{row['request']}"
+        assert row["delta_ms"] == pytest.approx(1e3 * (ours.ttft[key] - stock.ttft[key]))
+        assert row["lag_ms"] + row["hold_ms"] + row["span_ms"] == pytest.approx(row["delta_ms"])
+        assert row["prefill_steps"] == [stock.events.prefill_steps[key],
+                                        ours.events.prefill_steps[key]]
+
+
+def test_passed_by_counts_later_arrivals_scheduled_first():
+    ev = trace_sim_delays.Events(first={"r0": 3.0, "r1": 1.0, "r2": 2.0, "r3": 3.0})
+    assert trace_sim_delays.passed_by(ev) == {"r0": 2, "r1": 0, "r2": 0, "r3": 0}
+
+
+def test_breakdown_of_hand_made_runs():
+    def run(first: dict, ttft: dict, preempted=()):
+        ev = trace_sim_delays.Events(visible={r: 0.0 for r in first}, first=first,
+                                     preempted=set(preempted))
+        return SimpleNamespace(ttft=ttft, events=ev, prompt_lens={"r0": 100, "r1": 10})
+
+    stock = run({"r0": 0.0, "r1": 1.0}, {"r0": 1.0, "r1": 2.0})
+    ours = run({"r0": 1.0, "r1": 0.0}, {"r0": 2.5, "r1": 0.5}, preempted=["r0"])
+    b = trace_sim_delays.breakdown(stock, ours, {"r0": 0.0, "r1": 0.0})
+    assert b["delayed"] == {"requests": 1, "ttft_s": 1.5, "lag_s": 0.0, "hold_s": 1.0,
+                            "span_s": 0.5, "preempted_here_only": 1}
+    assert b["sped"] == {"requests": 1, "ttft_s": -1.5, "lag_s": 0.0, "hold_s": -1.0,
+                         "span_s": -0.5, "preempted_here_only": 0}
+    (row,) = b["most_delayed"]
+    assert row["request"] == 0 and row["passed_by"] == [0, 1] and row["preempted"] == [False, True]
+    assert [r["request"] for r in b["most_sped"]] == [1]
+
+
+def test_the_cli_takes_delays():
+    assert trace_sim.parse(["--delays"]).delays and not trace_sim.parse([]).delays

@@ -1,0 +1,93 @@
+"""Where an arm's first-token delays come from, request by request, in the trace simulator.
+
+A request's TTFT is three parts: its *lag* (from arrival to the first ``schedule()`` that sees
+it: async scheduling's step in flight), its *hold* (from there to the step that first schedules
+it: what the admission order and the KV reserve decide) and its *span* (from that step to the
+end of the step that completes its prompt: its chunks, the length of their steps, a prefill
+done again after a preemption). :class:`Events` records them during a run;
+:func:`breakdown` pairs an arm's run with stock's on the same window and splits each
+request's difference into the three."""
+
+from __future__ import annotations
+
+import collections
+from dataclasses import dataclass, field
+
+
+@dataclass
+class Events:
+    """Per-request events of one simulated run (request ids ``r<index in arrival order>``)."""
+
+    visible: dict[str, float] = field(default_factory=dict)  # first schedule() that saw it
+    first: dict[str, float] = field(default_factory=dict)  # the step that first scheduled it
+    prefill_steps: collections.Counter = field(default_factory=collections.Counter)
+    """Steps that scheduled prompt tokens of the request (a prompt computed again after a
+    preemption counts again)."""
+    preempted: set[str] = field(default_factory=set)  # preempted before its first token
+
+    def step(self, scheduler, out, now: float, ttft: dict) -> None:
+        """Record one ``schedule()``'s output ``out`` (vLLM's ``SchedulerOutput``) at ``now``;
+        ``ttft``: the requests whose first token is out."""
+        for r in out.scheduled_new_reqs:
+            self.first.setdefault(r.req_id, now)
+        for req_id, n in out.num_scheduled_tokens.items():
+            req = scheduler.requests.get(req_id)
+            if req is not None and req.num_computed_tokens - n < req.num_prompt_tokens:
+                self.prefill_steps[req_id] += 1  # schedule() has advanced the computed count
+        self.preempted.update(r for r in out.preempted_req_ids or () if r not in ttft)
+
+    def held(self) -> dict[str, float]:
+        """Per scheduled request: seconds from its first ``schedule()`` to its first step."""
+        return {r: t - self.visible[r] for r, t in self.first.items()}
+
+
+def parts(run, events: Events, req_id: str, arrival: float) -> tuple[float, float, float]:
+    """``(lag, hold, span)`` of one request's TTFT in ``run`` (they sum to it)."""
+    lag = events.visible[req_id] - arrival
+    hold = events.first[req_id] - events.visible[req_id]
+    return lag, hold, run.ttft[req_id] - lag - hold
+
+
+def passed_by(events: Events) -> dict[str, int]:
+    """Per request: later arrivals first scheduled in an earlier step than it."""
+    order = sorted(events.first, key=lambda r: int(r[1:]))
+    return {r: sum(events.first[s] < events.first[r] for s in order[i + 1:])
+            for i, r in enumerate(order)}
+
+
+def breakdown(base, other, arrivals: dict[str, float], top: int = 5) -> dict:
+    """``other``'s run against ``base``'s (each a ``Run`` with ``events``) on one window: for
+    the requests it delays and those it speeds up, the summed TTFT difference and its parts
+    (seconds; ``preempted_here_only``: requests preempted before their first token in
+    ``other``'s run only); the ``top`` most delayed and most sped-up requests, each with its
+    parts (ms) and both runs' prefill steps, preemption and requests that passed it."""
+    common = sorted(set(base.ttft) & set(other.ttft), key=lambda r: int(r[1:]))
+    p = {name: {r: parts(run, run.events, r, arrivals[r]) for r in common}
+         for name, run in (("base", base), ("other", other))}
+    passed = {"base": passed_by(base.events), "other": passed_by(other.events)}
+    delta = {r: other.ttft[r] - base.ttft[r] for r in common}
+
+    def diff(r: str, k: int) -> float:
+        return p["other"][r][k] - p["base"][r][k]
+
+    def total(rs: list[str]) -> dict:
+        return {"requests": len(rs), "ttft_s": sum(delta[r] for r in rs),
+                **{f"{name}_s": sum(diff(r, k) for r in rs)
+                   for k, name in enumerate(("lag", "hold", "span"))},
+                "preempted_here_only": sum(r in other.events.preempted
+                                           and r not in base.events.preempted for r in rs)}
+
+    def row(r: str) -> dict:
+        return {"request": int(r[1:]), "prompt_tokens": base.prompt_lens.get(r),
+                "stock_ms": 1e3 * base.ttft[r], "delta_ms": 1e3 * delta[r],
+                **{f"{name}_ms": 1e3 * diff(r, k)
+                   for k, name in enumerate(("lag", "hold", "span"))},
+                "prefill_steps": [run.events.prefill_steps[r] for run in (base, other)],
+                "preempted": [r in run.events.preempted for run in (base, other)],
+                "passed_by": [passed[k].get(r, 0) for k in ("base", "other")]}
+
+    ranked = sorted(common, key=lambda r: -delta[r])
+    return {"delayed": total([r for r in common if delta[r] > 0]),
+            "sped": total([r for r in common if delta[r] < 0]),
+            "most_delayed": [row(r) for r in ranked[:top] if delta[r] > 0],
+            "most_sped": [row(r) for r in ranked[::-1][:top] if delta[r] < 0]}
