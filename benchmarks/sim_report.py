@@ -67,7 +67,44 @@ def section(path: Path, d: dict) -> list[str]:
             where = "| | |"
     return lines + ["", "Ratios: arm over stock on the same windows. Held: from the first step "
                     "that could schedule a request to the step that did, the part of its TTFT "
-                    "that an admission order can shorten.", ""]
+                    "that an admission order can shorten.", ""] + delays_table(d)
+
+
+def delays_table(d: dict) -> list[str]:
+    """Where ``--delays`` recorded them: per point and arm, the requests the arm delays and
+    those it speeds up (a window's mean), their summed TTFT difference split into hold, span
+    and lag (:mod:`benchmarks.trace_sim_delays`), and the first window's most delayed request."""
+    points = [pt for pt in d["points"] if pt.get("delays")]
+    if not points:
+        return []
+    lines = ["Where the differences come from (`--delays`; a window's mean; s: summed over the "
+             "requests): hold is the wait before a request's first step, span its prefill "
+             "from there, lag async scheduling's step in flight.", "",
+             "| budget | load | arm | delayed | delay s: hold / span / lag | preempted, arm only "
+             "| sped up | gain s: hold / span / lag | most delayed, first window |",
+             "|---" * 9 + "|"]
+    for pt in points:
+        for arm, windows in pt["delays"].items():
+            top = windows[0]["most_delayed"][:1]
+            worst = "-" if not top else (
+                f"{top[0]['request']} ({top[0]['prompt_tokens']} tokens): "
+                f"{top[0]['delta_ms']:+.0f} ms on {top[0]['stock_ms']:.0f} (hold "
+                f"{top[0]['hold_ms']:+.0f}, span {top[0]['span_ms']:+.0f}), passed by "
+                f"{top[0]['passed_by'][1]}")
+            lines.append(f"| {pt['budget']} | {pt['load']:.2f}x | {arm} | "
+                         f"{_split(windows, 'delayed')} | {_split(windows, 'sped')} | {worst} |")
+    return lines + [""]
+
+
+def _split(windows: list[dict], side: str) -> str:
+    """Requests, and their summed difference with its parts, a window's mean; then (delayed
+    only) the requests preempted before their first token in the arm only."""
+    mean = lambda k: sum(w[side][k] for w in windows) / len(windows)  # noqa: E731
+    parts = " / ".join(f"{mean(k):+.2f}" for k in ("hold_s", "span_s", "lag_s"))
+    cells = [f"{mean('requests'):.0f}", f"{mean('ttft_s'):+.2f}: {parts}"]
+    if side == "delayed":
+        cells.append(f"{mean('preempted_here_only'):.1f}")
+    return " | ".join(cells)
 
 
 def kv_words(d: dict) -> str:

@@ -88,3 +88,28 @@ def test_breakdown_of_hand_made_runs():
 
 def test_the_cli_takes_delays():
     assert trace_sim.parse(["--delays"]).delays and not trace_sim.parse([]).delays
+
+
+def test_the_report_shows_where_the_differences_come_from():
+    from benchmarks import sim_report
+
+    def side(n, ttft, hold, span, lag, pre=0):
+        return {"requests": n, "ttft_s": ttft, "hold_s": hold, "span_s": span, "lag_s": lag,
+                "preempted_here_only": pre}
+
+    worst = {"request": 7, "prompt_tokens": 900, "stock_ms": 300.0, "delta_ms": 120.0,
+             "hold_ms": 100.0, "span_ms": 15.0, "lag_ms": 5.0, "prefill_steps": [1, 2],
+             "preempted": [False, False], "passed_by": [0, 3]}
+    windows = [{"delayed": side(4, 1.0, 0.8, 0.1, 0.1, 1), "sped": side(2, -2.0, -2.0, 0, 0),
+                "most_delayed": [worst], "most_sped": []},
+               {"delayed": side(2, 0.0, 0.0, 0.0, 0.0), "sped": side(0, 0, 0, 0, 0),
+                "most_delayed": [], "most_sped": []}]
+    d = {"points": [{"budget": 2048, "load": 1.5, "delays": {"stretch": windows}},
+                    {"budget": 8192, "load": 1.0}]}
+    lines = sim_report.delays_table(d)
+    rows = [x for x in lines if x.startswith("| 2048")]
+    assert rows == ["| 2048 | 1.50x | stretch | 3 | +0.50: +0.40 / +0.05 / +0.05 | 0.5 | 1 | "
+                    "-1.00: -1.00 / +0.00 / +0.00 | 7 (900 tokens): +120 ms on 300 (hold +100, "
+                    "span +15), passed by 3 |"]
+    assert not any(x.startswith("| 8192") for x in lines)  # no delays recorded there
+    assert sim_report.delays_table({"points": [{"budget": 1, "load": 1.0}]}) == []
