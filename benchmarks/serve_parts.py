@@ -48,13 +48,16 @@ def _arguments(args: list[str]) -> tuple[str, ...]:
 
 def split(run: dict) -> dict[str, float] | None:
     """A completed run's first-token time in three parts (ms means), None without the server's
-    split: ``engine`` (engine queue + prefill), ``server_rest`` (server TTFT - engine) and
+    split: ``engine`` (``queue``, vLLM's engine queue time, + ``prefill``, from the step that
+    first schedules a request to its first token), ``server_rest`` (server TTFT - engine) and
     ``client_rest`` (client TTFT - server TTFT, :func:`beyond_server`)."""
     engine, client_rest = engine_ms(run), beyond_server(run)
     if None in (engine, client_rest):
         return None
-    server = run["metrics"]["server_ttft_mean_ms"]
-    return {"engine": engine, "server_rest": server - engine, "client_rest": client_rest}
+    m = run["metrics"]
+    return {"engine": engine, "queue": m["server_queue_mean_ms"],
+            "prefill": m["server_prefill_mean_ms"],
+            "server_rest": m["server_ttft_mean_ms"] - engine, "client_rest": client_rest}
 
 
 def beyond_server(run: dict) -> float | None:
@@ -96,7 +99,8 @@ def pooled_points(results: list[tuple[Path, dict]]) -> list[dict]:
         splits = [(split(s), split(p)) for s, p in both]
         splits = [(s, p) for s, p in splits if s and p]
         means = {arm: {part: sum(sp[i][part] for sp in splits) / len(splits)
-                       for part in ("engine", "server_rest", "client_rest")}
+                       for part in ("engine", "queue", "prefill", "server_rest",
+                                    "client_rest")}
                  for i, arm in enumerate((BASELINE, ARM))} if splits else {}
         points.append({"files": [p.name for p, _, _ in parts], "load": parts[0][2],
                        "pairs": len(both), "ratios": ratios, "split_means": means,
@@ -123,16 +127,21 @@ def section(results: list[tuple[Path, dict]]) -> list[str]:
              "Pooled: one device, vLLM, plugin code (`vllm_prepack` at each file's commit "
              "without docstrings, comments and help texts), server arguments, window, load and "
              "warm-up. "
-             "Engine: engine queue + prefill; rest: the rest of the server's TTFT; client: the "
+             "Engine: engine queue + prefill (vLLM's queue time, then from the step that "
+             "first schedules a request to its first token); rest: the rest of the server's "
+             "TTFT; client: the "
              "client's TTFT beyond the server's. Ratios: mean [min-max] over the pairs, median. "
              "Means in ms, prepack / stock; preemptions: "
              "the pairs' sum, prepack / stock.", "",
              "| files | load | pairs | TTFT mean vs stock | TTFT p99 vs stock | goodput vs stock "
-             "| engine vs stock | engine | rest | client | preemptions |", "|---" * 11 + "|"]
+             "| engine vs stock | engine: queue + prefill | rest | client | preemptions |",
+             "|---" * 11 + "|"]
     for pt in points:
         r, m = pt["ratios"], pt["split_means"]
         cells = [" / ".join(f"{m[a][part]:.0f}" for a in (ARM, BASELINE)) if m else "-"
                  for part in ("engine", "server_rest", "client_rest")]
+        cells[0] = " / ".join(f"{m[a]['queue']:.0f} + {m[a]['prefill']:.0f}"
+                              for a in (ARM, BASELINE)) if m else "-"
         lines.append(f"| {', '.join(f'`{f}`' for f in pt['files'])} | {pt['load']}x | "
                      f"{pt['pairs']} | "
                      + " | ".join(_with_median(r[k]) for k in (*CLIENT, "engine"))

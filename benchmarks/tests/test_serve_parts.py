@@ -43,13 +43,14 @@ def test_two_invocations_of_one_point_pool_their_pairs():
     engine = point["ratios"]["engine"]  # (queue + prefill) of prepack over stock's
     assert engine["min"] == pytest.approx(60 / 150) and engine["max"] == 1.0
     stock, prepack = point["split_means"]["stock"], point["split_means"]["prepack"]
-    assert stock == {"engine": 150.0, "server_rest": 250.0,
+    assert stock == {"engine": 150.0, "queue": 100.0, "prefill": 50.0, "server_rest": 250.0,
                      "client_rest": pytest.approx((600 + 1100 + 600) / 3)}
     assert prepack["engine"] == pytest.approx((150 + 150 + 60) / 3)
+    assert prepack["queue"] == pytest.approx((100 + 100 + 10) / 3) and prepack["prefill"] == 50
     assert point["preemptions"] == {"stock": 3, "prepack": 6}  # paired runs only
     lines = serve_parts.section([(Path("a.json"), a), (Path("b.json"), b)])
     assert "| `a.json`, `b.json` | 1x | 3 | 1.07 [0.90-1.30], median 1.00 |" in "\n".join(lines)
-    assert lines[-2].endswith("| 6 / 3 |")
+    assert lines[-2].endswith("| 70 + 50 / 100 + 50 | 280 / 250 | 817 / 767 | 6 / 3 |")
     del b["runs"][2]["metrics"]["vllm:num_preemptions_total"]  # a paired run without the counter
     [point] = serve_parts.pooled_points([(Path("a.json"), a), (Path("b.json"), b)])
     assert point["preemptions"] is None
@@ -66,7 +67,8 @@ def test_results_of_different_points_do_not_pool(change):
 
 def test_split_needs_the_servers_three_means():
     assert serve_parts.split(run("stock", 0, 1000.0)) == {
-        "engine": 150.0, "server_rest": 250.0, "client_rest": 600.0}
+        "engine": 150.0, "queue": 100.0, "prefill": 50.0, "server_rest": 250.0,
+        "client_rest": 600.0}
     bare = run("stock", 0, 1000.0)
     del bare["metrics"]["server_queue_mean_ms"]
     assert serve_parts.split(bare) is None
