@@ -178,7 +178,8 @@ def run_rep(args, e: Engine, workload, rep: int) -> dict:
 def record(e: Engine, workload, rep: int, outs: list, order: list[int], wall: float,
            counters: dict) -> dict:
     """What one repetition measured (``outs`` in submission ``order``)."""
-    ttft = [o.metrics.first_token_latency for o in outs if o.metrics is not None]
+    stats = [o.metrics for o in outs if o.metrics is not None]  # vLLM's RequestStateStats
+    ttft = [m.first_token_latency for m in stats]
     tokens = workload.total_tokens
     first = {order[j]: o.outputs[0].token_ids[0] for j, o in enumerate(outs)}
     summary = e.observer.summary()
@@ -192,6 +193,11 @@ def record(e: Engine, workload, rep: int, outs: list, order: list[int], wall: fl
         "ttft_p50_s": percentile(ttft, 50) if ttft else None,
         "ttft_p99_s": percentile(ttft, 99) if ttft else None,
         "ttft_s": [round(t, 5) for t in ttft],
+        # Per request, the engine's part of its TTFT (vLLM's queue time, then from its first
+        # step to its first token) and its preemptions.
+        "queue_s": [round(m.scheduled_ts - m.queued_ts, 5) for m in stats],
+        "prefill_s": [round(m.first_token_ts - m.scheduled_ts, 5) for m in stats],
+        "preemptions": [m.num_preemptions for m in stats],
         "engine_steps": summary["steps"], "split_prompts": summary["split_prompts"],
         "mean_prefill_fill": summary["mean_prefill_fill"],
         "overtakes": summary["overtakes"], "plan_adherence": summary["plan_adherence"],

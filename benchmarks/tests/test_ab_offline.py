@@ -122,6 +122,10 @@ def test_ab_trace_replay_llmengine_saturation_and_step_timing(tiny_model, tmp_pa
         (run,) = w["runs"][arm]
         assert run["output_lengths_as_trace"] and run["output_tokens"] == t["output_tokens_total"]
         assert len(run["ttft_s"]) == 6 and run["prefix_cache_hit_tokens"] == 0
+        # Each TTFT's engine part: vLLM's queue time, then its first step to its first token.
+        assert len(run["queue_s"]) == len(run["prefill_s"]) == len(run["preemptions"]) == 6
+        for ttft, queue, prefill in zip(run["ttft_s"], run["queue_s"], run["prefill_s"]):
+            assert queue >= 0 and 0 < prefill and queue + prefill <= ttft + 1e-3
         for key in ("ttft_mean_s", "ttft_p50_s", "ttft_p99_s", "output_tokens_per_s",
                     "requests_per_s", "wall_s"):
             assert run[key] > 0, (arm, key)
