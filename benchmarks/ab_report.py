@@ -20,7 +20,33 @@ def ratio_lines(result: dict, is_trace: bool) -> list[str]:
                     r = ratios[metric]
                     lines.append(f"{name:>12} {arm:>15} {metric:>22}: x{r['mean']:.3f} "
                                  f"[{r['min']:.3f}, {r['max']:.3f}] {r['verdict']}")
-    return lines + (step_speed_lines(result) if is_trace else [])
+    return lines + (step_speed_lines(result) + engine_split_lines(result) if is_trace else [])
+
+
+def _mean_ms(runs: list[dict], key: str) -> float:
+    """The mean over ``runs`` of each run's mean of its per-request ``key`` (seconds), in ms."""
+    return sum(1e3 * sum(r[key]) / len(r[key]) for r in runs) / len(runs)
+
+
+def engine_split_lines(d: dict) -> list[str]:
+    """Per load, each arm's engine part of the TTFT where its runs recorded it per request:
+    vLLM's queue time + prefill time (means over requests and repetitions, ms), and the
+    requests vLLM preempted a run."""
+    lines = []
+    for name, w in d["workloads"].items():
+        parts = []
+        for arm, runs in w["runs"].items():
+            if not runs or any(not r.get("queue_s") or not r.get("prefill_s") for r in runs):
+                continue
+            queue, prefill = (_mean_ms(runs, k) for k in ("queue_s", "prefill_s"))
+            preempted = sum(sum(n > 0 for n in r.get("preemptions", ())) for r in runs)
+            parts.append(f"{arm} {queue:.0f} + {prefill:.0f} ms, "
+                         f"{preempted / len(runs):.1f} preempted a run")
+        if parts:
+            lines.append(f"Engine's part of the TTFT, {name} (vLLM's queue time + prefill "
+                         "time, from a request's first step to its first token): "
+                         + "; ".join(parts) + ".")
+    return lines
 
 
 def _decode_step_ms(run: dict) -> float | None:

@@ -1,5 +1,6 @@
-"""``benchmarks.ab_report.step_speed``: the decode-only step period of each arm against the
-baseline's, paired by repetition, from the runs' step-timing summaries."""
+"""``benchmarks.ab_report``: the decode-only step period of each arm against the
+baseline's, paired by repetition, from the runs' step-timing summaries; each arm's engine part
+of the TTFT from its per-request times."""
 
 from __future__ import annotations
 
@@ -36,3 +37,18 @@ def test_step_speed_needs_the_step_timing_of_both_arms():
     partial = ab_report.step_speed(_result([10.0, 10.0], [12.0, None])["workloads"]
                                    ["trace_1.5xsat"], "stock")
     assert partial["prepack-default"]["n"] == 1
+
+
+def test_engine_split_per_arm_where_every_run_recorded_it():
+    def run(queue: list, prefill: list, preemptions: list) -> dict:
+        return {"queue_s": queue, "prefill_s": prefill, "preemptions": preemptions}
+
+    d = {"baseline": "stock", "workloads": {"trace_1.5xsat": {"runs": {
+        "stock": [run([0.1, 0.3], [0.05, 0.05], [0, 2]), run([0.2], [0.04], [0])],
+        "prepack-default": [run([0.1], [0.06], [1]), {}]}}}}
+    (line,) = ab_report.engine_split_lines(d)
+    # stock: queue (200 + 200) / 2 ms, prefill (50 + 40) / 2 ms, one request preempted in 2 runs
+    assert "trace_1.5xsat" in line and "stock 200 + 45 ms, 0.5 preempted a run." in line
+    assert "prepack-default" not in line  # one of its runs did not record the split
+    d["workloads"]["trace_1.5xsat"]["runs"]["stock"][1] = {}
+    assert ab_report.engine_split_lines(d) == []
