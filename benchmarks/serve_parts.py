@@ -138,10 +138,12 @@ def section(results: list[tuple[Path, dict]]) -> list[str]:
              "|---" * 11 + "|"]
     for pt in points:
         r, m = pt["ratios"], pt["split_means"]
-        cells = [" / ".join(f"{m[a][part]:.0f}" for a in (ARM, BASELINE)) if m else "-"
-                 for part in ("engine", "server_rest", "client_rest")]
-        cells[0] = " / ".join(f"{m[a]['queue']:.0f} + {m[a]['prefill']:.0f}"
-                              for a in (ARM, BASELINE)) if m else "-"
+        cells = ["-"] * 3
+        if m:
+            arms = (m[ARM], m[BASELINE])
+            cells = [" / ".join(f"{x['queue']:.0f} + {x['prefill']:.0f}" for x in arms),
+                     *(" / ".join(f"{x[part]:.0f}" for x in arms)
+                       for part in ("server_rest", "client_rest"))]
         lines.append(f"| {', '.join(f'`{f}`' for f in pt['files'])} | {pt['load']}x | "
                      f"{pt['pairs']} | "
                      + " | ".join(_with_median(r[k]) for k in (*CLIENT, "engine"))

@@ -42,13 +42,17 @@ class Run:
     counters: dict
     tpot: dict[str, float] = dataclasses.field(default_factory=dict)
     """Per request with two or more output tokens: seconds per output token after the first."""
-    held: dict[str, float] = dataclasses.field(default_factory=dict)
-    """Per request: seconds from the first ``schedule()`` after it was added to the one that
-    scheduled it: what an admission order shortens (TTFT adds async scheduling's lag before that
-    step, and the prefill's own steps)."""
     preemptions: int = 0  # requests vLLM preempted (KV blocks ran out), summed over steps
     prompt_lens: dict[str, int] = dataclasses.field(default_factory=dict)  # per request
-    events: Events | None = None  # per-request events (:mod:`benchmarks.trace_sim_delays`)
+    events: Events = dataclasses.field(default_factory=Events)
+    """Per-request events (:mod:`benchmarks.trace_sim_delays`)."""
+
+    @property
+    def held(self) -> dict[str, float]:
+        """Per request: seconds from the first ``schedule()`` after it was added to the one
+        that scheduled it: what an admission order shortens (TTFT adds async scheduling's lag
+        before that step, and the prefill's own steps)."""
+        return self.events.held()
 
 
 def simulate(arm: str, requests: Sequence[Request], *, model: str, budget: int,
@@ -140,8 +144,7 @@ def _drive(scheduler, requests: Sequence[Request], clock, rng: random.Random, m:
     first = requests[0].arrival if requests else 0.0
     tpot = {r: (t - arrival[r] - ttft[r]) / (n - 1) for r, (t, n) in last.items() if n > 1}
     return Run(ttft=ttft, makespan=clock.now - first, output_tokens=out_tokens, steps=steps,
-               sched_cpu_s=cpu, counters={}, tpot=tpot, held=events.held(),
-               preemptions=preemptions, events=events,
+               sched_cpu_s=cpu, counters={}, tpot=tpot, preemptions=preemptions, events=events,
                prompt_lens={f"r{j}": r.prompt_len for j, r in enumerate(pending)})
 
 
@@ -212,11 +215,11 @@ def percentile(values: Sequence[float], q: float) -> float:
 
 
 def metrics(run: Run) -> dict:
-    t = list(run.ttft.values())
+    t, held = list(run.ttft.values()), run.held
     return {"ttft_mean_s": sum(t) / len(t), "ttft_p50_s": percentile(t, 50),
             "ttft_p99_s": percentile(t, 99), "ttft_mean_s_by_length": class_means(
                 t, [run.prompt_lens[r] for r in run.ttft]) if run.prompt_lens else {},
-            "held_mean_s": sum(run.held[r] for r in run.ttft) / len(t),
+            "held_mean_s": sum(held[r] for r in run.ttft) / len(t),
             "tpot_mean_s": sum(run.tpot.values()) / len(run.tpot) if run.tpot else 0.0,
             "throughput_tok_s": run.output_tokens / run.makespan,
             "makespan_s": run.makespan, "steps": run.steps, "completed": len(t),

@@ -36,7 +36,7 @@ def test_lag_hold_and_span_sum_to_each_ttft(tiny_model, arm):
         assert lag + hold + span == pytest.approx(run.ttft[f"r{i}"])
         # A prompt takes at least as many steps as the budget needs to hold it.
         assert ev.prefill_steps[f"r{i}"] >= math.ceil(r.prompt_len / BUDGET)
-    assert run.held == ev.held()
+    assert run.held == ev.held() and set(run.held) == set(run.ttft)
     assert any(ev.prefill_steps[f"r{i}"] > 1 for i, r in enumerate(reqs) if r.prompt_len <= BUDGET)
     assert not ev.preempted  # 512 blocks: no preemption
 
