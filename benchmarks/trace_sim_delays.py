@@ -41,10 +41,10 @@ class Events:
         return {r: t - self.visible[r] for r, t in self.first.items()}
 
 
-def parts(run, events: Events, req_id: str, arrival: float) -> tuple[float, float, float]:
+def parts(run, req_id: str, arrival: float) -> tuple[float, float, float]:
     """``(lag, hold, span)`` of one request's TTFT in ``run`` (they sum to it)."""
-    lag = events.visible[req_id] - arrival
-    hold = events.first[req_id] - events.visible[req_id]
+    seen = run.events.visible[req_id]
+    lag, hold = seen - arrival, run.events.first[req_id] - seen
     return lag, hold, run.ttft[req_id] - lag - hold
 
 
@@ -62,7 +62,7 @@ def breakdown(base, other, arrivals: dict[str, float], top: int = 5) -> dict:
     ``other``'s run only); the ``top`` most delayed and most sped-up requests, each with its
     parts (ms) and both runs' prefill steps, preemption and requests that passed it."""
     common = sorted(set(base.ttft) & set(other.ttft), key=lambda r: int(r[1:]))
-    p = {name: {r: parts(run, run.events, r, arrivals[r]) for r in common}
+    p = {name: {r: parts(run, r, arrivals[r]) for r in common}
          for name, run in (("base", base), ("other", other))}
     passed = {"base": passed_by(base.events), "other": passed_by(other.events)}
     delta = {r: other.ttft[r] - base.ttft[r] for r in common}
