@@ -21,11 +21,15 @@ executor's ``execute_model`` and ``sample_tokens``. One row per ``schedule()`` c
     t_out        when update_from_output was called with this step's model output (the
                  output is ready), seconds since reset; -1 if it never came
     update_s     update_from_output wall time
+    exec_cpu_s   CPU time of the calling thread inside those executor calls (against
+                 ``exec_s``: a thread that waits, for the GPU, the GIL or a busy host core)
 
 With synchronous scheduling a step is ``t .. t_out + update_s``; with asynchronous scheduling
 (two batches in flight) steps overlap, and the step period is the gap between consecutive
 ``t_out``. The feature bookkeeping runs outside the timed calls. Columns are lists (compact
-JSON); :func:`summarize` gives the few numbers a run's record carries.
+JSON), with ``process``: the process's CPU time, context switches and garbage collections over
+the rows (:mod:`benchmarks.process_counters`); :func:`~benchmarks.step_summary.summarize` gives
+the few numbers a run's record carries.
 
     python -m benchmarks.step_timing benchmarks/results/trace_llm_8b_b2048_4x_h200_steps.json
 """
@@ -40,9 +44,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from benchmarks.process_counters import ProcessCounters
+from benchmarks.step_summary import summarize
+
 COLUMNS = ("t", "sched_s", "sched_cpu_s", "prefill", "prefill_reqs", "decode_reqs", "tokens",
-           "ctx", "waiting_before", "waiting", "running", "exec_s", "t_out", "update_s")
-_FLOAT = {"t", "sched_s", "sched_cpu_s", "exec_s", "t_out", "update_s"}
+           "ctx", "waiting_before", "waiting", "running", "exec_s", "t_out", "update_s",
+           "exec_cpu_s")
+_FLOAT = {"t", "sched_s", "sched_cpu_s", "exec_s", "t_out", "update_s", "exec_cpu_s"}
 
 
 class StepTimer:
@@ -53,12 +61,14 @@ class StepTimer:
         self._current: list[float] | None = None
         self.t0 = time.perf_counter()
         self.enabled = True
+        self.counters = ProcessCounters()
 
     def reset(self) -> None:
         self.rows.clear()
         self._by_output.clear()
         self._current = None
         self.t0 = time.perf_counter()
+        self.counters.reset()
 
     def _features(self, output: Any) -> tuple[int, int, int, int, int]:
         requests = self.scheduler.requests
@@ -87,19 +97,20 @@ class StepTimer:
         prefill, prefill_reqs, decode, ctx, tokens = self._features(output)
         row = [t - self.t0, t1 - t, c1 - c, prefill, prefill_reqs, decode, tokens, ctx,
                waiting_before, len(self.scheduler.waiting), len(self.scheduler.running),
-               0.0, -1.0, 0.0]
+               0.0, -1.0, 0.0, 0.0]
         self.rows.append(row)
         self._by_output[id(output)] = row
         self._current = row
         return output
 
     def executor_call(self, inner: Any, *args: Any, **kwargs: Any) -> Any:
-        t = time.perf_counter()
+        t, c = time.perf_counter(), time.thread_time()
         try:
             return inner(*args, **kwargs)
         finally:
             if self._current is not None:
                 self._current[11] += time.perf_counter() - t
+                self._current[14] += time.thread_time() - c
 
     def update(self, inner: Any, scheduler_output: Any, *args: Any, **kwargs: Any) -> Any:
         t = time.perf_counter()
@@ -109,14 +120,16 @@ class StepTimer:
             row[12], row[13] = t - self.t0, time.perf_counter() - t
         return out
 
-    def columns(self) -> dict[str, list]:
-        """Rows as columns; times rounded to the microsecond."""
-        cols: dict[str, list] = {}
+    def columns(self) -> dict[str, Any]:
+        """Rows as columns, times rounded to the microsecond, and ``process``
+        (the process's counters since :meth:`reset`)."""
+        cols: dict[str, Any] = {}
         for i, name in enumerate(COLUMNS):
             if name in _FLOAT:
                 cols[name] = [round(row[i], 6) for row in self.rows]
             else:
                 cols[name] = [int(row[i]) for row in self.rows]
+        cols["process"] = self.counters.read()
         return cols
 
 
@@ -143,46 +156,6 @@ def attach(engine_core: Any) -> StepTimer:
     return timer
 
 
-def _mean(xs: list[float]) -> float | None:
-    return sum(xs) / len(xs) if xs else None
-
-
-def summarize(cols: dict[str, list]) -> dict:
-    """A run's step statistics: counts, mean scheduler wall/CPU time, mean step period
-    (gap between consecutive model outputs, over steps that decode: no idle time), and the
-    decode-only step period by how many requests were waiting (the scheduler's cost growing
-    with its queue shows here)."""
-    n = len(cols.get("t", []))
-    if not n:
-        return {"steps": 0}
-    # Step period: each model output's time minus the previous output's, for steps that
-    # decode (requests were running before them, so the engine was not idle in between).
-    done = sorted((t, i) for i, t in enumerate(cols["t_out"]) if t >= 0)
-    period = {i: t - t_prev for (t_prev, _), (t, i) in zip(done, done[1:])
-              if cols["decode_reqs"][i] > 0}
-    gaps = list(period.values())
-    buckets = ((0, 50), (50, 150), (150, 300), (300, 10 ** 9))
-    decode_gap = {}
-    for lo, hi in buckets:
-        xs = [p for i, p in period.items() if cols["prefill"][i] == 0
-              and lo <= cols["waiting_before"][i] < hi]
-        label = f"{lo}-{hi}" if hi < 10 ** 9 else f">={lo}"
-        decode_gap[label] = {"steps": len(xs), "mean_ms": round(1000 * _mean(xs), 3)
-                             if xs else None}
-    return {
-        "steps": n,
-        "prefill_steps": sum(1 for x in cols["prefill"] if x),
-        "sched_ms_mean": round(1000 * _mean(cols["sched_s"]), 4),
-        "sched_cpu_ms_mean": round(1000 * _mean(cols["sched_cpu_s"]), 4),
-        "sched_ms_total": round(1000 * sum(cols["sched_s"]), 1),
-        "exec_ms_mean": round(1000 * _mean(cols["exec_s"]), 4),
-        "exec_s_total": round(sum(cols["exec_s"]), 3),
-        "prefill_tokens": sum(cols["prefill"]), "decode_rows": sum(cols["decode_reqs"]),
-        "step_period_ms_mean": round(1000 * _mean(gaps), 4) if gaps else None,
-        "decode_only_step_period_by_waiting": decode_gap,
-    }
-
-
 @dataclass(frozen=True)
 class Options:
     """The CLI of ``python -m benchmarks.step_timing``: a steps file to summarize."""
@@ -207,6 +180,11 @@ def run(o: Options) -> dict:
                       f"{s.get('step_period_ms_mean')} ms; work: {s.get('prefill_tokens')} "
                       f"prompt tokens, {s.get('decode_rows')} decode rows in "
                       f"{s.get('exec_s_total')} s of execution", flush=True)
+                parts, proc = s["decode_only_parts"], s.get("process")
+                if parts.get("steps"):
+                    print(f"{'':>37}decode-only, < 50 waiting: {parts}", flush=True)
+                if proc:
+                    print(f"{'':>37}process: {proc}", flush=True)
     if o.out:
         from benchmarks import harness
 

@@ -8,6 +8,8 @@ import pytest
 def test_step_timer_records_each_step_and_its_output():
     """The wrappers on a fake engine core: one row per schedule(), features from the
     scheduled requests, executor time and output time attributed to the right step."""
+    import gc
+    import time
     from types import SimpleNamespace as NS
 
     from benchmarks import step_timing
@@ -33,6 +35,9 @@ def test_step_timer_records_each_step_and_its_output():
 
     class Executor:
         def execute_model(self, output, non_block=False):
+            t = time.thread_time()
+            while time.thread_time() - t < 0.002:  # host work: counted as the thread's CPU
+                pass
             return "future"
 
         def sample_tokens(self, grammar, non_block=False):
@@ -46,8 +51,15 @@ def test_step_timer_records_each_step_and_its_output():
     core.model_executor.sample_tokens(None, non_block=True)
     assert core.scheduler.update_from_output(second, "out2") == "out2"
     core.scheduler.update_from_output(first, "out1")
+    gc.collect()
     cols = timer.columns()
-    assert list(cols) == list(step_timing.COLUMNS) and len(cols["t"]) == 2
+    assert list(cols) == [*step_timing.COLUMNS, "process"] and len(cols["t"]) == 2
+    assert cols["exec_cpu_s"][0] >= 0.002 and cols["exec_cpu_s"][1] < 0.002
+    assert cols["exec_s"][0] >= cols["exec_cpu_s"][0]
+    proc = cols["process"]
+    assert proc["gc_collections"][2] >= 1 and proc["gc_s"] > 0
+    assert proc["thread_cpu_s"] >= 0.002 and proc["wall_s"] >= proc["thread_cpu_s"]
+    assert len(proc["loadavg_1m"]) == 2 and proc["thread_involuntary_switches"] >= 0
     assert cols["prefill"] == [64, 36] and cols["prefill_reqs"] == [1, 1]
     assert cols["decode_reqs"] == [1, 1] and cols["tokens"] == [65, 37]
     assert cols["ctx"] == [64 + 51, 100 + 52]
@@ -57,8 +69,9 @@ def test_step_timer_records_each_step_and_its_output():
     assert summary["steps"] == 2 and summary["prefill_steps"] == 2
     assert summary["prefill_tokens"] == 100 and summary["decode_rows"] == 2
     assert summary["exec_s_total"] == pytest.approx(sum(cols["exec_s"]), abs=1e-3)
+    assert summary["process"] == proc
     timer.reset()
-    assert timer.columns()["t"] == []
+    assert timer.columns()["t"] == [] and timer.columns()["process"]["gc_collections"][2] == 0
 
 
 def test_step_timing_cli_summarizes_a_steps_file(tmp_path):
@@ -69,7 +82,7 @@ def test_step_timing_cli_summarizes_a_steps_file(tmp_path):
 
     cols = {c: [0.0, 0.0] for c in step_timing.COLUMNS}
     cols.update(t=[0.0, 0.01], t_out=[0.005, 0.02], prefill=[64, 0], decode_reqs=[0, 1],
-                waiting_before=[1, 0], exec_s=[0.004, 0.002])
+                waiting_before=[1, 0], exec_s=[0.004, 0.002], exec_cpu_s=[0.003, 0.001])
     path = tmp_path / "x_steps.json"
     path.write_text(json.dumps({"columns": step_timing.COLUMNS,
                                 "steps": {"mix": {"stock": [{"rep": 0, **cols}]}}}))
@@ -77,4 +90,9 @@ def test_step_timing_cli_summarizes_a_steps_file(tmp_path):
     (row,) = out["mix"]["stock"]
     assert row["rep"] == 0 and row["steps"] == 2 and row["prefill_steps"] == 1
     assert (row["prefill_tokens"], row["decode_rows"], row["exec_s_total"]) == (64, 1, 0.006)
+    # The decode-only step (the second: no prompt tokens, nothing waiting) and its parts.
+    assert row["decode_only_parts"] == {"steps": 1, "period_ms": 15.0, "sched_ms": 0.0,
+                                        "exec_ms": 2.0, "exec_cpu_ms": 1.0, "update_ms": 0.0,
+                                        "decode_reqs": 1}
+    assert "process" not in row  # a steps file without the process's counters
     assert json.loads((tmp_path / "summary.json").read_text())["summaries"] == out

@@ -1,0 +1,48 @@
+"""What a process spent over a stretch of a run, beside its wall time: CPU time (all threads,
+and the calling thread's), the calling thread's context switches (involuntary ones: the host's
+cores were busy), the garbage collector's time and collections per generation, and the host's
+1-minute load average at both ends. Separates a slower host from more work in a step."""
+
+from __future__ import annotations
+
+import gc
+import os
+import resource
+import time
+
+
+class ProcessCounters:
+    """Counters since the last :meth:`reset` (or construction), read by :meth:`read`."""
+
+    def __init__(self) -> None:
+        self._gc_s, self._gc_t = 0.0, 0.0
+        gc.callbacks.append(self._gc)
+        self._start = self._now()
+
+    def _gc(self, phase: str, info: dict) -> None:
+        if phase == "start":
+            self._gc_t = time.perf_counter()
+        else:
+            self._gc_s += time.perf_counter() - self._gc_t
+
+    def _now(self) -> dict:
+        proc = resource.getrusage(resource.RUSAGE_SELF)
+        thread = resource.getrusage(getattr(resource, "RUSAGE_THREAD", resource.RUSAGE_SELF))
+        return {"wall_s": time.perf_counter(), "cpu_user_s": proc.ru_utime,
+                "cpu_sys_s": proc.ru_stime, "thread_cpu_s": time.thread_time(),
+                "thread_involuntary_switches": thread.ru_nivcsw,
+                "thread_voluntary_switches": thread.ru_nvcsw, "gc_s": self._gc_s,
+                "gc_collections": [g["collections"] for g in gc.get_stats()],
+                "loadavg_1m": os.getloadavg()[0]}
+
+    def reset(self) -> None:
+        self._start = self._now()
+
+    def read(self) -> dict:
+        end, start = self._now(), self._start
+        out = {k: round(end[k] - start[k], 4) for k in end
+               if k not in ("gc_collections", "loadavg_1m")}
+        out["gc_collections"] = [b - a for a, b in zip(start["gc_collections"],
+                                                       end["gc_collections"])]
+        out["loadavg_1m"] = [start["loadavg_1m"], end["loadavg_1m"]]
+        return out
