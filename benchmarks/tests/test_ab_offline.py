@@ -130,6 +130,9 @@ def test_ab_trace_replay_llmengine_saturation_and_step_timing(tiny_model, tmp_pa
                     "requests_per_s", "wall_s"):
             assert run[key] > 0, (arm, key)
         assert run["step_timing"]["steps"] >= 1 and run["step_timing"]["sched_ms_mean"] > 0
+        proc = run["step_timing"]["process"]  # the engine process's counters over the run
+        assert 0 < proc["thread_cpu_s"] <= proc["cpu_user_s"] + proc["cpu_sys_s"] + 1e-3
+        assert proc["wall_s"] <= run["wall_s"] + 1.0 and len(proc["gc_collections"]) == 3
     ratios = w["ratios_vs_stock"]["prepack"]
     for metric in ("ttft_mean_s", "ttft_p99_s", "output_tokens_per_s", "wall_s"):
         assert ratios[metric]["n"] == 1
@@ -140,6 +143,7 @@ def test_ab_trace_replay_llmengine_saturation_and_step_timing(tiny_model, tmp_pa
     assert n >= 2 and all(len(rows[c]) == n for c in steps["columns"])
     assert sum(rows["prefill"]) == t["total_tokens"]  # every prompt token, once
     assert all(x >= 0 for x in rows["t_out"]) and all(x > 0 for x in rows["sched_cpu_s"])
+    assert all(x >= 0 for x in rows["exec_cpu_s"]) and sum(rows["exec_cpu_s"]) > 0
     assert "trace_saturation" in steps["steps"]
     assert (tmp_path / "trace_ttft_load.png").stat().st_size > 0
     assert (tmp_path / "trace_ttft_cdf.png").stat().st_size > 0
