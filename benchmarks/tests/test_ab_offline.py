@@ -136,14 +136,20 @@ def test_ab_trace_replay_llmengine_saturation_and_step_timing(tiny_model, tmp_pa
     ratios = w["ratios_vs_stock"]["prepack"]
     for metric in ("ttft_mean_s", "ttft_p99_s", "output_tokens_per_s", "wall_s"):
         assert ratios[metric]["n"] == 1
-    steps = json.loads((tmp_path / "trace_steps.json").read_text())
     assert d["step_timing_file"] == "trace_steps.json"
+    check_steps_file(json.loads((tmp_path / "trace_steps.json").read_text()), name,
+                     t["total_tokens"])
+    assert (tmp_path / "trace_ttft_load.png").stat().st_size > 0
+    assert (tmp_path / "trace_ttft_cdf.png").stat().st_size > 0
+
+
+def check_steps_file(steps: dict, name: str, total_tokens: int) -> None:
+    """A trace replay's steps file: a row per engine step of the stock arm's run on the
+    workload ``name``, every prompt token scheduled once, the saturation run's steps too."""
     rows = steps["steps"][name]["stock"][0]
     n = len(rows["t"])
     assert n >= 2 and all(len(rows[c]) == n for c in steps["columns"])
-    assert sum(rows["prefill"]) == t["total_tokens"]  # every prompt token, once
+    assert sum(rows["prefill"]) == total_tokens  # every prompt token, once
     assert all(x >= 0 for x in rows["t_out"]) and all(x > 0 for x in rows["sched_cpu_s"])
     assert all(x >= 0 for x in rows["exec_cpu_s"]) and sum(rows["exec_cpu_s"]) > 0
     assert "trace_saturation" in steps["steps"]
-    assert (tmp_path / "trace_ttft_load.png").stat().st_size > 0
-    assert (tmp_path / "trace_ttft_cdf.png").stat().st_size > 0
