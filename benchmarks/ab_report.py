@@ -20,7 +20,8 @@ def ratio_lines(result: dict, is_trace: bool) -> list[str]:
                     r = ratios[metric]
                     lines.append(f"{name:>12} {arm:>15} {metric:>22}: x{r['mean']:.3f} "
                                  f"[{r['min']:.3f}, {r['max']:.3f}] {r['verdict']}")
-    return lines + (step_speed_lines(result) + engine_split_lines(result) if is_trace else [])
+    return lines + (step_speed_lines(result) + host_lines(result) + engine_split_lines(result)
+                    if is_trace else [])
 
 
 def _mean_ms(runs: list[dict], key: str) -> float:
@@ -82,6 +83,40 @@ def step_speed_lines(d: dict) -> list[str]:
                          "(the admission order changes such a step only through its batch): "
                          + "; ".join(f"{arm} {report.fmt_ratio(r)}" for arm, r in speeds.items())
                          + ".")
+    return lines
+
+
+def _host_part(runs: list[dict]) -> str | None:
+    """Means over ``runs`` of the decode-only steps' executor time and its thread CPU time,
+    and of the engine process's counters, or None where a run lacks them."""
+    timing = [r.get("step_timing") or {} for r in runs]
+    parts = [t.get("decode_only_parts") or {} for t in timing]
+    procs = [t.get("process") for t in timing]
+    if not runs or any("exec_cpu_ms" not in p or not q for p, q in zip(parts, procs)):
+        return None
+
+    def mean(xs) -> float:
+        xs = list(xs)
+        return sum(xs) / len(xs)
+
+    switches = mean(q["thread_involuntary_switches"] / max(q["wall_s"], 1e-9) for q in procs)
+    return (f"executor {mean(p['exec_ms'] for p in parts):.2f} ms (its CPU "
+            f"{mean(p['exec_cpu_ms'] for p in parts):.2f}), "
+            f"{switches:.0f} involuntary switches/s, GC {mean(q['gc_s'] for q in procs):.2f} s, "
+            f"host load {mean(q['loadavg_1m'][1] for q in procs):.1f}")
+
+
+def host_lines(d: dict) -> list[str]:
+    """Per load, each arm's host side of its decode-only steps with < 50 waiting (medians,
+    means over repetitions) and the engine process's counters a run: where an arm's steps are
+    slower, a thread that waited (wall beyond its CPU, involuntary switches, a loaded host)
+    tells a busy host from more work."""
+    lines = []
+    for name, w in d["workloads"].items():
+        parts = {arm: _host_part(runs) for arm, runs in w["runs"].items()}
+        if parts and all(parts.values()):
+            lines.append(f"Host side of the decode-only steps, {name}: "
+                         + "; ".join(f"{arm} {p}" for arm, p in parts.items()) + ".")
     return lines
 
 

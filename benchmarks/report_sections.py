@@ -75,7 +75,8 @@ def trace_table(path: Path, d: dict) -> list[str]:
                 + " | ".join(report.fmt_ratio(r.get(m)) if r else "1" for m in
                              ("ttft_mean_s", "ttft_p99_s", "output_tokens_per_s")) + " |")
     lines.append("")
-    for line in ab_report.step_speed_lines(d) + ab_report.engine_split_lines(d):
+    for line in (ab_report.step_speed_lines(d) + ab_report.host_lines(d)
+                 + ab_report.engine_split_lines(d)):
         lines += [line, ""]
     return lines
 

@@ -52,3 +52,22 @@ def test_engine_split_per_arm_where_every_run_recorded_it():
     assert "prepack-default" not in line  # one of its runs did not record the split
     d["workloads"]["trace_1.5xsat"]["runs"]["stock"][1] = {}
     assert ab_report.engine_split_lines(d) == []
+
+
+def test_host_lines_show_each_arms_executor_time_and_process_counters():
+    def run(exec_ms: float, cpu_ms: float, switches: int, gc_s: float) -> dict:
+        return {"step_timing": {
+            "decode_only_parts": {"steps": 9, "exec_ms": exec_ms, "exec_cpu_ms": cpu_ms},
+            "process": {"wall_s": 10.0, "thread_involuntary_switches": switches,
+                        "gc_s": gc_s, "loadavg_1m": [1.0, 3.0]}}}
+
+    d = {"baseline": "stock", "workloads": {"trace_1.5xsat": {"runs": {
+        "stock": [run(14.0, 13.0, 100, 0.1), run(16.0, 15.0, 300, 0.3)],
+        "prepack-default": [run(18.0, 12.0, 5000, 0.2)]}}}}
+    (line,) = ab_report.host_lines(d)
+    assert "stock executor 15.00 ms (its CPU 14.00), 20 involuntary switches/s" in line
+    assert "prepack-default executor 18.00 ms (its CPU 12.00), 500 involuntary switches/s" in line
+    assert "GC 0.20 s, host load 3.0" in line
+    # A run without the counters (an older steps file): no line.
+    d["workloads"]["trace_1.5xsat"]["runs"]["stock"][0] = {}
+    assert ab_report.host_lines(d) == []
