@@ -79,10 +79,13 @@ def delays_table(d: dict) -> list[str]:
         return []
     lines = ["Where the differences come from (`--delays`; a window's mean; s: summed over the "
              "requests): hold is the wait before a request's first step, span its prefill "
-             "from there, lag async scheduling's step in flight.", "",
-             "| budget | load | arm | delayed | delay s: hold / span / lag | preempted, arm only "
-             "| sped up | gain s: hold / span / lag | most delayed, first window |",
-             "|---" * 9 + "|"]
+             "from there, lag async scheduling's step in flight. The delay's hold by what its "
+             "steps left: no budget, no slot, too few KV blocks, or room on all three "
+             "(`trace_sim_delays.REASONS`).", "",
+             "| budget | load | arm | delayed | delay s: hold / span / lag | delay's hold s: "
+             "budget / slots / KV / room | preempted, arm only | sped up | gain s: hold / span / "
+             "lag | most delayed, first window |",
+             "|---" * 10 + "|"]
     for pt in points:
         for arm, windows in pt["delays"].items():
             top = windows[0]["most_delayed"][:1]
@@ -98,11 +101,15 @@ def delays_table(d: dict) -> list[str]:
 
 def _split(windows: list[dict], side: str) -> str:
     """Requests, and their summed difference with its parts, a window's mean; then (delayed
-    only) the requests preempted before their first token in the arm only."""
+    only) the hold's part by reason and the requests preempted before their first token in the
+    arm only."""
     mean = lambda k: sum(w[side][k] for w in windows) / len(windows)  # noqa: E731
     parts = " / ".join(f"{mean(k):+.2f}" for k in ("hold_s", "span_s", "lag_s"))
     cells = [f"{mean('requests'):.0f}", f"{mean('ttft_s'):+.2f}: {parts}"]
     if side == "delayed":
+        why = [w[side].get("hold_by_reason_s") for w in windows]
+        cells.append("-" if not all(why) else " / ".join(
+            f"{sum(x[k] for x in why) / len(why):+.2f}" for k in ("budget", "slots", "kv", "room")))
         cells.append(f"{mean('preempted_here_only'):.1f}")
     return " | ".join(cells)
 

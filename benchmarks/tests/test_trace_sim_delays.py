@@ -3,6 +3,7 @@ into lag, hold and span, and an arm's differences from stock split the same way.
 
 from __future__ import annotations
 
+import collections
 import math
 from types import SimpleNamespace
 
@@ -63,6 +64,29 @@ def test_an_arms_differences_split_into_their_parts(tiny_model):
                                         ours.events.prefill_steps[key]]
 
 
+@pytest.mark.parametrize("arm", ["stock", "stretch"])
+def test_each_hold_splits_by_what_its_steps_left(tiny_model, arm):
+    """With KV to spare every hold is a step whose budget or slots were taken (both schedulers
+    are work-conserving: no ``room``); with few KV blocks, holds for KV appear, and vLLM's FCFS
+    holds requests that would fit behind a head that does not (``room``)."""
+    for blocks in (512, 40):
+        run = trace_sim_drive.simulate(
+            arm, _requests(), model=tiny_model, budget=BUDGET, max_num_seqs=8,
+            num_blocks=blocks, max_model_len=1024,
+            step_model=trace_sim_model.STEP_MODELS["llama-3.1-8b"], seed=0, cpu_scale=0.0)
+        why = collections.Counter()
+        for i, r in enumerate(_requests()):
+            held = run.events.held_for.get(f"r{i}", collections.Counter())
+            assert set(held) <= set(trace_sim_delays.REASONS)
+            assert sum(held.values()) == pytest.approx(trace_sim_delays.parts(
+                run, f"r{i}", r.arrival)[1])  # the hold, step by step
+            why.update(held)
+        if blocks == 512:
+            assert why["budget"] > 0 and why["kv"] == why["room"] == 0
+        else:
+            assert why["kv"] > 0 and (why["room"] > 0 or arm != "stock")
+
+
 def test_passed_by_counts_later_arrivals_scheduled_first():
     ev = trace_sim_delays.Events(first={"r0": 3.0, "r1": 1.0, "r2": 2.0, "r3": 3.0})
     assert trace_sim_delays.passed_by(ev) == {"r0": 2, "r1": 0, "r2": 0, "r3": 0}
@@ -76,11 +100,15 @@ def test_breakdown_of_hand_made_runs():
 
     stock = run({"r0": 0.0, "r1": 1.0}, {"r0": 1.0, "r1": 2.0})
     ours = run({"r0": 1.0, "r1": 0.0}, {"r0": 2.5, "r1": 0.5}, preempted=["r0"])
+    stock.events.held_for = {"r1": collections.Counter(budget=0.75, kv=0.25)}
+    ours.events.held_for = {"r0": collections.Counter(room=1.0)}
     b = trace_sim_delays.breakdown(stock, ours, {"r0": 0.0, "r1": 0.0})
     assert b["delayed"] == {"requests": 1, "ttft_s": 1.5, "lag_s": 0.0, "hold_s": 1.0,
-                            "span_s": 0.5, "preempted_here_only": 1}
+                            "span_s": 0.5, "preempted_here_only": 1, "hold_by_reason_s": {
+                                "budget": 0.0, "slots": 0.0, "kv": 0.0, "room": 1.0}}
     assert b["sped"] == {"requests": 1, "ttft_s": -1.5, "lag_s": 0.0, "hold_s": -1.0,
-                         "span_s": -0.5, "preempted_here_only": 0}
+                         "span_s": -0.5, "preempted_here_only": 0, "hold_by_reason_s": {
+                             "budget": -0.75, "slots": 0.0, "kv": -0.25, "room": 0.0}}
     (row,) = b["most_delayed"]
     assert row["request"] == 0 and row["passed_by"] == [0, 1] and row["preempted"] == [False, True]
     assert [r["request"] for r in b["most_sped"]] == [1]
@@ -94,8 +122,9 @@ def test_the_report_shows_where_the_differences_come_from():
     from benchmarks import sim_report
 
     def side(n, ttft, hold, span, lag, pre=0):
+        why = {"budget": hold / 2, "slots": 0.0, "kv": hold / 4, "room": hold / 4}
         return {"requests": n, "ttft_s": ttft, "hold_s": hold, "span_s": span, "lag_s": lag,
-                "preempted_here_only": pre}
+                "preempted_here_only": pre, "hold_by_reason_s": why}
 
     worst = {"request": 7, "prompt_tokens": 900, "stock_ms": 300.0, "delta_ms": 120.0,
              "hold_ms": 100.0, "span_ms": 15.0, "lag_ms": 5.0, "prefill_steps": [1, 2],
@@ -108,7 +137,8 @@ def test_the_report_shows_where_the_differences_come_from():
                     {"budget": 8192, "load": 1.0}]}
     lines = sim_report.delays_table(d)
     rows = [x for x in lines if x.startswith("| 2048")]
-    assert rows == ["| 2048 | 1.50x | stretch | 3 | +0.50: +0.40 / +0.05 / +0.05 | 0.5 | 1 | "
+    assert rows == ["| 2048 | 1.50x | stretch | 3 | +0.50: +0.40 / +0.05 / +0.05 | "
+                    "+0.20 / +0.00 / +0.10 / +0.10 | 0.5 | 1 | "
                     "-1.00: -1.00 / +0.00 / +0.00 | 7 (900 tokens): +120 ms on 300 (hold +100, "
                     "span +15), passed by 3 |"]
     assert not any(x.startswith("| 8192") for x in lines)  # no delays recorded there
