@@ -3,6 +3,7 @@ TTFT figures."""
 
 from __future__ import annotations
 
+import statistics
 from pathlib import Path
 
 from benchmarks import analysis, report
@@ -94,11 +95,7 @@ def _host_part(runs: list[dict]) -> str | None:
     procs = [t.get("process") for t in timing]
     if not runs or any("exec_cpu_ms" not in p or not q for p, q in zip(parts, procs)):
         return None
-
-    def mean(xs) -> float:
-        xs = list(xs)
-        return sum(xs) / len(xs)
-
+    mean = statistics.fmean
     switches = mean(q["thread_involuntary_switches"] / max(q["wall_s"], 1e-9) for q in procs)
     return (f"executor {mean(p['exec_ms'] for p in parts):.2f} ms (its CPU "
             f"{mean(p['exec_cpu_ms'] for p in parts):.2f}), "

@@ -18,11 +18,14 @@ def decode_only_parts(cols: dict[str, list], period: dict[int, float]) -> dict:
     idx = [i for i in period if cols["prefill"][i] == 0 and cols["waiting_before"][i] < 50]
     if not idx:
         return {"steps": 0}
-    med = {name: round(1000 * statistics.median(cols[name][i] for i in idx), 3)
-           for name in ("sched_s", "exec_s", "exec_cpu_s", "update_s") if name in cols}
-    return {"steps": len(idx), "period_ms": round(1000 * statistics.median(
-                period[i] for i in idx), 3),
-            **{k.replace("_s", "_ms"): v for k, v in med.items()},
+    def median_ms(values) -> float:
+        return round(1000 * statistics.median(values), 3)
+
+    parts = {"sched_ms": "sched_s", "exec_ms": "exec_s", "exec_cpu_ms": "exec_cpu_s",
+             "update_ms": "update_s"}
+    return {"steps": len(idx), "period_ms": median_ms(period[i] for i in idx),
+            **{key: median_ms(cols[col][i] for i in idx)
+               for key, col in parts.items() if col in cols},
             "decode_reqs": statistics.median(cols["decode_reqs"][i] for i in idx)}
 
 
