@@ -14,6 +14,7 @@ import collections
 from dataclasses import dataclass, field
 
 from vllm_prepack import compat
+from vllm_prepack.planner import blocks_needed
 
 REASONS = ("budget", "slots", "kv", "room")
 """What a step that left a visible request waiting had left, in this order of precedence: no
@@ -64,10 +65,14 @@ class Events:
             return {r.request_id: "budget" for r in waiting}
         if len(scheduler.running) >= scheduler.scheduler_config.max_num_seqs:
             return {r.request_id: "slots" for r in waiting}
-        free, size = compat.free_kv_blocks(scheduler.kv_cache_manager), scheduler.block_size
+        free = compat.free_kv_blocks(scheduler.kv_cache_manager)
         whole = compat.admits_whole_prompts(scheduler)
-        return {r.request_id: "kv" if -(-(r.num_prompt_tokens if whole else min(
-            left, r.num_prompt_tokens)) // size) > free else "room" for r in waiting}
+
+        def reason(r) -> str:  # its prompt's blocks (no prefix-cache hit counted)
+            new = r.num_prompt_tokens if whole else min(left, r.num_prompt_tokens)
+            return "kv" if blocks_needed(0, new, scheduler.block_size) > free else "room"
+
+        return {r.request_id: reason(r) for r in waiting}
 
     def held(self) -> dict[str, float]:
         """Per scheduled request: seconds from its first ``schedule()`` to its first step."""
