@@ -362,6 +362,27 @@ def test_plan_queue_keeps_its_order_whatever_the_insertion_order():
         q.pop_request()
     with pytest.raises(ValueError, match="request c is not in the waiting queue"):
         q.remove_request(rs["c"])
+    # As vLLM's own queues: removing several passes over those not in the queue (vLLM removes
+    # finished requests from each of its waiting queues in turn).
+    q.add_request(rs["b"])
+    q.remove_requests([rs["a"], rs["b"], rs["c"]])
+    assert not q and len(q) == 0
+
+
+@pytest.mark.parametrize("cls", [PrepackSyncScheduler, PrepackAsyncScheduler])
+def test_aborting_a_request_waiting_in_vllms_other_queue_finishes_it(tiny_model, cls):
+    """vLLM's ``finish_requests`` removes aborted waiting requests from each of its waiting
+    queues in turn: one that waits in ``kv_holding_waiting`` (holding KV blocks, e.g. for a
+    connector's load) is not in the PlanQueue, and the abort must still go through."""
+    scheduler = make_scheduler(cls, tiny_model)
+    queued, holding = make_request([5] * 40, req_id="queued"), make_request([6] * 40, req_id="held")
+    scheduler.add_request(queued)
+    scheduler.requests[holding.request_id] = holding
+    scheduler.kv_holding_waiting.add_request(holding)
+    scheduler.finish_requests(["held", "queued"], RequestStatus.FINISHED_ABORTED)
+    assert not scheduler.waiting and not scheduler.kv_holding_waiting
+    assert holding.status == queued.status == RequestStatus.FINISHED_ABORTED
+    assert not scheduler.has_unfinished_requests()
 
 
 def test_plan_queue_equal_places_keep_insertion_order():

@@ -199,19 +199,27 @@ class PlanQueue(RequestQueue):
         for request in requests:
             self.prepend_request(request)
 
-    def remove_request(self, request: Request) -> None:
+    def _index(self, request: Request) -> int | None:
+        """Where ``request`` sits in the order, or None if it is not in this queue."""
         entry = getattr(request, _ENTRY, None)
         i = bisect.bisect_left(self._order, entry) if entry is not None else len(self._order)
-        if i == len(self._order) or self._order[i] != entry:
+        return None if i == len(self._order) or self._order[i] != entry else i
+
+    def remove_request(self, request: Request) -> None:
+        i = self._index(request)
+        if i is None:
             raise ValueError(f"request {request.request_id} is not in the waiting queue")
-        del self._order[i]
-        del self._by_seq[entry[-1]]
-        j = bisect.bisect_left(self._arrivals, (request.arrival_time, entry[-1]))
+        seq = self._order.pop(i)[-1]
+        del self._by_seq[seq]
+        j = bisect.bisect_left(self._arrivals, (request.arrival_time, seq))
         del self._arrivals[j]
 
     def remove_requests(self, requests: Iterable[Request]) -> None:
+        """As vLLM's queues: a request not in this one is passed over (vLLM removes the same
+        requests from each of its waiting queues in turn)."""
         for request in requests:
-            self.remove_request(request)
+            if self._index(request) is not None:
+                self.remove_request(request)
 
     def peek_request(self) -> Request:
         while self._front_at < len(self._front):
