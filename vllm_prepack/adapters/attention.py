@@ -99,6 +99,26 @@ AUTO_ON = frozenset({"FLASH_ATTN"})
 slower than vLLM's CPU kernel, so ``auto`` leaves CPU_ATTN alone."""
 
 
+def gpu_verified() -> bool:
+    """Whether the packed path ran on a GPU under the installed vLLM's series
+    (``compat.GPU_VERIFIED_VLLM``)."""
+    return compat.is_tested_version(compat.installed_vllm_version(), compat.GPU_VERIFIED_VLLM)
+
+
+def auto_on(backend_name: str) -> bool:
+    """Whether ``packed_attention=auto`` takes the path on ``backend_name``: one of
+    :data:`AUTO_ON`, under a vLLM series whose packed path ran on a GPU (``on`` takes it under
+    any supported series, with a warning where it has not run on a GPU)."""
+    if backend_name not in AUTO_ON:
+        return False
+    if gpu_verified():
+        return True
+    logger.info_once("Packed-prefill attention is off under vLLM %s (auto: on where it ran on "
+                     "a GPU, vLLM %s.x); --prepack-packed-attention on takes it",
+                     compat.installed_vllm_version(), ".x, ".join(compat.GPU_VERIFIED_VLLM))
+    return False
+
+
 def packed_mode(vllm_config: Any) -> str:
     """``on``/``off``/``auto`` for this engine; ``off`` unless it runs our scheduler."""
     if vllm_config is None or not is_prepack_scheduler(vllm_config.scheduler_config.scheduler_cls):
@@ -147,8 +167,11 @@ def install() -> None:
     def get_attn_backend(*args: Any, **kwargs: Any) -> type:
         stock = original(*args, **kwargs)
         mode = packed_mode(get_current_vllm_config())
-        if mode == "off" or (mode == "auto" and stock.get_name() not in AUTO_ON):
+        if mode == "off" or (mode == "auto" and not auto_on(stock.get_name())):
             return stock
+        if mode == "on" and not gpu_verified():
+            logger.warning_once("--prepack-packed-attention on: the packed path has not run on a "
+                                "GPU under vLLM %s", compat.installed_vllm_version())
         bound = signature.bind(*args, **kwargs)
         bound.apply_defaults()
         reason = layer_covered(**bound.arguments)

@@ -23,6 +23,7 @@ from vllm_prepack.config import (
     SCHEDULERS,
     PrepackConfig,
     PrepackConfigError,
+    check_cache_aware_window,
 )
 
 # option name -> (argparse kwargs); the flag is --prepack-<name with dashes>.
@@ -116,6 +117,7 @@ def apply_scheduler_choice(engine_args: Any, scheduler: str, options: dict[str, 
             "both choose a scheduler class; give one of them"
         )
     PrepackConfig.from_dict(options)  # validate here, before any engine starts
+    check_cache_aware_window(compat.cache_aware_admission_window(engine_args))
     engine_args.scheduler_cls = SCHEDULER_QUALNAME
     additional = dict(getattr(engine_args, "additional_config", None) or {})
     additional[ADDITIONAL_CONFIG_KEY] = dict(options)

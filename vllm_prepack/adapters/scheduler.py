@@ -29,7 +29,7 @@ from vllm.v1.request import Request, RequestStatus
 from vllm_prepack import compat, planner
 from vllm_prepack import metrics as prepack_metrics
 from vllm_prepack.adapters import attention, metrics
-from vllm_prepack.config import PrepackConfig
+from vllm_prepack.config import PrepackConfig, check_cache_aware_window
 from vllm_prepack.log import get_logger
 from vllm_prepack.stats import JsonlFile, PackingObserver, ScheduledPrefill
 
@@ -47,7 +47,7 @@ def prefills_of(scheduler: Scheduler, output: SchedulerOutput,
     Decoding requests are never looked at."""
     scheduled = output.num_scheduled_tokens
     new = {r.req_id for r in output.scheduled_new_reqs}
-    new.update(output.scheduled_cached_reqs.resumed_req_ids)
+    new.update(compat.resumed_req_ids(output))
     prefills = []
     for req_id in (*new, *(r for r in mid_prefill if r not in new)):
         tokens = scheduled.get(req_id)
@@ -292,6 +292,7 @@ class PrepackSchedulerMixin:
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         vllm_config = kwargs.get("vllm_config") or args[0]
         config = PrepackConfig.from_additional_config(vllm_config.additional_config)
+        check_cache_aware_window(compat.cache_aware_admission_window(vllm_config.scheduler_config))
         self._metrics_sender = prepack_metrics.Sender()
         """What this engine has sent to the API servers' ``/metrics``."""
         super().__init__(*args, **kwargs)
@@ -342,10 +343,12 @@ class PrepackSchedulerMixin:
     # -- the plan ----------------------------------------------------------------------------
 
     def _chunk_cap(self) -> int:
-        """vLLM's per-request chunk cap this step (``long_prefill_token_threshold``)."""
+        """vLLM's per-request chunk cap this step (``long_prefill_token_threshold``; none
+        without chunked prefill, as vLLM 0.34 has it: under 0.32 and 0.33 a capped prompt
+        could then never be scheduled)."""
         sc = self.scheduler_config
         cap = sc.long_prefill_token_threshold
-        if cap <= 0:
+        if cap <= 0 or not sc.enable_chunked_prefill:
             return 0
         running, waiting = self.get_request_counts()
         if running + waiting <= 1:

@@ -1,8 +1,9 @@
 """An offline Hugging Face hub cache with the models vLLM's scheduler tests name.
 
-The tests build ``ModelConfig`` for ``facebook/opt-125m`` and ``llava-hf/llava-1.5-7b-hf``, and
+The tests build ``ModelConfig`` for ``facebook/opt-125m`` and ``llava-hf/llava-1.5-7b-hf``,
 vLLM 0.33.0's also for ``Qwen/Qwen3-Next-80B-A3B-Instruct`` (a hybrid model: linear and full
-attention layers), configuration only: no weights are read. CI reaches only the package
+attention layers), 0.34.0's also for ``Qwen/Qwen3-0.6B``, configuration only: no weights are
+read. CI reaches only the package
 registry, so their configurations are written here from transformers' config classes with the
 real models' shapes (vocabulary, context length, vision tower and image size), with a small
 word-level tokenizer, in the hub cache layout that ``HF_HUB_OFFLINE=1`` resolves.
@@ -14,8 +15,9 @@ import json
 from pathlib import Path
 
 REVISION = "0" * 40
-LAYOUT = 2  # bumped whenever what build() writes changes: an older cache is rebuilt
-MODELS = ("facebook/opt-125m", "llava-hf/llava-1.5-7b-hf", "Qwen/Qwen3-Next-80B-A3B-Instruct")
+LAYOUT = 3  # bumped whenever what build() writes changes: an older cache is rebuilt
+MODELS = ("facebook/opt-125m", "llava-hf/llava-1.5-7b-hf", "Qwen/Qwen3-Next-80B-A3B-Instruct",
+          "Qwen/Qwen3-0.6B")
 
 
 def _tokenizer(out: Path, extra: list[str], vocab_size: int) -> None:
@@ -88,13 +90,23 @@ def _qwen3_next(out: Path) -> None:
     _tokenizer(out, [], 151936)
 
 
+def _qwen3(out: Path) -> None:
+    from transformers import Qwen3Config
+
+    Qwen3Config(vocab_size=151936, hidden_size=1024, intermediate_size=3072,
+                num_hidden_layers=28, num_attention_heads=16, num_key_value_heads=8, head_dim=128,
+                max_position_embeddings=40960, rope_theta=1_000_000, tie_word_embeddings=True,
+                torch_dtype="bfloat16", architectures=["Qwen3ForCausalLM"]).save_pretrained(out)
+    _tokenizer(out, [], 151936)
+
+
 def build(cache: Path) -> Path:
     """Write the hub cache under ``cache`` (once); returns the ``HF_HUB_CACHE`` directory."""
     hub = cache / "hub"
     done = hub / ".complete"
     if done.exists() and json.loads(done.read_text()) == [*MODELS, LAYOUT]:
         return hub
-    for repo, write in zip(MODELS, (_opt, _llava, _qwen3_next), strict=True):
+    for repo, write in zip(MODELS, (_opt, _llava, _qwen3_next, _qwen3), strict=True):
         root = hub / ("models--" + repo.replace("/", "--"))
         snap = root / "snapshots" / REVISION
         snap.mkdir(parents=True, exist_ok=True)

