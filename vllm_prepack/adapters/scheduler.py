@@ -205,21 +205,24 @@ class PlanQueue(RequestQueue):
         i = bisect.bisect_left(self._order, entry) if entry is not None else len(self._order)
         return None if i == len(self._order) or self._order[i] != entry else i
 
+    def _remove_at(self, i: int, request: Request) -> None:
+        seq = self._order.pop(i)[-1]
+        del self._by_seq[seq]
+        del self._arrivals[bisect.bisect_left(self._arrivals, (request.arrival_time, seq))]
+
     def remove_request(self, request: Request) -> None:
         i = self._index(request)
         if i is None:
             raise ValueError(f"request {request.request_id} is not in the waiting queue")
-        seq = self._order.pop(i)[-1]
-        del self._by_seq[seq]
-        j = bisect.bisect_left(self._arrivals, (request.arrival_time, seq))
-        del self._arrivals[j]
+        self._remove_at(i, request)
 
     def remove_requests(self, requests: Iterable[Request]) -> None:
         """As vLLM's queues: a request not in this one is passed over (vLLM removes the same
         requests from each of its waiting queues in turn)."""
         for request in requests:
-            if self._index(request) is not None:
-                self.remove_request(request)
+            i = self._index(request)
+            if i is not None:
+                self._remove_at(i, request)
 
     def peek_request(self) -> Request:
         while self._front_at < len(self._front):
