@@ -130,6 +130,7 @@ def soak(cls, trace, *, async_scheduling: bool, options: dict | None = None,
     compiling: dict[str, tuple[int, object]] = {}  # id -> (step its grammar is ready, request)
     ready_since: dict[str, int] = {}  # grammar compiled, not admitted: id -> schedule() calls
     admitted: set[str] = set()
+    preempted: set[str] = set()  # preempted, not yet resumed
     queued_at: dict[str, int] = {}  # plain requests: id -> schedule() calls before arrival
     outputs: dict[str, int] = {}
     finished: dict[str, str] = {}
@@ -197,7 +198,13 @@ def soak(cls, trace, *, async_scheduling: bool, options: dict | None = None,
             out = scheduler.schedule()
             stats["steps"] += 1
             stats["preemptions"] += len(out.preempted_req_ids)
-            new = [r.req_id for r in out.scheduled_new_reqs]
+            # Resumed after preemption: apart from the new ones (0.32, 0.33), or among them
+            # (0.34 sends a resumed request in full, as a new one).
+            scheduled = [r.req_id for r in out.scheduled_new_reqs]
+            resumed = [r for r in scheduled if r in preempted] + list(compat.resumed_req_ids(out))
+            new = [r for r in scheduled if r not in preempted]
+            preempted.difference_update(resumed)
+            preempted.update(out.preempted_req_ids)
             stats["admissions"] += len(new)
             for rid in new:
                 assert rid not in admitted, f"{rid} admitted twice"
@@ -225,7 +232,7 @@ def soak(cls, trace, *, async_scheduling: bool, options: dict | None = None,
                         queued_clock(scheduler.requests[r]) >= earliest for r in new)
             # Priority classes: nothing of a lower class admitted (new or resumed) while a
             # plannable request of a higher class is left waiting.
-            taken = new + list(compat.resumed_req_ids(out))
+            taken = new + resumed
             if scheduling_policy == "priority" and taken and not out.preempted_req_ids:
                 stats["class_steps"] += 1
                 top_left = min((r.priority for r in scheduler.waiting if plannable(r)),
