@@ -43,6 +43,7 @@ from benchmarks.trace_sim_options import (
     policy_of,
     step_model,
 )
+from tests.harness.env import assume_triton_on_vllms_cpu_platform
 
 BENCHMARK = "trace simulation: vLLM's schedulers on a virtual clock (CPU)"
 METRICS = {"ttft_mean_s": False, "ttft_p50_s": False, "ttft_p99_s": False,
@@ -187,6 +188,7 @@ def parse(argv: Sequence[str] | None = None) -> SimOptions:
 
 def main(argv: Sequence[str] | None = None) -> dict:
     opts = parse(argv)
+    assume_triton_on_vllms_cpu_platform()  # a GPU wheel's scheduler, VLLM_TARGET_DEVICE=cpu
     return run_host_fit(opts) if opts.fit_host else run(opts)
 
 
