@@ -41,7 +41,7 @@ VENV034 ?= .venv34
 GPU_WHEEL_TESTS ?= tests/unit/test_planner.py tests/unit/test_purity.py \
 	tests/vllm/test_scheduler.py tests/vllm/test_vllm033.py tests/vllm/test_vllm034.py \
 	tests/vllm/test_compat.py tests/vllm/test_metrics.py tests/vllm/test_plugin.py \
-	tests/vllm/test_multigpu.py tests/vllm/conformance
+	tests/vllm/test_multigpu.py tests/vllm/test_soak.py tests/vllm/conformance
 GPU_WHEEL_CLI_TESTS ?= tests/e2e/test_plugin_cli.py::test_help_lists_scheduler_and_bogus_value_fails
 
 venv033: $(VENV033)/.installed
