@@ -36,36 +36,23 @@ test: venv $(MODEL)/config.json
 # vLLM 0.33.0 and 0.34.0 beside 0.32.0: the scheduler-level suite (no engine: their wheels are
 # GPU builds, whose CPU attention ops are absent) on CPU, each in its own venv.
 # VLLM_TARGET_DEVICE=cpu selects vLLM's CPU platform, which a GPU wheel cannot detect by itself.
-VENV033 ?= .venv33
-VENV034 ?= .venv34
 GPU_WHEEL_TESTS ?= tests/unit/test_planner.py tests/unit/test_purity.py \
 	tests/vllm/test_scheduler.py tests/vllm/test_vllm033.py tests/vllm/test_vllm034.py \
 	tests/vllm/test_compat.py tests/vllm/test_metrics.py tests/vllm/test_plugin.py \
 	tests/vllm/test_multigpu.py tests/vllm/test_soak.py tests/vllm/conformance
 GPU_WHEEL_CLI_TESTS ?= tests/e2e/test_plugin_cli.py::test_help_lists_scheduler_and_bogus_value_fails
 
-venv033: $(VENV033)/.installed
+# venv033 -> .venv33 (scripts/setup_venv033.sh), test-vllm033 runs there; the same for 034.
+venv033 venv034: venv0%: .venv%/.installed
 
-$(VENV033)/.installed: pyproject.toml scripts/setup_venv033.sh
-	VENV=$(VENV033) bash scripts/setup_venv033.sh
+.venv33/.installed .venv34/.installed: .venv%/.installed: pyproject.toml scripts/setup_venv0%.sh
+	VENV=.venv$* bash scripts/setup_venv0$*.sh
 	touch $@
 
-test-vllm033: venv033
-	VLLM_TARGET_DEVICE=cpu $(VENV033)/bin/python -m pytest -ra -p no:cacheprovider \
+test-vllm033 test-vllm034: test-vllm0%: .venv%/.installed
+	VLLM_TARGET_DEVICE=cpu .venv$*/bin/python -m pytest -ra -p no:cacheprovider \
 		-m "not engine and not cli" $(GPU_WHEEL_TESTS)
-	VLLM_TARGET_DEVICE=cpu $(VENV033)/bin/python -m pytest -ra -p no:cacheprovider \
-		$(GPU_WHEEL_CLI_TESTS)
-
-venv034: $(VENV034)/.installed
-
-$(VENV034)/.installed: pyproject.toml scripts/setup_venv034.sh
-	VENV=$(VENV034) bash scripts/setup_venv034.sh
-	touch $@
-
-test-vllm034: venv034
-	VLLM_TARGET_DEVICE=cpu $(VENV034)/bin/python -m pytest -ra -p no:cacheprovider \
-		-m "not engine and not cli" $(GPU_WHEEL_TESTS)
-	VLLM_TARGET_DEVICE=cpu $(VENV034)/bin/python -m pytest -ra -p no:cacheprovider \
+	VLLM_TARGET_DEVICE=cpu .venv$*/bin/python -m pytest -ra -p no:cacheprovider \
 		$(GPU_WHEEL_CLI_TESTS)
 
 # tests/unit: no vLLM, no engine, 30 examples per planner property instead of 300 (tests/vllm:
@@ -80,7 +67,7 @@ lint: venv
 	$(PY) -m ruff check vllm_prepack tests benchmarks
 
 clean:
-	rm -rf $(VENV) $(VENV033) $(VENV034) .models build *.egg-info
+	rm -rf $(VENV) .venv33 .venv34 .models build *.egg-info
 
 soak: venv $(MODEL)/config.json
 	PREPACK_SOAK_STEPS=10000 $(PY) -m pytest -q -s tests/vllm/test_soak.py
