@@ -36,6 +36,8 @@
 # measured again), WARMUP_REPLAY (trace-serve: 1 for serve_ab's --warmup-replay), TIME_BUDGET
 # (trace-serve: seconds after which no pair starts, default 520; the run is stopped 60 s later),
 # KV_BLOCKS (trace-serve: KV cache blocks of each server, vLLM's --num-gpu-blocks-override),
+# AA (trace-serve: 1 for serve_ab's --aa, a second stock server in the prepack arm's place:
+# the pairs' noise floor; name tagged _aa),
 # GPU_UTIL (trace-llm: each engine's gpu_memory_utilization, default 0.4).
 set -uo pipefail
 phase=${1:?usage: bash benchmarks/gpu_runs.sh paper|mixes|nochunk|serve|equiv1|equiv|pp|tp|dp|moe|trace-llm|trace-serve|planner-cost [tag]}
@@ -189,11 +191,12 @@ trace-serve)
   loads=${LOADS:-1.0,1.5}
   if [ "${GRAPHS:-0}" = 1 ]; then mode= mode_tag=_graphs; else mode=--enforce-eager mode_tag=; fi
   if [ "${WARMUP_REPLAY:-0}" = 1 ]; then warm=--warmup-replay; else warm=; fi
+  if [ "${AA:-0}" = 1 ]; then aa=--aa aa_tag=_aa; else aa= aa_tag=; fi
   # KV_BLOCKS: vLLM's --num-gpu-blocks-override (both arms), e.g. 7233, an H100's KV cache at
   # 0.4 of its memory, to run the H100's KV pressure on another GPU (name tagged _kv<N>).
   kv=${KV_BLOCKS:+--num-gpu-blocks-override $KV_BLOCKS}
   name="trace_serve_8b_b${budget}_${loads//,/_}${mode_tag}${KV_BLOCKS:+_kv$KV_BLOCKS}"
-  name="$name${VARIANT:+_$VARIANT}_$tag"
+  name="$name$aa_tag${VARIANT:+_$VARIANT}_$tag"
   budget_s=${TIME_BUDGET:-520}
   run "$name" $((budget_s + 60)) $py -m benchmarks.serve_ab --model-shape llama-3.1-8b \
     --tokenizer .models/tiny-llama --workload trace ${TRACE:+--trace "$TRACE"} \
@@ -201,7 +204,7 @@ trace-serve)
     --ttft-slo-ms "${SLO_MS:-2000}" --time-budget-s "$budget_s" --max-duration-s 200 \
     --serve-args "$mode --max-model-len 8192 --max-num-batched-tokens $budget $kv" \
     ${SATURATION:+--saturation-rate "$SATURATION"} \
-    ${PREPACK_ARGS:+--prepack-args "$PREPACK_ARGS"} $warm --out "$out/$name.json"
+    ${PREPACK_ARGS:+--prepack-args "$PREPACK_ARGS"} $warm $aa --out "$out/$name.json"
   progress "$out/$name.log"
   ;;
 planner-cost)

@@ -44,6 +44,10 @@ the scheduler class its engine core built (``Engine core scheduler class: ...``)
 for ``stock``, ``Prepack*Scheduler`` for ``prepack``. The prepack arm also writes per-step
 packing statistics (``--prepack-stats-path``), summarised per run.
 
+A/A (``--aa``): the second arm (the ``prepack`` key, ``stock B`` in reports and plots) is a
+second stock server, started, checked for stock's scheduler class and driven as the prepack arm
+would be: its ratios are the pairs' noise floor at that point, with no scheduler difference.
+
 Ratios prepack/stock per load factor (TTFT mean/median/p99, TPOT mean, request throughput,
 goodput, output throughput) come with their spread over repetitions; a win or loss is claimed
 only where the whole spread excludes 1.0.
@@ -100,7 +104,7 @@ def _record(opts: ServeOptions, pool: Pool, workload: dict, outs: list[int],
         "repetitions": opts.reps, "load_factors": opts.load_factor_list, "baseline": BASELINE,
         "servers": "one at a time" if pool.one_at_a_time else "one per arm, both kept alive",
         "gpu_memory_utilization_per_arm": pool.gpu_util, "warmup_requests": opts.warmup,
-        "warmup_replay": opts.warmup_replay,
+        "warmup_replay": opts.warmup_replay, "aa": opts.aa,
         "prefix_caching": opts.prefix_caching,
         "workload": {**workload, "output_tokens_total": sum(outs), "chunk_hash_size": CHUNK,
                      "prompts": "TimedTrace: ceil(input_length/16) hash ids per request, none "

@@ -32,6 +32,7 @@ class ServeOptions:
     slo_factor: float = 2.0
     serve_args: str = ""
     prepack_args: str = ""
+    aa: bool = False
     gpu_memory_utilization: float | None = None
     one_server_at_a_time: bool = False
     warmup: int = 8
@@ -88,6 +89,10 @@ def _add_server_flags(parser: argparse.ArgumentParser) -> None:
                              "options")
     parser.add_argument("--prepack-args", default="",
                         help="more --prepack-* options for the prepack arm, as one string")
+    parser.add_argument("--aa", action="store_true",
+                        help="A/A: the second arm (key 'prepack') is a second stock server, "
+                             "started and driven as the prepack arm would be: the pairs' "
+                             "spread with no scheduler difference (the noise floor)")
     parser.add_argument("--gpu-memory-utilization", type=float, default=None,
                         help="per arm (default: 0.4 each when both servers are alive on GPU)")
     parser.add_argument("--one-server-at-a-time", action="store_true",

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from benchmarks import report
-from benchmarks.serve_pool import ARMS
+from benchmarks.serve_pool import ARMS, arm_label
 
 
 def figures(result: dict, path: str | Path) -> list[Path]:
@@ -49,7 +49,8 @@ def plot(result: dict, path: str | Path) -> Path:
                     lo.append(s["mean"] - s["min"])
                     hi.append(s["max"] - s["mean"])
             if xs:
-                ax.errorbar(xs, ys, yerr=[lo, hi], marker="o", capsize=3, label=arm)
+                ax.errorbar(xs, ys, yerr=[lo, hi], marker="o", capsize=3,
+                            label=arm_label(result, arm))
         ax.set_xlabel("load (x stock saturation rate)", fontsize=8)
         ax.set_ylabel(label, fontsize=8)
         ax.grid(alpha=0.3)
@@ -65,9 +66,10 @@ def plot_cdf(result: dict, path: str | Path) -> Path:
     """TTFT CDFs, one panel per load factor, one line per arm (all repetitions pooled)."""
     loads, fig, axes = _load_panels(result, 3.2)
     for ax, lf in zip(axes, loads):
-        report.cdf_panel(ax, {arm: [t for r in result["runs"] if r.get("ok") and r["arm"] == arm
-                                    and r["load_factor"] == lf for t in r["bench"]["ttfts_s"]]
-                              for arm in ARMS}, f"{lf:g}x saturation")
+        report.cdf_panel(ax, {arm_label(result, arm): [
+            t for r in result["runs"] if r.get("ok") and r["arm"] == arm
+            and r["load_factor"] == lf for t in r["bench"]["ttfts_s"]] for arm in ARMS},
+            f"{lf:g}x saturation")
         ax.set_xscale("log")
     axes[0].set_ylabel("share of requests")
     axes[-1].legend(fontsize=7)
@@ -101,7 +103,7 @@ def plot_arrivals(result: dict, path: str | Path, window: int = 10) -> Path:
                 continue
             ax.plot(range(window, len(ttft) + 1), moving_mean(ttft, window),
                     color=colors[r["arm"]], alpha=0.7, linewidth=1,
-                    label=f"{r['arm']} rep {r['rep']}")
+                    label=f"{arm_label(result, r['arm'])} rep {r['rep']}")
         ax.set_yscale("log")
         ax.set_title(f"{lf:g}x saturation", fontsize=9)
         ax.set_xlabel("request, in arrival order", fontsize=8)

@@ -25,6 +25,24 @@ EXPECTED_CLASSES = {
     "prepack": ("vllm_prepack.adapters.scheduler.PrepackSyncScheduler",
                 "vllm_prepack.adapters.scheduler.PrepackAsyncScheduler"),
 }
+
+
+def expected_classes(arm: str, aa: bool = False) -> tuple[str, ...]:
+    """The scheduler classes an arm's engine core may build: with ``aa`` (A/A) both arms are
+    stock vLLM."""
+    return EXPECTED_CLASSES["stock" if aa else arm]
+
+
+def runs_prepack(arm: str, args: Any) -> bool:
+    """Whether the arm's server runs the prepack scheduler (not the second server of an A/A)."""
+    return arm == "prepack" and not getattr(args, "aa", False)
+
+
+def arm_label(result: dict, arm: str) -> str:
+    """An arm's name in reports and plots: an A/A result's second arm is ``stock B``."""
+    return "stock B" if result.get("aa") and arm == "prepack" else arm
+
+
 STEPS = "vllm_prepack_steps_total"
 """The prepack scheduler's steps (its statistics file holds one line per step)."""
 COUNTERS = ("vllm:prompt_tokens_total", "vllm:generation_tokens_total",
@@ -160,7 +178,7 @@ def serve_args(arm: str, args: Any, gpu_util: float | None,
         argv += ["--load-format", "dummy", "--tokenizer", args.tokenizer]
     if gpu_util is not None:
         argv += ["--gpu-memory-utilization", str(gpu_util)]
-    if arm == "prepack":
+    if runs_prepack(arm, args):
         argv += ["--scheduler", "prepack", *shlex.split(args.prepack_args),
                  "--prepack-stats-path", str(stats_path)]
     return argv
@@ -191,10 +209,11 @@ class Pool:
         self.servers[arm] = server
         ready_s = server.wait_ready(self.args.start_timeout)
         cls = server.scheduler_class()
-        if cls not in EXPECTED_CLASSES[arm]:
+        expected = expected_classes(arm, getattr(self.args, "aa", False))
+        if cls not in expected:
             self.stop(arm)
             raise RuntimeError(f"{arm}: engine core scheduler class {cls!r}, expected one of "
-                               f"{EXPECTED_CLASSES[arm]}; log {server.log_path}")
+                               f"{expected}; log {server.log_path}")
         t0 = time.monotonic()
         warmup(server.url, self.args.model, self.args.warmup, self.lengths, self.output_len,
                index)

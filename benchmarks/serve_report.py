@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from benchmarks import analysis, report
-from benchmarks.serve_pool import ARMS, SERVER_MEANS
+from benchmarks.serve_pool import ARMS, SERVER_MEANS, arm_label
 
 BASELINE = "stock"
 RATIO_METRICS = {  # bench result key: higher is better
@@ -68,8 +68,7 @@ def same_admissions(decided: dict) -> bool:
 
 
 def _decisions_cell(result: dict, load: str) -> str:
-    d = decisions(result, load)
-    if d is None:
+    if (d := decisions(result, load)) is None:
         return "-"
     cell = f"{d['overtakes_per_run']:.0f} / {d['split_per_run']:.0f}"
     return cell + " (stock's admissions)" if same_admissions(d) else cell
@@ -108,11 +107,8 @@ def server_split(result: dict, load: str, arm: str) -> list[float | None]:
     """The server's own mean TTFT, engine-queue, prefill and per-output-token times (ms) of
     ``arm`` at ``load``, each the mean over its completed runs (None where no run recorded it)."""
     runs = [r.get("metrics") or {} for r in completed_runs(result, load, arm)]
-    out: list[float | None] = []
-    for key in SERVER_MEANS:
-        values = [m[key] for m in runs if m.get(key) is not None]
-        out.append(sum(values) / len(values) if values else None)
-    return out
+    values = ([m[key] for m in runs if m.get(key) is not None] for key in SERVER_MEANS)
+    return [sum(v) / len(v) if v else None for v in values]
 
 
 def engine_floor(result: dict, load: str) -> float | None:
@@ -210,10 +206,12 @@ def render_section(result: dict) -> str:
     sat = result.get("saturation") or {}
     shape = result.get("model_shape") or Path(result["model"]).name
     arms = result.get("arms", {})
-    classes = ", ".join(f"{a}: `{str(arms.get(a, {}).get('scheduler_class')).rsplit('.', 1)[-1]}`"
+    classes = ", ".join(f"{arm_label(result, a)}: "
+                        f"`{str(arms.get(a, {}).get('scheduler_class')).rsplit('.', 1)[-1]}`"
                         for a in ARMS)
     lines = [
-        f"#### Serving A/B, {shape} ({result['device']}, vLLM {result['vllm']}, "
+        f"#### Serving {'A/A' if result.get('aa') else 'A/B'}, {shape} ({result['device']}, "
+        f"vLLM {result['vllm']}, "
         f"commit {str(result['git_commit'])[:10]}, {result['repetitions']} reps"
         + ("" if result.get("status", "complete") == "complete" else f"; {result['status']}")
         + ")", "",
@@ -234,7 +232,8 @@ def render_section(result: dict) -> str:
             pa = agg["per_arm"].get(arm, {})
             own = arm != BASELINE
             lines.append(
-                f"| {lf}x | {rate:.2f} | {arm} | {_mean(pa, 'request_throughput', '.2f')} | "
+                f"| {lf}x | {rate:.2f} | {arm_label(result, arm)} | "
+                f"{_mean(pa, 'request_throughput', '.2f')} | "
                 f"{_mean(pa, 'request_goodput', '.2f')} | {_mean(pa, 'mean_ttft_ms', '.1f')} | "
                 f"{_mean(pa, 'p99_ttft_ms', '.1f')} | {_split_cell(result, lf, arm)} | "
                 f"{_mean(pa, 'mean_tpot_ms', '.1f')} | "

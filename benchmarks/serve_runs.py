@@ -14,7 +14,14 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.serve_cpu import cpu_busy, cpu_seconds
-from benchmarks.serve_pool import Pool, metrics_delta, scrape, step_windows, wait_for_counts
+from benchmarks.serve_pool import (
+    Pool,
+    metrics_delta,
+    runs_prepack,
+    scrape,
+    step_windows,
+    wait_for_counts,
+)
 from benchmarks.serve_traces import CHUNK
 from tests.harness.server import Server, child_env, settled, vllm_command
 from vllm_prepack.stats import summarize_records
@@ -219,7 +226,7 @@ def run_bench(pool: Pool, arm: str, trace: Path, entries: list[dict], slo_ms: fl
     errors = [e for e in raw.get("errors", []) if e]
     if errors:
         bench["errors"] = errors[:5]
-    if arm == "prepack":
+    if runs_prepack(arm, args):
         record.update(packing_of_run(pool.stats_path, offsets, step_windows(before, after),
                                      notes))
     record.update(ok=not problems, problems=problems, bench=bench, metrics=delta,

@@ -83,3 +83,48 @@ def test_host_record_reads_quota_and_probe_and_the_section_names_them():
         " Warm-up per server start: 8 requests. Host CPU: EPYC 9654, 16 usable, cgroup quota 4"
         " CPUs, load 3.5 at start, one-core probe 12.0 ms.")
     assert _setup_words({}) == ""  # results that predate the record
+
+
+def test_an_aa_result_runs_a_second_stock_server_and_says_so():
+    """A/A (``--aa``): the second arm's server is started as stock's (no ``--scheduler``), must
+    build stock's scheduler class, writes no packing statistics, and reports and plots name it
+    ``stock B``; an A/B's second arm is the prepack scheduler."""
+    import dataclasses
+    from pathlib import Path
+
+    from benchmarks import serve_pool
+    from benchmarks.serve_options import ServeOptions
+    from benchmarks.serve_report import RATIO_METRICS, aggregate, render_section
+
+    aa = ServeOptions(model="m", serve_args="--max-num-batched-tokens 2048",
+                      prepack_args="--prepack-stretch 4", aa=True)
+    ab = dataclasses.replace(aa, aa=False)
+    stats = Path("s.jsonl")
+    second = serve_pool.serve_args("prepack", aa, None, stats)
+    assert second == serve_pool.serve_args("stock", aa, None, stats)
+    assert "--scheduler" not in second and "--prepack-stretch" not in second
+    assert serve_pool.serve_args("prepack", ab, None, stats)[-6:] == [
+        "--scheduler", "prepack", "--prepack-stretch", "4", "--prepack-stats-path", "s.jsonl"]
+    assert serve_pool.expected_classes("prepack", aa=True) == serve_pool.EXPECTED_CLASSES["stock"]
+    assert serve_pool.expected_classes("prepack") == serve_pool.EXPECTED_CLASSES["prepack"]
+    assert serve_pool.runs_prepack("prepack", ab) and not serve_pool.runs_prepack("prepack", aa)
+    assert not serve_pool.runs_prepack("stock", ab)
+
+    bench = {m: 10.0 for m in [*RATIO_METRICS, "total_token_throughput"]}
+    runs = [{"arm": arm, "rep": 0, "load_factor": 1.0, "ok": True, "bench": bench}
+            for arm in serve_pool.ARMS]
+    cls = "vllm.v1.core.sched.async_scheduler.AsyncScheduler"
+    result = {"aa": True, "workload": {"name": "lognormal", "n": 2, "padding_ratio": 2.0,
+                                       "output_len": 32},
+              "slo": {"ttft_ms": 100.0, "source": "fixed"},
+              "saturation": {"request_throughput": 10.0}, "model_shape": "tiny",
+              "arms": {arm: {"scheduler_class": cls} for arm in serve_pool.ARMS},
+              "device": "GPU: X", "vllm": "0.33.0", "git_commit": "abc", "repetitions": 1,
+              "rates": {"1": 10.0}, "runs": runs, "per_load": aggregate(runs, [1.0], 1)}
+    text = render_section(result)
+    assert text.startswith("#### Serving A/A, tiny")
+    assert "stock: `AsyncScheduler`, stock B: `AsyncScheduler`" in text
+    assert "| 1x | 10.00 | stock B | 10.00 |" in text and "| prepack |" not in text
+    assert serve_pool.arm_label(result, "prepack") == "stock B"
+    assert serve_pool.arm_label({**result, "aa": False}, "prepack") == "prepack"
+    assert render_section({**result, "aa": False}).startswith("#### Serving A/B, tiny")

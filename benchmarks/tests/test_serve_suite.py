@@ -149,3 +149,30 @@ def test_serve_ab_trace_replay_completes(tiny_model, tmp_path, engine_lock):
     assert (tmp_path / "serve_trace.png").stat().st_size > 0
     assert (tmp_path / "serve_trace_ttft_cdf.png").stat().st_size > 0
     assert (tmp_path / "serve_trace_ttft_by_arrival.png").stat().st_size > 0
+
+
+@pytest.mark.engine
+def test_serve_ab_aa_runs_a_second_stock_server(tiny_model, tmp_path, engine_lock):
+    """``--aa``: both servers build vLLM's own scheduler class, the second has no prepack
+    option and writes no packing statistics, and the report names it ``stock B``."""
+    out = tmp_path / "serve_aa.json"
+    cmd = [sys.executable, "-m", "benchmarks.serve_ab", "--model", tiny_model, "--aa",
+           "--workload", "mmlu", "--n", "6", "--max-len", "256", "--output-len", "2",
+           "--load-factors", "1.0", "--reps", "1", "--one-server-at-a-time",
+           "--saturation-rate", "4", "--ttft-slo-ms", "5000", "--serve-args", SERVE_ARGS,
+           "--work-dir", str(tmp_path / "work"), "--out", str(out)]
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600,
+                          env=subprocess_env())
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    d = json.loads(out.read_text())
+    assert d["aa"] is True and d["all_runs_complete"]
+    for arm in ("stock", "prepack"):
+        assert d["arms"][arm]["scheduler_class"] == "vllm.v1.core.sched.scheduler.Scheduler"
+        assert not any(a.startswith("--prepack") or a == "--scheduler"
+                       for a in d["arms"][arm]["serve_args"])
+    runs = {r["arm"]: r for r in d["runs"]}
+    assert set(runs) == {"stock", "prepack"} and all(r["ok"] for r in runs.values())
+    assert "packing" not in runs["prepack"] and runs["prepack"]["metrics"][
+        "vllm_prepack_steps_total"] == 0
+    section = serve_report.render_section(d)
+    assert section.startswith("#### Serving A/A") and "| stock B |" in section
