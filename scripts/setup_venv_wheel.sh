@@ -1,20 +1,25 @@
 #!/usr/bin/env bash
-# Create .venv34: vLLM 0.34.0 (the GPU wheel; no CPU build of 0.34 exists) with the project and
-# its test tools, for the scheduler-level suite on CPU (make test-vllm034). vLLM 0.34.0 pins
-# flashinfer-python==0.7.3, which PyPI does not have, so `pip install vllm==0.34.0` cannot
-# resolve: the wheel goes in without dependencies, then every requirement it declares except the
-# GPU kernels and media packages, with torch 2.13.0's CPU build in place of its CUDA torch 2.14.0
-# (the suite runs no model). The tests select vLLM's CPU platform with VLLM_TARGET_DEVICE=cpu.
+# Create a venv with a vLLM GPU wheel (vLLM publishes no CPU build of 0.33 or 0.34) and the
+# project with its test tools, for the scheduler-level suite on CPU (make test-vllm033,
+# test-vllm034). The wheel goes in without dependencies, then every requirement it declares
+# except the GPU kernels and media packages, with torch's CPU build (TORCH_VERSION) in place of
+# the CUDA torch it pins: the suite runs no model. (`pip install vllm==0.34.0` cannot resolve
+# anyway: it pins flashinfer-python==0.7.3, which PyPI does not have.) The tests select vLLM's
+# CPU platform with VLLM_TARGET_DEVICE=cpu, since a GPU wheel finds no accelerator to detect.
+#
+#   VLLM_VERSION=0.33.0 VENV=.venv33 bash scripts/setup_venv_wheel.sh
 set -euo pipefail
-VENV=${VENV:-.venv34}
+VLLM_VERSION=${VLLM_VERSION:?set VLLM_VERSION, e.g. 0.33.0}
+VENV=${VENV:?set VENV, e.g. .venv33}
+TORCH_VERSION=${TORCH_VERSION:-2.13.0}
 PY=${PYTHON:-python3}
 [ -x "$VENV/bin/python" ] || "$PY" -m venv "$VENV"
 pip() {
   "$VENV/bin/python" -m pip "$@" 2> >(grep -v -e "is ignored: it is neither" -e "BuildBackendWarning" >&2)
 }
 pip install -q --upgrade pip
-pip install -q torch==2.13.0
-pip install -q --no-deps "vllm==0.34.0"
+pip install -q "torch==$TORCH_VERSION"
+pip install -q --no-deps "vllm==$VLLM_VERSION"
 # vLLM's declared requirements (markers kept for pip to evaluate), less the GPU-only ones.
 "$VENV/bin/python" - > "$VENV/vllm-cpu-requirements.txt" <<'PYEOF'
 import re
