@@ -134,7 +134,7 @@ def _floor_line(result: dict) -> str:
     engine = {lf: engine_ratio(pairs(result, lf)) for lf in loads}
     return ("Floor of the TTFT mean ratio, any order (stock's engine queue and prefill at zero, "
             "the rest of its TTFT unchanged): " + ", ".join(cells) + ". The engine's part "
-            "(engine queue + prefill), prepack vs stock: " + ", ".join(
+            f"(engine queue + prefill), {arm_label(result, ARMS[1])} vs stock: " + ", ".join(
                 f"{lf}x {report.fmt_ratio(r)}" for lf, r in engine.items() if r) + ".\n")
 
 
@@ -155,8 +155,9 @@ def _cpu_line(result: dict) -> str:
         if parts := [k for k in CPU_PARTS if k in stock and k in ours]:
             cells.append(f"{lf}x " + ", ".join(f"{CPU_PARTS[k]} {stock[k]:.2f} / {ours[k]:.2f}"
                                                for k in parts))
-    return ("" if not cells else "CPU seconds per wall second of a run, stock / prepack (1.00: "
-            "one core busy throughout): " + "; ".join(cells) + ".\n")
+    return ("" if not cells else "CPU seconds per wall second of a run, stock / "
+            f"{arm_label(result, ARMS[1])} (1.00: one core busy throughout): "
+            + "; ".join(cells) + ".\n")
 
 
 def _split_cell(result: dict, load: str, arm: str) -> str:

@@ -111,7 +111,10 @@ def test_an_aa_result_runs_a_second_stock_server_and_says_so():
     assert not serve_pool.runs_prepack("stock", ab)
 
     bench = {m: 10.0 for m in [*RATIO_METRICS, "total_token_throughput"]}
-    runs = [{"arm": arm, "rep": 0, "load_factor": 1.0, "ok": True, "bench": bench}
+    busy = {"api_server": 0.5, "engine": 1.0, "client": 0.5}
+    runs = [{"arm": arm, "rep": 0, "load_factor": 1.0, "ok": True, "bench": bench,
+             "cpu_busy": busy, "metrics": {"server_queue_mean_ms": 2.0,
+                                           "server_prefill_mean_ms": 3.0}}
             for arm in serve_pool.ARMS]
     cls = "vllm.v1.core.sched.async_scheduler.AsyncScheduler"
     result = {"aa": True, "workload": {"name": "lognormal", "n": 2, "padding_ratio": 2.0,
@@ -124,7 +127,9 @@ def test_an_aa_result_runs_a_second_stock_server_and_says_so():
     text = render_section(result)
     assert text.startswith("#### Serving A/A, tiny")
     assert "stock: `AsyncScheduler`, stock B: `AsyncScheduler`" in text
-    assert "| 1x | 10.00 | stock B | 10.00 |" in text and "| prepack |" not in text
+    assert "| 1x | 10.00 | stock B | 10.00 |" in text and "prepack" not in text
+    assert "CPU seconds per wall second of a run, stock / stock B (1.00" in text
+    assert "The engine's part (engine queue + prefill), stock B vs stock: 1x 1.00" in text
     assert serve_pool.arm_label(result, "prepack") == "stock B"
     assert serve_pool.arm_label({**result, "aa": False}, "prepack") == "prepack"
     assert render_section({**result, "aa": False}).startswith("#### Serving A/B, tiny")
