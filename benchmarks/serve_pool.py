@@ -35,7 +35,7 @@ def expected_classes(arm: str, aa: bool = False) -> tuple[str, ...]:
 
 def runs_prepack(arm: str, args: Any) -> bool:
     """Whether the arm's server runs the prepack scheduler (not the second server of an A/A)."""
-    return arm == "prepack" and not getattr(args, "aa", False)
+    return arm == "prepack" and not args.aa
 
 
 def arm_label(result: dict, arm: str) -> str:
@@ -209,7 +209,7 @@ class Pool:
         self.servers[arm] = server
         ready_s = server.wait_ready(self.args.start_timeout)
         cls = server.scheduler_class()
-        expected = expected_classes(arm, getattr(self.args, "aa", False))
+        expected = expected_classes(arm, self.args.aa)
         if cls not in expected:
             self.stop(arm)
             raise RuntimeError(f"{arm}: engine core scheduler class {cls!r}, expected one of "
