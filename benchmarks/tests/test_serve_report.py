@@ -105,8 +105,9 @@ def test_an_aa_result_runs_a_second_stock_server_and_says_so():
     assert "--scheduler" not in second and "--prepack-stretch" not in second
     assert serve_pool.serve_args("prepack", ab, None, stats)[-6:] == [
         "--scheduler", "prepack", "--prepack-stretch", "4", "--prepack-stats-path", "s.jsonl"]
-    assert serve_pool.expected_classes("prepack", aa=True) == serve_pool.EXPECTED_CLASSES["stock"]
-    assert serve_pool.expected_classes("prepack") == serve_pool.EXPECTED_CLASSES["prepack"]
+    assert serve_pool.expected_classes("prepack", aa) == serve_pool.EXPECTED_CLASSES["stock"]
+    assert serve_pool.expected_classes("prepack", ab) == serve_pool.EXPECTED_CLASSES["prepack"]
+    assert serve_pool.expected_classes("stock", ab) == serve_pool.EXPECTED_CLASSES["stock"]
     assert serve_pool.runs_prepack("prepack", ab) and not serve_pool.runs_prepack("prepack", aa)
     assert not serve_pool.runs_prepack("stock", ab)
 
