@@ -44,6 +44,26 @@ def verdict(ratio: dict, higher_is_better: bool) -> str:
     return "win" if better else "loss"
 
 
+def against_floor(ratio: dict | None, floor: dict | None, higher_is_better: bool) -> str:
+    """'win'/'loss' where a paired ratio's mean log differs from an A/A floor's (the same point
+    run with the baseline in both arms) by Welch's two-sample t-test at 95%; 'tie' where it does
+    not; '-' where either lacks two positive repetitions. The floor is the pairs' own noise: a
+    ratio that ties with it is within what two identical servers differ by at that point."""
+    if not ratio or not floor or any("log_sd" not in r or r["n"] < 2 for r in (ratio, floor)):
+        return "-"
+    var = [r["log_sd"] ** 2 / r["n"] for r in (ratio, floor)]
+    shift = ratio["log_mean"] - floor["log_mean"]
+    se = math.sqrt(sum(var))
+    if se == 0:
+        return "tie" if shift == 0 else ("win" if (shift > 0) == higher_is_better else "loss")
+    df = sum(var) ** 2 / sum(v ** 2 / (r["n"] - 1) for v, r in zip(var, (ratio, floor),
+                                                                   strict=True))
+    t_crit = _T95[int(df) - 1] if 1 <= int(df) <= len(_T95) else (_T95[0] if df < 1 else 1.96)
+    if abs(shift) <= t_crit * se:
+        return "tie"
+    return "win" if (shift > 0) == higher_is_better else "loss"
+
+
 def paired_ratio(arm: Sequence[float | None], base: Sequence[float | None],
                  higher_is_better: bool) -> dict | None:
     """``arm[i] / base[i]`` over the repetitions where both were measured (the baseline

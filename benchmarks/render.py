@@ -54,10 +54,10 @@ def sections() -> dict[str, tuple[Callable, Callable | None, int]]:
 
 def render(plots_dir: Path = RESULTS, images_at: str = "benchmarks/results",
            results_dir: Path = RESULTS) -> str:
-    """The markdown between the results markers: every section (the serving points measured in
-    parts after the last serving section), then every figure (offline A/B figures first, then
-    the others in file order)."""
-    from benchmarks import serve_ab, serve_parts
+    """The markdown between the results markers: every section (after the last serving section,
+    the serving points measured in parts, their A/A floors and the time outside the engine),
+    then every figure (offline A/B figures first, then the others in file order)."""
+    from benchmarks import serve_ab, serve_floor, serve_parts
 
     table = sections()
     results = [(path, json.loads(path.read_text()))
@@ -68,7 +68,8 @@ def render(plots_dir: Path = RESULTS, images_at: str = "benchmarks/results",
     for path, d in sorted(known, key=lambda pd: table[pd[1]["benchmark"]][2]):
         lines += table[d["benchmark"]][0](path, d)
         if serving and d is serving[-1][1]:  # the sort is stable: the last serving section
-            lines += serve_parts.section(serving) + serve_parts.host_section(serving)
+            lines += (serve_parts.section(serving) + serve_floor.section(serving)
+                      + serve_parts.host_section(serving))
     images: list[str] = []
     for path, d in sorted(known, key=lambda pd: pd[1]["benchmark"] not in OFFLINE):
         figures = table[d["benchmark"]][1]

@@ -30,14 +30,14 @@ def point_key(result: dict, load: str) -> tuple:
     commit = result.get("git_commit")
     return (result.get("device"), result.get("vllm"), harness.plugin_code(commit) or commit,
             result.get("model_shape"),
-            tuple((a, _arguments(arms.get(a, {}).get("serve_args") or []))
+            tuple((a, server_arguments(arms.get(a, {}).get("serve_args") or []))
                   for a in (BASELINE, ARM)),
             w.get("source"), w.get("start"), w.get("n"), load,
             round(float(result.get("rates", {}).get(load) or 0), 2),
-            bool(result.get("warmup_replay")))
+            bool(result.get("warmup_replay")), bool(result.get("aa")))
 
 
-def _arguments(args: list[str]) -> tuple[str, ...]:
+def server_arguments(args: list[str]) -> tuple[str, ...]:
     """A server's arguments without the per-invocation ones (:data:`PER_RUN_ARGS`)."""
     out: list[str] = []
     for i, arg in enumerate(args):
@@ -103,6 +103,7 @@ def pooled_points(results: list[tuple[Path, dict]]) -> list[dict]:
                                     "client_rest")}
                  for i, arm in enumerate((BASELINE, ARM))} if splits else {}
         points.append({"files": [p.name for p, _, _ in parts], "load": parts[0][2],
+                       "aa": bool(parts[0][1].get("aa")),
                        "pairs": len(both), "ratios": ratios, "split_means": means,
                        "preemptions": preempted(both)})
     return points
@@ -132,7 +133,8 @@ def section(results: list[tuple[Path, dict]]) -> list[str]:
              "TTFT; client: the "
              "client's TTFT beyond the server's. Ratios: mean [min-max] over the pairs, median. "
              "Means in ms, prepack / stock; preemptions: "
-             "the pairs' sum, prepack / stock.", "",
+             "the pairs' sum, prepack / stock. A/A: a second stock server in the prepack "
+             "arm's place (`serve_ab --aa`), its ratios stock B / stock.", "",
              "| files | load | pairs | TTFT mean vs stock | TTFT p99 vs stock | goodput vs stock "
              "| engine vs stock | engine: queue + prefill | rest | client | preemptions |",
              "|---" * 11 + "|"]
@@ -144,7 +146,8 @@ def section(results: list[tuple[Path, dict]]) -> list[str]:
             cells = [" / ".join(f"{x['queue']:.0f} + {x['prefill']:.0f}" for x in arms),
                      *(" / ".join(f"{x[part]:.0f}" for x in arms)
                        for part in ("server_rest", "client_rest"))]
-        lines.append(f"| {', '.join(f'`{f}`' for f in pt['files'])} | {pt['load']}x | "
+        lines.append(f"| {', '.join(f'`{f}`' for f in pt['files'])} | {pt['load']}x"
+                     f"{' (A/A)' if pt['aa'] else ''} | "
                      f"{pt['pairs']} | "
                      + " | ".join(_with_median(r[k]) for k in (*CLIENT, "engine"))
                      + f" | {' | '.join(cells)} | {_preemptions(pt['preemptions'])} |")
@@ -192,7 +195,8 @@ def host_section(results: list[tuple[Path, dict]]) -> list[str]:
                                                                 "beyond_server")]
         h = result.get("host")
         host = f"{h.get('cpu_model')}, probe {h.get('probe_ms')} ms" if h else "-"
-        rows.append(f"| `{path.name}` | {result['device'][5:]} | "
+        aa = " (A/A: stock / stock B)" if result.get("aa") else ""
+        rows.append(f"| `{path.name}`{aa} | {result['device'][5:]} | "
                     f"{str(result.get('time_utc'))[:16]} | {' | '.join(cells)} | {host} |")
     if not rows:
         return []
