@@ -10,20 +10,26 @@ import os
 import resource
 import time
 
+_GC = {"s": 0.0, "t": 0.0}
+"""The garbage collector's time in this process since the first :class:`ProcessCounters` (``s``)
+and the start of the collection in progress (``t``)."""
+
+
+def _gc_timer(phase: str, info: dict) -> None:
+    if phase == "start":
+        _GC["t"] = time.perf_counter()
+    else:
+        _GC["s"] += time.perf_counter() - _GC["t"]
+
 
 class ProcessCounters:
-    """Counters since the last :meth:`reset` (or construction), read by :meth:`read`."""
+    """Counters since the last :meth:`reset` (or construction), read by :meth:`read`. One
+    garbage-collector callback serves every instance of a process (installed by the first)."""
 
     def __init__(self) -> None:
-        self._gc_s, self._gc_t = 0.0, 0.0
-        gc.callbacks.append(self._gc)
+        if _gc_timer not in gc.callbacks:
+            gc.callbacks.append(_gc_timer)
         self._start = self._now()
-
-    def _gc(self, phase: str, info: dict) -> None:
-        if phase == "start":
-            self._gc_t = time.perf_counter()
-        else:
-            self._gc_s += time.perf_counter() - self._gc_t
 
     def _now(self) -> dict:
         proc = resource.getrusage(resource.RUSAGE_SELF)
@@ -31,7 +37,7 @@ class ProcessCounters:
         return {"wall_s": time.perf_counter(), "cpu_user_s": proc.ru_utime,
                 "cpu_sys_s": proc.ru_stime, "thread_cpu_s": time.thread_time(),
                 "thread_involuntary_switches": thread.ru_nivcsw,
-                "thread_voluntary_switches": thread.ru_nvcsw, "gc_s": self._gc_s,
+                "thread_voluntary_switches": thread.ru_nvcsw, "gc_s": _GC["s"],
                 "gc_collections": [g["collections"] for g in gc.get_stats()],
                 "loadavg_1m": os.getloadavg()[0]}
 

@@ -9,6 +9,7 @@ server."""
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 from benchmarks import analysis, harness, report
@@ -105,8 +106,17 @@ def pooled_points(results: list[tuple[Path, dict]]) -> list[dict]:
         points.append({"files": [p.name for p, _, _ in parts], "load": parts[0][2],
                        "aa": bool(parts[0][1].get("aa")),
                        "pairs": len(both), "ratios": ratios, "split_means": means,
-                       "preemptions": preempted(both)})
+                       "preemptions": preempted(both),
+                       "by_file": [_geometric_mean(pairs(result, load))
+                                   for _, result, load in parts]})
     return points
+
+
+def _geometric_mean(both: list[tuple[dict, dict]]) -> tuple[float, int] | None:
+    """The geometric mean of one invocation's mean-TTFT ratios (prepack / stock) and its pairs."""
+    r = analysis.paired_ratio([p["bench"].get("mean_ttft_ms") for _, p in both],
+                              [s["bench"].get("mean_ttft_ms") for s, _ in both], False)
+    return (math.exp(r["log_mean"]), r["n"]) if r and "log_mean" in r else None
 
 
 def preempted(both: list[tuple[dict, dict]]) -> dict[str, float] | None:
@@ -133,11 +143,13 @@ def section(results: list[tuple[Path, dict]]) -> list[str]:
              "TTFT; client: the "
              "client's TTFT beyond the server's. Ratios: mean [min-max] over the pairs, median. "
              "Means in ms, prepack / stock; preemptions: "
-             "the pairs' sum, prepack / stock. A/A: a second stock server in the prepack "
-             "arm's place (`serve_ab --aa`), its ratios stock B / stock.", "",
+             "the pairs' sum, prepack / stock; by file: each invocation's geometric mean "
+             "of its pairs' TTFT mean ratios (its pairs), in the files' order: the pairs of "
+             "one invocation share two server starts and a host. A/A: a second stock server "
+             "in the prepack arm's place (`serve_ab --aa`), its ratios stock B / stock.", "",
              "| files | load | pairs | TTFT mean vs stock | TTFT p99 vs stock | goodput vs stock "
-             "| engine vs stock | engine: queue + prefill | rest | client | preemptions |",
-             "|---" * 11 + "|"]
+             "| engine vs stock | engine: queue + prefill | rest | client | preemptions | "
+             "TTFT mean by file |", "|---" * 12 + "|"]
     for pt in points:
         r, m = pt["ratios"], pt["split_means"]
         cells = ["-"] * 3
@@ -150,7 +162,9 @@ def section(results: list[tuple[Path, dict]]) -> list[str]:
                      f"{' (A/A)' if pt['aa'] else ''} | "
                      f"{pt['pairs']} | "
                      + " | ".join(_with_median(r[k]) for k in (*CLIENT, "engine"))
-                     + f" | {' | '.join(cells)} | {_preemptions(pt['preemptions'])} |")
+                     + f" | {' | '.join(cells)} | {_preemptions(pt['preemptions'])} | "
+                     + ", ".join("-" if g is None else f"{g[0]:.2f} ({g[1]})"
+                                 for g in pt["by_file"]) + " |")
     return [*lines, ""]
 
 

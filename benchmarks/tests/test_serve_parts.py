@@ -50,11 +50,14 @@ def test_two_invocations_of_one_point_pool_their_pairs():
     assert point["preemptions"] == {"stock": 3, "prepack": 6}  # paired runs only
     lines = serve_parts.section([(Path("a.json"), a), (Path("b.json"), b)])
     assert "| `a.json`, `b.json` | 1x | 3 | 1.07 [0.90-1.30], median 1.00 |" in "\n".join(lines)
-    assert lines[-2].endswith("| 70 + 50 / 100 + 50 | 280 / 250 | 817 / 767 | 6 / 3 |")
+    assert lines[-2].endswith("| 70 + 50 / 100 + 50 | 280 / 250 | 817 / 767 | 6 / 3 | "
+                              "1.30 (1), 0.95 (2) |")  # b.json: sqrt(0.9 * 1.0)
+    assert point["by_file"][1][0] == pytest.approx(0.9 ** 0.5)
     del b["runs"][2]["metrics"]["vllm:num_preemptions_total"]  # a paired run without the counter
     [point] = serve_parts.pooled_points([(Path("a.json"), a), (Path("b.json"), b)])
     assert point["preemptions"] is None
-    assert serve_parts.section([(Path("a.json"), a), (Path("b.json"), b)])[-2].endswith("| - |")
+    assert serve_parts.section([(Path("a.json"), a), (Path("b.json"), b)])[-2].endswith(
+        "| - | 1.30 (1), 0.95 (2) |")
 
 
 @pytest.mark.parametrize("change", [{"commit": "def"}, {"rate": 12.0}])
