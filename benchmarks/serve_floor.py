@@ -9,7 +9,13 @@ from __future__ import annotations
 from pathlib import Path
 
 from benchmarks import analysis
-from benchmarks.serve_parts import CLIENT, group_pairs, point_groups, server_arguments
+from benchmarks.serve_parts import (
+    CLIENT,
+    client_ratios,
+    group_pairs,
+    point_groups,
+    server_arguments,
+)
 from benchmarks.serve_report import BASELINE
 
 
@@ -23,12 +29,6 @@ def floor_key(result: dict, load: str) -> tuple:
             server_arguments(stock.get("serve_args") or []), w.get("source"), w.get("start"),
             w.get("n"), load, round(float(result.get("rates", {}).get(load) or 0), 2),
             bool(result.get("warmup_replay")))
-
-
-def _ratios(both: list[tuple[dict, dict]]) -> dict[str, dict | None]:
-    return {m: analysis.paired_ratio([p["bench"].get(m) for _, p in both],
-                                     [s["bench"].get(m) for s, _ in both], higher)
-            for m, higher in CLIENT.items()}
 
 
 def compared_points(results: list[tuple[Path, dict]]) -> list[dict]:
@@ -46,7 +46,7 @@ def compared_points(results: list[tuple[Path, dict]]) -> list[dict]:
         if parts[0][1].get("aa") or not floor:
             continue
         ab, aa = group_pairs(parts), group_pairs(floor)
-        ratios, floor_ratios = _ratios(ab), _ratios(aa)
+        ratios, floor_ratios = client_ratios(ab), client_ratios(aa)
         points.append({
             "files": [p.name for p, _, _ in parts], "floor_files": [p.name for p, _, _ in floor],
             "load": parts[0][2], "pairs": len(ab), "floor_pairs": len(aa), "ratios": ratios,

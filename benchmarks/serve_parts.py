@@ -84,6 +84,13 @@ def group_pairs(parts: list[tuple[Path, dict, str]]) -> list[tuple[dict, dict]]:
     return [pair for _, result, load in parts for pair in pairs(result, load)]
 
 
+def client_ratios(both: list[tuple[dict, dict]]) -> dict[str, dict | None]:
+    """The client's measures (:data:`CLIENT`) as paired ratios over (stock, other arm) pairs."""
+    return {m: analysis.paired_ratio([p["bench"].get(m) for _, p in both],
+                                     [s["bench"].get(m) for s, _ in both], higher)
+            for m, higher in CLIENT.items()}
+
+
 def pooled_points(results: list[tuple[Path, dict]]) -> list[dict]:
     """Every point that two or more results measured: its files, its pairs, the client's
     paired ratios, the engine's part as a paired ratio, each arm's mean split and its
@@ -93,9 +100,7 @@ def pooled_points(results: list[tuple[Path, dict]]) -> list[dict]:
         if len(parts) < 2:
             continue
         both = group_pairs(parts)
-        ratios = {m: analysis.paired_ratio([p["bench"].get(m) for _, p in both],
-                                           [s["bench"].get(m) for s, _ in both], higher)
-                  for m, higher in CLIENT.items()}
+        ratios = client_ratios(both)
         ratios["engine"] = engine_ratio(both)
         splits = [(split(s), split(p)) for s, p in both]
         splits = [(s, p) for s, p in splits if s and p]
