@@ -24,6 +24,14 @@ def _model_name(result: dict) -> str:
     return result.get("model_shape") or Path(result["model"]).name
 
 
+def _title(result: dict, what: str) -> str:
+    """A figure's title on two lines (the model, then the device: one line overflows a
+    one-panel figure): ``what`` names the plot, "A/B" in it becomes "A/A" for an A/A result."""
+    if result.get("aa"):
+        what = what.replace("A/B", "A/A")
+    return f"{what}: {_model_name(result)}\n({result['device']})"
+
+
 def _load_panels(result: dict, width: float):
     """A figure with one panel per load factor that has a completed run: loads, figure, axes."""
     loads = sorted({r["load_factor"] for r in result.get("runs", []) if r.get("ok")})
@@ -56,14 +64,16 @@ def plot(result: dict, path: str | Path) -> Path:
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=7)
     slo = (result.get("slo") or {}).get("ttft_ms")
-    fig.suptitle(f"Serving A/B: {_model_name(result)}, "
-                 f"TTFT SLO {slo or float('nan'):.0f} ms ({result['device']})", fontsize=9)
+    fig.suptitle(_title(result, f"Serving A/B, TTFT SLO {slo or float('nan'):.0f} ms"),
+                 fontsize=9)
     fig.tight_layout()
     return report.save_figure(fig, path)
 
 
 def plot_cdf(result: dict, path: str | Path) -> Path:
     """TTFT CDFs, one panel per load factor, one line per arm (all repetitions pooled)."""
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
     loads, fig, axes = _load_panels(result, 3.2)
     for ax, lf in zip(axes, loads):
         report.cdf_panel(ax, {arm_label(result, arm): [
@@ -71,10 +81,13 @@ def plot_cdf(result: dict, path: str | Path) -> Path:
             and r["load_factor"] == lf for t in r["bench"]["ttfts_s"]] for arm in ARMS},
             f"{lf:g}x saturation")
         ax.set_xscale("log")
+        # Labels at 1 and 3 of each decade, plain numbers (minor labels overlap on a narrow panel).
+        ax.xaxis.set_major_locator(LogLocator(subs=(1.0, 3.0)))
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda x, _: f"{x:g}"))
+        ax.xaxis.set_minor_formatter(NullFormatter())
     axes[0].set_ylabel("share of requests")
     axes[-1].legend(fontsize=7)
-    fig.suptitle(f"Serving TTFT CDF: {_model_name(result)}"
-                 f" ({result['device']})", fontsize=9)
+    fig.suptitle(_title(result, "Serving TTFT CDF"), fontsize=9)
     if result.get("workload", {}).get("arrival") == "trace":
         fig.text(0.01, 0.01, report.TRACE_CREDIT, fontsize=6)
     fig.tight_layout(rect=(0, 0.05, 1, 1))
@@ -110,8 +123,7 @@ def plot_arrivals(result: dict, path: str | Path, window: int = 10) -> Path:
         ax.grid(alpha=0.3)
         ax.legend(fontsize=6)
     axes[0].set_ylabel(f"TTFT (s), mean of {window} requests", fontsize=8)
-    fig.suptitle(f"Serving TTFT by arrival: {_model_name(result)}"
-                 f" ({result['device']})", fontsize=9)
+    fig.suptitle(_title(result, "Serving TTFT by arrival"), fontsize=9)
     fig.text(0.01, 0.01, report.TRACE_CREDIT, fontsize=6)
     fig.tight_layout(rect=(0, 0.05, 1, 1))
     return report.save_figure(fig, path)

@@ -134,3 +134,8 @@ def test_an_aa_result_runs_a_second_stock_server_and_says_so():
     assert serve_pool.arm_label(result, "prepack") == "stock B"
     assert serve_pool.arm_label({**result, "aa": False}, "prepack") == "prepack"
     assert render_section({**result, "aa": False}).startswith("#### Serving A/B, tiny")
+    from benchmarks import serve_plots
+
+    assert serve_plots._title(result, "Serving A/B, TTFT SLO 100 ms") == \
+        "Serving A/A, TTFT SLO 100 ms: tiny\n(GPU: X)"
+    assert serve_plots._title({**result, "aa": False}, "Serving A/B").startswith("Serving A/B:")
