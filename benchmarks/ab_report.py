@@ -117,14 +117,9 @@ def host_lines(d: dict) -> list[str]:
     return lines
 
 
-def _title(d: dict) -> str:
+def _finish(fig, d: dict, what: str, bottom: float, path: Path) -> Path:
     budget = next(iter(d["arms"].values()))["resolved"]["max_num_batched_tokens"]
-    return (f"{d.get('model_shape') or Path(d['model']).name}, {d['entry_point']}, "
-            f"budget {budget} ({d['device']})")
-
-
-def _finish(fig, title: str, bottom: float, path: Path) -> Path:
-    fig.suptitle(title, fontsize=9)
+    report.suptitle(fig, what, d, f"{d['entry_point']}, budget {budget}")
     fig.text(0.01, 0.01, report.TRACE_CREDIT, fontsize=6)
     fig.tight_layout(rect=(0, bottom, 1, 1))
     return report.save_figure(fig, path)
@@ -156,7 +151,7 @@ def plot_trace_load(d: dict, path: Path) -> Path:
         ax.set_ylabel(label, fontsize=8)
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=7)
-    return _finish(fig, f"Trace replay TTFT vs load: {_title(d)}", 0.04, path)
+    return _finish(fig, d, "Trace replay TTFT vs load", 0.04, path)
 
 
 def plot_trace_cdf(d: dict, path: Path) -> Path:
@@ -174,7 +169,7 @@ def plot_trace_cdf(d: dict, path: Path) -> Path:
         ax.grid(alpha=0.3)
     axes[0][0].set_ylabel("share of requests")
     axes[0][-1].legend(fontsize=7)
-    return _finish(fig, f"Trace replay TTFT CDF: {_title(d)}", 0.05, path)
+    return _finish(fig, d, "Trace replay TTFT CDF", 0.05, path)
 
 
 def plot_trace(d: dict, stem: Path) -> list[Path]:

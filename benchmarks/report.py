@@ -19,6 +19,22 @@ def pyplot():
     return plt
 
 
+def model_name(result: dict) -> str:
+    """A result's model as figures name it: its shape, else its path's last part."""
+    return result.get("model_shape") or Path(result.get("model") or "?").name
+
+
+def suptitle(fig, what: str, result: dict, detail: str = "") -> None:
+    """A figure's title: what it shows, the result's model (and ``detail``), then the device,
+    wrapped to the figure's width (about 13 characters an inch at 9 points)."""
+    import textwrap
+
+    width = max(20, int(fig.get_figwidth() * 13))
+    lines = [f"{what}: {model_name(result)}{', ' + detail if detail else ''}",
+             f"({result['device']})"]
+    fig.suptitle("\n".join(textwrap.fill(line, width) for line in lines), fontsize=9)
+
+
 def cdf_panel(ax, samples: dict[str, list[float]], title: str) -> None:
     """One panel of TTFT CDFs: a line per label (empty samples skipped)."""
     for label, values in samples.items():

@@ -162,8 +162,7 @@ def _offline_cdf(d: dict, path: Path) -> Path:
                               for arm, rows in runs.items()}, name)
     axes[0][0].set_ylabel("share of requests")
     axes[0][-1].legend(fontsize=7)
-    fig.suptitle(f"TTFT CDF: {d.get('model_shape')}, chunked {d['chunked_prefill']} "
-                 f"({d['device']})", fontsize=9)
+    report.suptitle(fig, "TTFT CDF", d, f"chunked {d['chunked_prefill']}")
     fig.tight_layout()
     return report.save_figure(fig, path)
 
@@ -181,7 +180,7 @@ def _offline_throughput(d: dict, path: Path) -> Path:
     ax.set_xticks([j + 0.4 - width / 2 for j in range(len(names))], names, fontsize=8)
     ax.set_ylabel("prefill k tok/s")
     ax.legend(fontsize=7)
-    ax.set_title(f"Throughput: {d.get('model_shape')}, chunked {d['chunked_prefill']}",
+    ax.set_title(f"Throughput: {report.model_name(d)}, chunked {d['chunked_prefill']}",
                  fontsize=9)
     fig.tight_layout()
     return report.save_figure(fig, path)

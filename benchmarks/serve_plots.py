@@ -20,16 +20,9 @@ def figures(result: dict, path: str | Path) -> list[Path]:
     return out
 
 
-def _model_name(result: dict) -> str:
-    return result.get("model_shape") or Path(result["model"]).name
-
-
-def _title(result: dict, what: str) -> str:
-    """A figure's title on two lines (the model, then the device: one line overflows a
-    one-panel figure): ``what`` names the plot, "A/B" in it becomes "A/A" for an A/A result."""
-    if result.get("aa"):
-        what = what.replace("A/B", "A/A")
-    return f"{what}: {_model_name(result)}\n({result['device']})"
+def _suptitle(fig, result: dict, what: str) -> None:
+    """:func:`benchmarks.report.suptitle`, "A/B" in ``what`` read "A/A" for an A/A result."""
+    report.suptitle(fig, what.replace("A/B", "A/A") if result.get("aa") else what, result)
 
 
 def _load_panels(result: dict, width: float):
@@ -64,8 +57,7 @@ def plot(result: dict, path: str | Path) -> Path:
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=7)
     slo = (result.get("slo") or {}).get("ttft_ms")
-    fig.suptitle(_title(result, f"Serving A/B, TTFT SLO {slo or float('nan'):.0f} ms"),
-                 fontsize=9)
+    _suptitle(fig, result, f"Serving A/B, TTFT SLO {slo or float('nan'):.0f} ms")
     fig.tight_layout()
     return report.save_figure(fig, path)
 
@@ -87,7 +79,7 @@ def plot_cdf(result: dict, path: str | Path) -> Path:
         ax.xaxis.set_minor_formatter(NullFormatter())
     axes[0].set_ylabel("share of requests")
     axes[-1].legend(fontsize=7)
-    fig.suptitle(_title(result, "Serving TTFT CDF"), fontsize=9)
+    _suptitle(fig, result, "Serving TTFT CDF")
     if result.get("workload", {}).get("arrival") == "trace":
         fig.text(0.01, 0.01, report.TRACE_CREDIT, fontsize=6)
     fig.tight_layout(rect=(0, 0.05, 1, 1))
@@ -123,7 +115,7 @@ def plot_arrivals(result: dict, path: str | Path, window: int = 10) -> Path:
         ax.grid(alpha=0.3)
         ax.legend(fontsize=6)
     axes[0].set_ylabel(f"TTFT (s), mean of {window} requests", fontsize=8)
-    fig.suptitle(_title(result, "Serving TTFT by arrival"), fontsize=9)
+    _suptitle(fig, result, "Serving TTFT by arrival")
     fig.text(0.01, 0.01, report.TRACE_CREDIT, fontsize=6)
     fig.tight_layout(rect=(0, 0.05, 1, 1))
     return report.save_figure(fig, path)

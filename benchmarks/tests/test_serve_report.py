@@ -134,8 +134,13 @@ def test_an_aa_result_runs_a_second_stock_server_and_says_so():
     assert serve_pool.arm_label(result, "prepack") == "stock B"
     assert serve_pool.arm_label({**result, "aa": False}, "prepack") == "prepack"
     assert render_section({**result, "aa": False}).startswith("#### Serving A/B, tiny")
-    from benchmarks import serve_plots
+    from benchmarks import report, serve_plots
 
-    assert serve_plots._title(result, "Serving A/B, TTFT SLO 100 ms") == \
-        "Serving A/A, TTFT SLO 100 ms: tiny\n(GPU: X)"
-    assert serve_plots._title({**result, "aa": False}, "Serving A/B").startswith("Serving A/B:")
+    fig = report.pyplot().figure(figsize=(3, 3))  # one narrow panel: the title wraps
+    serve_plots._suptitle(fig, {**result, "device": "GPU: NVIDIA H100 80GB HBM3 x1"},
+                          "Serving A/B, TTFT SLO 100 ms")
+    title = fig._suptitle.get_text()
+    assert title.startswith("Serving A/A, TTFT SLO 100 ms: tiny") and "(GPU: NVIDIA H100" in title
+    assert max(len(line) for line in title.splitlines()) <= 3 * 13
+    serve_plots._suptitle(fig, {**result, "aa": False}, "Serving A/B")
+    assert fig._suptitle.get_text() == "Serving A/B: tiny\n(GPU: X)"
