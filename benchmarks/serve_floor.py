@@ -16,7 +16,11 @@ from benchmarks.serve_parts import (
     point_groups,
     server_arguments,
 )
-from benchmarks.serve_report import BASELINE
+from benchmarks.serve_report import BASELINE, engine_ratio
+
+MEASURES = {**CLIENT, "engine": False}
+"""The client's measures and the engine's part of the first-token time (engine queue + prefill,
+:func:`benchmarks.serve_report.engine_ratio`): what the admission order moves."""
 
 
 def floor_key(result: dict, load: str) -> tuple:
@@ -34,7 +38,7 @@ def floor_key(result: dict, load: str) -> tuple:
 def compared_points(results: list[tuple[Path, dict]]) -> list[dict]:
     """Every A/B point (one result or several pooled, :func:`benchmarks.serve_parts.point_groups`)
     that has an A/A floor: its files and pairs, the floor's files and pairs, both sides' ratios
-    of the client's measures and, per measure, the A/B ratio against the floor."""
+    of :data:`MEASURES` and, per measure, the A/B ratio against the floor."""
     groups = point_groups(results)
     floors: dict[tuple, list] = {}
     for parts in groups:
@@ -47,12 +51,13 @@ def compared_points(results: list[tuple[Path, dict]]) -> list[dict]:
             continue
         ab, aa = group_pairs(parts), group_pairs(floor)
         ratios, floor_ratios = client_ratios(ab), client_ratios(aa)
+        ratios["engine"], floor_ratios["engine"] = engine_ratio(ab), engine_ratio(aa)
         points.append({
             "files": [p.name for p, _, _ in parts], "floor_files": [p.name for p, _, _ in floor],
             "load": parts[0][2], "pairs": len(ab), "floor_pairs": len(aa), "ratios": ratios,
             "floor": floor_ratios,
             "against_floor": {m: analysis.against_floor(ratios[m], floor_ratios[m], higher)
-                              for m, higher in CLIENT.items()}})
+                              for m, higher in MEASURES.items()}})
     return points
 
 
@@ -74,12 +79,12 @@ def section(results: list[tuple[Path, dict]]) -> list[str]:
              "| A/B files | A/A files | load | pairs A/B / A/A | measure | A/B | A/A | "
              "against the floor |", "|---" * 8 + "|"]
     names = {"mean_ttft_ms": "TTFT mean", "p99_ttft_ms": "TTFT p99",
-             "request_goodput": "goodput"}
+             "request_goodput": "goodput", "engine": "engine queue + prefill, mean"}
     for pt in points:
         head = (f"| {', '.join(f'`{f}`' for f in pt['files'])} | "
                 f"{', '.join(f'`{f}`' for f in pt['floor_files'])} | {pt['load']}x | "
                 f"{pt['pairs']} / {pt['floor_pairs']} |")
-        for i, m in enumerate(CLIENT):
+        for i, m in enumerate(MEASURES):
             verdict = pt["against_floor"][m]
             mark = f"**{verdict}**" if verdict in ("win", "loss") else verdict
             lines.append((head if i == 0 else "| | | | |") + f" {names[m]} | "

@@ -30,7 +30,8 @@ def test_an_a_b_point_is_set_against_the_a_a_runs_of_the_same_point():
     assert (point["pairs"], point["floor_pairs"]) == (3, 3)
     assert point["floor"]["mean_ttft_ms"]["median"] == 1.0
     assert point["against_floor"] == {"mean_ttft_ms": "loss", "p99_ttft_ms": "loss",
-                                      "request_goodput": "tie"}  # every goodput equal
+                                      "request_goodput": "tie",  # every goodput equal
+                                      "engine": "tie"}  # every run's engine part equal
     table = "\n".join(serve_floor.section(named))
     assert "| `ab.json` | `aa1.json`, `aa2.json` | 1x | 3 / 3 | TTFT mean | 1.32 [1.30-1.35] | " \
         "1.00 [0.98-1.02] | **loss** |" in table
