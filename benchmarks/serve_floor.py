@@ -74,8 +74,9 @@ def section(results: list[tuple[Path, dict]]) -> list[str]:
              "A/A: the same point with a second stock server in the prepack arm's place "
              "(`serve_ab --aa`). Ratios: median [min-max] over the pairs, A/B (prepack / "
              "stock) and A/A (stock B / stock). Against the floor: Welch's t-test at 95% on "
-             "the two sides' log-ratios; a tie is an A/B ratio within what two stock servers "
-             "differ by.", "",
+             "the two sides' log-ratios, pairs as the units (an invocation's pairs share "
+             "its server starts, so a win or loss is less certain than the test says); a tie "
+             "is an A/B ratio within what two stock servers differ by.", "",
              "| A/B files | A/A files | load | pairs A/B / A/A | measure | A/B | A/A | "
              "against the floor |", "|---" * 8 + "|"]
     names = {"mean_ttft_ms": "TTFT mean", "p99_ttft_ms": "TTFT p99",
