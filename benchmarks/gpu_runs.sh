@@ -37,7 +37,8 @@
 # (trace-serve: seconds after which no pair starts, default 520; the run is stopped 60 s later),
 # KV_BLOCKS (trace-serve: KV cache blocks of each server, vLLM's --num-gpu-blocks-override),
 # AA (trace-serve: 1 for serve_ab's --aa, a second stock server in the prepack arm's place:
-# the pairs' noise floor; name tagged _aa),
+# the pairs' noise floor; name tagged _aa), FIRST (trace-serve: serve_ab's --first-server, the
+# arm whose server starts first, prepack unless set: alternate it over invocations),
 # GPU_UTIL (trace-llm: each engine's gpu_memory_utilization, default 0.4).
 set -uo pipefail
 phase=${1:?usage: bash benchmarks/gpu_runs.sh paper|mixes|nochunk|serve|equiv1|equiv|pp|tp|dp|moe|trace-llm|trace-serve|planner-cost [tag]}
@@ -192,6 +193,7 @@ trace-serve)
   if [ "${GRAPHS:-0}" = 1 ]; then mode= mode_tag=_graphs; else mode=--enforce-eager mode_tag=; fi
   if [ "${WARMUP_REPLAY:-0}" = 1 ]; then warm=--warmup-replay; else warm=; fi
   if [ "${AA:-0}" = 1 ]; then aa=--aa aa_tag=_aa; else aa= aa_tag=; fi
+  first=${FIRST:+--first-server $FIRST}
   # KV_BLOCKS: vLLM's --num-gpu-blocks-override (both arms), e.g. 7233, an H100's KV cache at
   # 0.4 of its memory, to run the H100's KV pressure on another GPU (name tagged _kv<N>).
   kv=${KV_BLOCKS:+--num-gpu-blocks-override $KV_BLOCKS}
@@ -204,7 +206,7 @@ trace-serve)
     --ttft-slo-ms "${SLO_MS:-2000}" --time-budget-s "$budget_s" --max-duration-s 200 \
     --serve-args "$mode --max-model-len 8192 --max-num-batched-tokens $budget $kv" \
     ${SATURATION:+--saturation-rate "$SATURATION"} \
-    ${PREPACK_ARGS:+--prepack-args "$PREPACK_ARGS"} $warm $aa --out "$out/$name.json"
+    ${PREPACK_ARGS:+--prepack-args "$PREPACK_ARGS"} $warm $aa $first --out "$out/$name.json"
   progress "$out/$name.log"
   ;;
 planner-cost)

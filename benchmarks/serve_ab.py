@@ -75,7 +75,7 @@ from pathlib import Path
 from benchmarks import harness, serve_drive
 from benchmarks.serve_options import ServeOptions, parse
 from benchmarks.serve_plots import figures
-from benchmarks.serve_pool import Pool
+from benchmarks.serve_pool import ARMS, Pool
 from benchmarks.serve_report import BASELINE, aggregate, render_section
 from benchmarks.serve_runs import CLIENT
 from benchmarks.serve_traces import CHUNK, TraceBook
@@ -104,7 +104,7 @@ def _record(opts: ServeOptions, pool: Pool, workload: dict, outs: list[int],
         "repetitions": opts.reps, "load_factors": opts.load_factor_list, "baseline": BASELINE,
         "servers": "one at a time" if pool.one_at_a_time else "one per arm, both kept alive",
         "gpu_memory_utilization_per_arm": pool.gpu_util, "warmup_requests": opts.warmup,
-        "warmup_replay": opts.warmup_replay, "aa": opts.aa,
+        "warmup_replay": opts.warmup_replay, "aa": opts.aa, "first_server": opts.first_server,
         "prefix_caching": opts.prefix_caching,
         "workload": {**workload, "output_tokens_total": sum(outs), "chunk_hash_size": CHUNK,
                      "prompts": "TimedTrace: ceil(input_length/16) hash ids per request, none "
@@ -112,6 +112,13 @@ def _record(opts: ServeOptions, pool: Pool, workload: dict, outs: list[int],
         "work_dir": str(workdir), "arms": pool.describe(), "saturation": None, "slo": None,
         "rates": {}, "runs": [], "warmup_runs": [], "per_load": {},
     }
+
+
+def start_servers(pool: Pool, first: str) -> None:
+    """Both servers up, ``first``'s before the other's (none where the servers take turns)."""
+    if not pool.one_at_a_time:
+        for arm in sorted(ARMS, key=lambda a: a != first):
+            pool.get(arm)
 
 
 def run(opts: ServeOptions) -> dict:
@@ -151,8 +158,7 @@ def run(opts: ServeOptions) -> dict:
             save()  # on disk before the prepack arm runs
             print(f"TTFT SLO {result['slo']['ttft_ms']:.1f} ms ({result['slo']['source']})"
                   + (f", written to {out}" if out else ""), flush=True)
-            if not pool.one_at_a_time:
-                pool.get("prepack")
+            start_servers(pool, opts.first_server)
             serve_drive.measure_pairs(opts, book, pool, result, sat, overhead, bar, save,
                                       t_start)
     except BaseException as e:

@@ -33,6 +33,7 @@ class ServeOptions:
     serve_args: str = ""
     prepack_args: str = ""
     aa: bool = False
+    first_server: str = "prepack"
     gpu_memory_utilization: float | None = None
     one_server_at_a_time: bool = False
     warmup: int = 8
@@ -93,6 +94,11 @@ def _add_server_flags(parser: argparse.ArgumentParser) -> None:
                         help="A/A: the second arm (key 'prepack') is a second stock server, "
                              "started and driven as the prepack arm would be: the pairs' "
                              "spread with no scheduler difference (the noise floor)")
+    parser.add_argument("--first-server", choices=["prepack", "stock"], default="prepack",
+                        help="the arm whose server starts first when stock's saturation is "
+                             "given (measured: stock's); the first start on a fresh machine "
+                             "also compiles cold. Alternate it over invocations to take the "
+                             "start order out of a comparison")
     parser.add_argument("--gpu-memory-utilization", type=float, default=None,
                         help="per arm (default: 0.4 each when both servers are alive on GPU)")
     parser.add_argument("--one-server-at-a-time", action="store_true",

@@ -216,7 +216,8 @@ class Pool:
         t0 = time.monotonic()
         warmup(server.url, self.args.model, self.args.warmup, self.lengths, self.output_len,
                index)
-        self.starts[arm].append({"port": server.port, "ready_s": round(ready_s, 2),
+        self.starts[arm].append({"order": sum(map(len, self.starts.values())),
+                                 "port": server.port, "ready_s": round(ready_s, 2),
                                  "warmup_s": round(time.monotonic() - t0, 2),
                                  "scheduler_class": cls, "log": str(server.log_path)})
         self.facts.setdefault(arm, log_facts(server.log()))

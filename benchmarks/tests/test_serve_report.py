@@ -144,3 +144,32 @@ def test_an_aa_result_runs_a_second_stock_server_and_says_so():
     assert max(len(line) for line in title.splitlines()) <= 3 * 13
     serve_plots._suptitle(fig, {**result, "aa": False}, "Serving A/B")
     assert fig._suptitle.get_text() == "Serving A/B: tiny\n(GPU: X)"
+
+
+def test_servers_start_in_the_first_server_order(capsys):
+    from benchmarks import serve_ab
+    from benchmarks.serve_options import parse
+
+    class Pool:
+        one_at_a_time = False
+
+        def __init__(self):
+            self.calls = []
+
+        def get(self, arm):
+            self.calls.append(arm)
+
+    for first, order in (("prepack", ["prepack", "stock"]), ("stock", ["stock", "prepack"])):
+        pool = Pool()
+        serve_ab.start_servers(pool, first)
+        assert pool.calls == order
+    pool = Pool()
+    pool.one_at_a_time = True  # the servers take turns: each starts when its run comes
+    serve_ab.start_servers(pool, "stock")
+    assert pool.calls == []
+    argv = ["--model", "m", "--first-server"]
+    assert parse([*argv, "stock"], None).first_server == "stock"
+    assert parse(argv[:2], None).first_server == "prepack"
+    with pytest.raises(SystemExit):
+        parse([*argv, "both"], None)
+    assert "invalid choice: 'both' (choose from" in capsys.readouterr().err

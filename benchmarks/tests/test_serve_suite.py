@@ -165,7 +165,9 @@ def test_serve_ab_aa_runs_a_second_stock_server(tiny_model, tmp_path, engine_loc
                           env=subprocess_env())
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     d = json.loads(out.read_text())
-    assert d["aa"] is True and d["all_runs_complete"]
+    assert d["aa"] is True and d["all_runs_complete"] and d["first_server"] == "prepack"
+    orders = sorted(s["order"] for arm in d["arms"].values() for s in arm["starts"])
+    assert orders == list(range(len(orders))) and len(orders) >= 2  # every start, numbered
     for arm in ("stock", "prepack"):
         assert d["arms"][arm]["scheduler_class"] == "vllm.v1.core.sched.scheduler.Scheduler"
         assert not any(a.startswith("--prepack") or a == "--scheduler"
