@@ -160,13 +160,9 @@ def plot_trace_cdf(d: dict, path: Path) -> Path:
     names = list(d["workloads"])
     fig, axes = plt.subplots(1, len(names), figsize=(3.2 * len(names), 3), squeeze=False)
     for ax, name in zip(axes[0], names):
-        for arm, rows in d["workloads"][name]["runs"].items():
-            ttft = sorted(t for row in rows for t in row["ttft_s"])
-            ax.plot(ttft, [i / len(ttft) for i in range(1, len(ttft) + 1)], label=arm)
-        ax.set_xscale("log")
-        ax.set_title(name, fontsize=9)
-        ax.set_xlabel("TTFT (s)", fontsize=8)
-        ax.grid(alpha=0.3)
+        report.cdf_panel(ax, {arm: [t for row in rows for t in row["ttft_s"]]
+                              for arm, rows in d["workloads"][name]["runs"].items()}, name,
+                         log=True)
     axes[0][0].set_ylabel("share of requests")
     axes[0][-1].legend(fontsize=7)
     return _finish(fig, d, "Trace replay TTFT CDF", 0.05, path)

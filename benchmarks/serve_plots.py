@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from benchmarks import report
-from benchmarks.serve_pool import ARMS, arm_label
+from benchmarks.serve_pool import ARMS, arm_label, comparison
 
 
 def figures(result: dict, path: str | Path) -> list[Path]:
@@ -18,11 +18,6 @@ def figures(result: dict, path: str | Path) -> list[Path]:
     if result.get("workload", {}).get("arrival") == "trace":
         out.append(plot_arrivals(result, path.with_name(f"{path.stem}_ttft_by_arrival.png")))
     return out
-
-
-def _suptitle(fig, result: dict, what: str) -> None:
-    """:func:`benchmarks.report.suptitle`, "A/B" in ``what`` read "A/A" for an A/A result."""
-    report.suptitle(fig, what.replace("A/B", "A/A") if result.get("aa") else what, result)
 
 
 def _load_panels(result: dict, width: float):
@@ -57,29 +52,23 @@ def plot(result: dict, path: str | Path) -> Path:
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=7)
     slo = (result.get("slo") or {}).get("ttft_ms")
-    _suptitle(fig, result, f"Serving A/B, TTFT SLO {slo or float('nan'):.0f} ms")
+    report.suptitle(fig, f"Serving {comparison(result)}, TTFT SLO {slo or float('nan'):.0f} ms",
+                    result)
     fig.tight_layout()
     return report.save_figure(fig, path)
 
 
 def plot_cdf(result: dict, path: str | Path) -> Path:
     """TTFT CDFs, one panel per load factor, one line per arm (all repetitions pooled)."""
-    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
-
     loads, fig, axes = _load_panels(result, 3.2)
     for ax, lf in zip(axes, loads):
         report.cdf_panel(ax, {arm_label(result, arm): [
             t for r in result["runs"] if r.get("ok") and r["arm"] == arm
             and r["load_factor"] == lf for t in r["bench"]["ttfts_s"]] for arm in ARMS},
-            f"{lf:g}x saturation")
-        ax.set_xscale("log")
-        # Labels at 1 and 3 of each decade, plain numbers (minor labels overlap on a narrow panel).
-        ax.xaxis.set_major_locator(LogLocator(subs=(1.0, 3.0)))
-        ax.xaxis.set_major_formatter(FuncFormatter(lambda x, _: f"{x:g}"))
-        ax.xaxis.set_minor_formatter(NullFormatter())
+            f"{lf:g}x saturation", log=True)
     axes[0].set_ylabel("share of requests")
     axes[-1].legend(fontsize=7)
-    _suptitle(fig, result, "Serving TTFT CDF")
+    report.suptitle(fig, "Serving TTFT CDF", result)
     if result.get("workload", {}).get("arrival") == "trace":
         fig.text(0.01, 0.01, report.TRACE_CREDIT, fontsize=6)
     fig.tight_layout(rect=(0, 0.05, 1, 1))
@@ -115,7 +104,7 @@ def plot_arrivals(result: dict, path: str | Path, window: int = 10) -> Path:
         ax.grid(alpha=0.3)
         ax.legend(fontsize=6)
     axes[0].set_ylabel(f"TTFT (s), mean of {window} requests", fontsize=8)
-    _suptitle(fig, result, "Serving TTFT by arrival")
+    report.suptitle(fig, "Serving TTFT by arrival", result)
     fig.text(0.01, 0.01, report.TRACE_CREDIT, fontsize=6)
     fig.tight_layout(rect=(0, 0.05, 1, 1))
     return report.save_figure(fig, path)

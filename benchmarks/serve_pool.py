@@ -19,12 +19,10 @@ from typing import Any
 from tests.harness.server import Server, http_get
 
 ARMS = ("stock", "prepack")
-EXPECTED_CLASSES = {
-    "stock": ("vllm.v1.core.sched.scheduler.Scheduler",
-              "vllm.v1.core.sched.async_scheduler.AsyncScheduler"),
-    "prepack": ("vllm_prepack.adapters.scheduler.PrepackSyncScheduler",
-                "vllm_prepack.adapters.scheduler.PrepackAsyncScheduler"),
-}
+EXPECTED_CLASSES = {"stock": ("vllm.v1.core.sched.scheduler.Scheduler",
+                              "vllm.v1.core.sched.async_scheduler.AsyncScheduler"),
+                    "prepack": ("vllm_prepack.adapters.scheduler.PrepackSyncScheduler",
+                                "vllm_prepack.adapters.scheduler.PrepackAsyncScheduler")}
 
 
 def runs_prepack(arm: str, args: Any) -> bool:
@@ -35,6 +33,11 @@ def runs_prepack(arm: str, args: Any) -> bool:
 def expected_classes(arm: str, args: Any) -> tuple[str, ...]:
     """The scheduler classes an arm's engine core may build (:func:`runs_prepack`)."""
     return EXPECTED_CLASSES["prepack" if runs_prepack(arm, args) else "stock"]
+
+
+def comparison(result: dict) -> str:
+    """``A/A`` for a result of stock against a second stock server, else ``A/B``."""
+    return "A/A" if result.get("aa") else "A/B"
 
 
 def arm_label(result: dict, arm: str) -> str:

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from benchmarks import analysis, report
-from benchmarks.serve_pool import ARMS, SERVER_MEANS, arm_label
+from benchmarks.serve_pool import ARMS, SERVER_MEANS, arm_label, comparison
 
 BASELINE = "stock"
 RATIO_METRICS = {  # bench result key: higher is better
@@ -211,7 +211,7 @@ def render_section(result: dict) -> str:
                         f"`{str(arms.get(a, {}).get('scheduler_class')).rsplit('.', 1)[-1]}`"
                         for a in ARMS)
     lines = [
-        f"#### Serving {'A/A' if result.get('aa') else 'A/B'}, {shape} ({result['device']}, "
+        f"#### Serving {comparison(result)}, {shape} ({result['device']}, "
         f"vLLM {result['vllm']}, "
         f"commit {str(result['git_commit'])[:10]}, {result['repetitions']} reps"
         + ("" if result.get("status", "complete") == "complete" else f"; {result['status']}")

@@ -134,15 +134,16 @@ def test_an_aa_result_runs_a_second_stock_server_and_says_so():
     assert serve_pool.arm_label(result, "prepack") == "stock B"
     assert serve_pool.arm_label({**result, "aa": False}, "prepack") == "prepack"
     assert render_section({**result, "aa": False}).startswith("#### Serving A/B, tiny")
-    from benchmarks import report, serve_plots
+    from benchmarks import report
 
     fig = report.pyplot().figure(figsize=(3, 3))  # one narrow panel: the title wraps
-    serve_plots._suptitle(fig, {**result, "device": "GPU: NVIDIA H100 80GB HBM3 x1"},
-                          "Serving A/B, TTFT SLO 100 ms")
+    report.suptitle(fig, f"Serving {serve_pool.comparison(result)}, TTFT SLO 100 ms",
+                    {**result, "device": "GPU: NVIDIA H100 80GB HBM3 x1"})
     title = fig._suptitle.get_text()
     assert title.startswith("Serving A/A, TTFT SLO 100 ms: tiny") and "(GPU: NVIDIA H100" in title
     assert max(len(line) for line in title.splitlines()) <= 3 * 13
-    serve_plots._suptitle(fig, {**result, "aa": False}, "Serving A/B")
+    report.suptitle(fig, f"Serving {serve_pool.comparison({**result, 'aa': False})}",
+                    {**result, "aa": False})
     assert fig._suptitle.get_text() == "Serving A/B: tiny\n(GPU: X)"
 
 
