@@ -48,3 +48,21 @@ def test_no_floor_from_another_point_and_no_table_without_one():
     assert serve_floor.compared_points(named) == []
     assert serve_floor.section(named) == []
     assert serve_floor.section([(Path("aa.json"), other_rate)]) == []  # a floor, no A/B
+
+
+def test_a_floor_is_of_one_host_class():
+    assert serve_floor.host_class({}) is None  # a result without a host record
+    fast, slower, faster = (result(pairs_of([x])) for x in (1.30, 0.70, 1.32))
+    floor = aa(pairs_of([1.0, 1.01]))
+    for r, probe in ((fast, 15.0), (slower, 17.3), (faster, 8.3), (floor, 18.5)):
+        r["host"] = {"probe_ms": probe}
+    assert [serve_floor.host_class(r) for r in (fast, slower)] == ["fast", "slower"]
+    named = [(Path(f"{n}.json"), r) for n, r in
+             (("a", fast), ("b", slower), ("c", faster), ("aa", floor))]
+    # One pooled point (the same point on both classes of host); the slower host's floor
+    # judges only its part.
+    [point] = serve_floor.compared_points(named)
+    assert point["files"] == ["b.json"] and point["floor_files"] == ["aa.json"]
+    floor["host"] = {"probe_ms": 9.0}  # an A/A on a fast host: the fast part's floor
+    [point] = serve_floor.compared_points(named)
+    assert point["files"] == ["a.json", "c.json"] and point["pairs"] == 2
