@@ -150,7 +150,6 @@ def run(opts: ServeOptions) -> dict:
             sat, overhead, result["saturation"] = serve_drive.saturation(opts, book, pool)
             bar.update()
             result["rates"] = {f"{lf:g}": lf * sat for lf in opts.load_factor_list}
-            serve_drive.print_estimates(opts, sat, overhead, pool)
             save()
             result["slo"] = serve_drive.decide_slo(opts, book, pool,
                                                    min(opts.load_factor_list) * sat)
@@ -159,6 +158,7 @@ def run(opts: ServeOptions) -> dict:
             print(f"TTFT SLO {result['slo']['ttft_ms']:.1f} ms ({result['slo']['source']})"
                   + (f", written to {out}" if out else ""), flush=True)
             start_servers(pool, opts.first_server)
+            serve_drive.print_estimates(opts, sat, overhead, pool)
             serve_drive.measure_pairs(opts, book, pool, result, sat, overhead, bar, save,
                                       t_start)
     except BaseException as e:

@@ -188,14 +188,19 @@ def progress(record: dict) -> None:
 
 
 def print_estimates(opts: ServeOptions, sat: float, overhead: float, pool: Pool) -> None:
+    """What the measured runs still take, printed once the servers are up: both arms' runs, a
+    warm-up replay a server (``--warmup-replay``) and, where the servers take turns, a start
+    (the stock server's measured one) for every pair."""
     load_factors = opts.load_factor_list
     start_s = max((s["ready_s"] + s["warmup_s"] for s in pool.starts["stock"]), default=0.0)
     runs = [estimate_run_s(opts.n, lf * sat, sat, overhead) for lf in load_factors]
-    restarts = len(load_factors) * opts.reps if pool.one_at_a_time else 1
+    restarts = len(load_factors) * opts.reps if pool.one_at_a_time else 0
     total = (2 * sum(runs) * opts.reps + restarts * start_s
-             + (estimate_run_s(opts.n, min(load_factors) * sat, sat, overhead)
-                if opts.ttft_slo_ms is None else 0))
+             + (2 * runs[0] if opts.warmup_replay else 0))
+    starts = (f"{restarts} server start(s) of ~{start_s:.0f}s" if pool.one_at_a_time else
+              "both servers up: " + ", ".join(
+                  f"{arm} started in {s['ready_s']:.0f}s" for arm, started in pool.starts.items()
+                  for s in started[-1:]))
     print(f"saturation {sat:.2f} req/s; client overhead {overhead:.1f}s per run; "
           f"per run (s): " + ", ".join(f"{lf:g}x {s:.0f}" for lf, s in zip(load_factors, runs))
-          + f"; estimate for the rest: {total:.0f}s ({restarts} server start(s) of "
-          f"~{start_s:.0f}s)", flush=True)
+          + f"; estimate for the rest: {total:.0f}s ({starts})", flush=True)

@@ -174,3 +174,24 @@ def test_servers_start_in_the_first_server_order(capsys):
     with pytest.raises(SystemExit):
         parse([*argv, "both"], None)
     assert "invalid choice: 'both' (choose from" in capsys.readouterr().err
+
+
+def test_the_estimate_counts_what_is_left_once_the_servers_are_up(capsys):
+    from types import SimpleNamespace
+
+    from benchmarks import serve_drive
+    from benchmarks.serve_options import parse
+
+    opts = parse(["--model", "m", "--n", "300", "--load-factors", "1.0", "--reps", "3",
+                  "--warmup-replay"], None)
+    pool = SimpleNamespace(one_at_a_time=False, starts={
+        "stock": [{"ready_s": 102.0, "warmup_s": 0.5}],
+        "prepack": [{"ready_s": 133.0, "warmup_s": 0.5}]})
+    serve_drive.print_estimates(opts, 20.0, 2.0, pool)  # a run: 300 / 20 + 2 = 17 s
+    out = capsys.readouterr().out
+    # 3 pairs of two runs and one warm-up replay a server; no start left
+    assert "per run (s): 1x 17; estimate for the rest: 136s (both servers up: stock started " \
+        "in 102s, prepack started in 133s)" in out
+    pool.one_at_a_time = True  # the servers take turns: the stock server's start a pair
+    serve_drive.print_estimates(opts, 20.0, 2.0, pool)
+    assert "estimate for the rest: 444s (3 server start(s) of ~102s)" in capsys.readouterr().out
