@@ -188,8 +188,8 @@ def progress(record: dict) -> None:
 
 
 def print_estimates(opts: ServeOptions, sat: float, overhead: float, pool: Pool) -> None:
-    """What the measured runs still take, printed once the servers are up: both arms' runs, a
-    warm-up replay a server (``--warmup-replay``) and, where the servers take turns, a start
+    """What the measured runs still take, printed once the servers are up: both arms' runs, one
+    warm-up replay per server (``--warmup-replay``) and, where the servers take turns, a start
     (the stock server's measured one) for every pair."""
     load_factors = opts.load_factor_list
     start_s = max((s["ready_s"] + s["warmup_s"] for s in pool.starts["stock"]), default=0.0)
