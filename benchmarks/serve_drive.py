@@ -198,9 +198,8 @@ def print_estimates(opts: ServeOptions, sat: float, overhead: float, pool: Pool)
     total = (2 * sum(runs) * opts.reps + restarts * start_s
              + (2 * runs[0] if opts.warmup_replay else 0))
     starts = (f"{restarts} server start(s) of ~{start_s:.0f}s" if pool.one_at_a_time else
-              "both servers up: " + ", ".join(
-                  f"{arm} started in {s['ready_s']:.0f}s" for arm, started in pool.starts.items()
-                  for s in started[-1:]))
+              "both servers up: " + ", ".join(f"{arm} started in {started[-1]['ready_s']:.0f}s"
+                                              for arm, started in pool.starts.items() if started))
     print(f"saturation {sat:.2f} req/s; client overhead {overhead:.1f}s per run; "
           f"per run (s): " + ", ".join(f"{lf:g}x {s:.0f}" for lf, s in zip(load_factors, runs))
           + f"; estimate for the rest: {total:.0f}s ({starts})", flush=True)

@@ -119,8 +119,7 @@ def pooled_points(results: list[tuple[Path, dict]]) -> list[dict]:
 
 def _geometric_mean(both: list[tuple[dict, dict]]) -> tuple[float, int] | None:
     """The geometric mean of one invocation's mean-TTFT ratios (prepack / stock) and its pairs."""
-    r = analysis.paired_ratio([p["bench"].get("mean_ttft_ms") for _, p in both],
-                              [s["bench"].get("mean_ttft_ms") for s, _ in both], False)
+    r = client_ratios(both)["mean_ttft_ms"]
     return (math.exp(r["log_mean"]), r["n"]) if r and "log_mean" in r else None
 
 
